@@ -1,0 +1,83 @@
+"""Hydra task plumbing shared by every entry point (after lightning-hydra-template's ``src/utils``)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from pytorch_lightning import Callback
+from pytorch_lightning.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
+    """Run ``task(cfg)`` so that a crash is logged with its output directory and W&B is closed.
+
+    One failed job then does not leave a dangling W&B run that breaks the next job of a multirun.
+    """
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> dict[str, Any]:
+        try:
+            return task(cfg)
+        except Exception:
+            log.exception("Task failed; output dir: %s", cfg.paths.get("output_dir", "?"))
+            raise
+        finally:
+            close_wandb()
+
+    return wrapped
+
+
+def close_wandb() -> None:
+    """Finish the active W&B run, if W&B was used at all."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    """Build every ``_target_`` entry of a ``callbacks`` config group (null entries are skipped)."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """Build every ``_target_`` entry of a ``logger`` config group (empty for ``logger=none``)."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    """Send the resolved config to every logger as hyperparameters."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's output directory (Hydra's per-job directory), created if needed."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value of ``name`` in a metrics dict as a float, for Hydra sweepers; ``None`` if no name."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"Metric {name!r} was not produced; available: {sorted(metrics)}")
+    return float(metrics[name])
