@@ -1,0 +1,65 @@
+"""Shared fixtures: phantom data, the real HC18 data when present, and Hydra config composition."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from fetalgen.cli import CONFIG_DIR
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def hc18_root() -> Path | None:
+    """The real HC18 folder (FETALGEN_HC18_DIR, else data/hc18 in the checkout), or None if absent."""
+    candidates = [os.environ.get("FETALGEN_HC18_DIR"), Path(__file__).parents[1] / "data" / "hc18"]
+    for c in candidates:
+        if c and (Path(c) / "training_set").is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def hc18_dir() -> Path:
+    root = hc18_root()
+    if root is None:
+        pytest.skip("real HC18 data absent: set FETALGEN_HC18_DIR or run `make data`")
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 phantom pairs (small, 135x200) in the generic folder layout, shared by the whole session."""
+    from fetalgen.data.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_dataset(root, n=24, seed=0, shape=(135, 200))
+    return root
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose a primary config from conf/ with overrides, rooted in a temporary directory.
+
+    ``paths.output_dir`` (normally Hydra's run dir) and the log dir point into ``tmp_path``.
+    """
+
+    def _compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "output")
+            cfg.paths.log_dir = str(tmp_path / "logs")
+            cfg.paths.data_dir = str(tmp_path / "data")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
