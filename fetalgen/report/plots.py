@@ -1,0 +1,110 @@
+"""Charts of sweep summaries (matplotlib, Agg): metric against a setting, with std bands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _draw_lines(
+    ax: plt.Axes, summary: pd.DataFrame, x: str, metric: str, hue: str | None, scale: float
+) -> None:
+    groups = summary.groupby(hue, dropna=False) if hue and hue in summary.columns else [(None, summary)]
+    for label, part in groups:
+        part = part.sort_values(x)
+        mean = part[f"{metric}_mean"] * scale
+        std = part[f"{metric}_std"] * scale
+        name = metric if label is None else f"{hue}={label}"
+        (line,) = ax.plot(part[x], mean, marker="o", label=name)
+        ax.fill_between(part[x], mean - std, mean + std, color=line.get_color(), alpha=0.2)
+
+
+def _draw_baseline(ax: plt.Axes, summary: pd.DataFrame, baseline: str | None, scale: float) -> None:
+    column = f"{baseline}_mean" if baseline else None
+    if column and column in summary.columns and summary[column].notna().any():
+        value = summary[column].mean() * scale
+        ax.axhline(value, color="gray", linestyle="--", label=f"box-ellipse baseline ({value:.1f})")
+
+
+def plot_metric(
+    summary: pd.DataFrame,
+    x: str,
+    metric: str,
+    out: str | Path,
+    hue: str | None = None,
+    baseline: str | None = None,
+    logx: bool = False,
+    title: str | None = None,
+    scale: float = 100.0,
+) -> Path:
+    """Plot ``<metric>_mean`` (± ``_std`` band) of a :func:`~fetalgen.report.aggregate.summarise` frame.
+
+    Args:
+        summary: one row per setting, with ``<metric>_mean`` and ``<metric>_std`` columns.
+        x: the setting on the horizontal axis (e.g. ``data.num_real``).
+        metric: the metric name (e.g. ``test/hc18/dice``).
+        out: PNG path.
+        hue: one line per value of this setting (e.g. ``arm`` or ``data.synthetic_ratio``).
+        baseline: a metric drawn as a horizontal reference line (its mean over all rows).
+        logx: logarithmic x axis.
+        scale: multiply values (100 shows Dice in %).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    _draw_lines(ax, summary, x, metric, hue, scale)
+    _draw_baseline(ax, summary, baseline, scale)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{metric} (x{scale:g})" if scale != 1 else metric)
+    ax.set_title(title or f"{metric} against {x}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_panels(
+    summaries: Sequence[tuple[str, pd.DataFrame, str, str | None]],
+    x: str,
+    hue: str,
+    out: str | Path,
+    logx: bool = True,
+    scale: float = 100.0,
+    ncols: int = 2,
+) -> Path:
+    """Several panels in one figure, each ``(title, summary, metric, baseline_metric)``.
+
+    This draws the paper's four-panel chart: Dice against N_real per arm, one panel per (training cohort,
+    test cohort), with the box-ellipse baseline as a reference line.
+    """
+    n = len(summaries)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), dpi=110, squeeze=False)
+    for ax, (title, summary, metric, baseline) in zip(axes.flat, summaries, strict=False):
+        _draw_lines(ax, summary, x, metric, hue, scale)
+        _draw_baseline(ax, summary, baseline, scale)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_title(title)
+        ax.set_xlabel(x)
+        ax.set_ylabel("Dice (%)" if scale == 100 else metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
