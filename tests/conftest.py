@@ -63,3 +63,36 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def _fake_run(root: Path, num: int, num_real: int, ratio: float, seed: int, dice: float | None) -> None:
+    import json
+
+    from omegaconf import OmegaConf
+
+    run = root / str(num)
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {"task_name": "finetune", "seed": seed, "data": {"num_real": num_real, "synthetic_ratio": ratio}}
+    OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
+    overrides = [f"data.num_real={num_real}", f"data.synthetic_ratio={ratio}", f"seed={seed}"]
+    OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
+    if dice is not None:
+        metrics = {"val/dice": dice, "test/hc18/dice": dice - 0.1, "test/hc18/baseline_dice": 0.5}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    """A constructed 2x2 sweep (num_real x synthetic_ratio) over two seeds; one run failed (no metrics).
+
+    Val Dice per (num_real, ratio): (5, 0) -> 0.6, 0.8; (5, 1) -> 0.7, 0.9; (10, 0) -> 0.8, 0.8;
+    (10, 1) -> 0.9 and a failed run. Test Dice is val Dice - 0.1, the baseline 0.5.
+    """
+    root = tmp_path / "sweep"
+    values = {(5, 0.0): (0.6, 0.8), (5, 1.0): (0.7, 0.9), (10, 0.0): (0.8, 0.8), (10, 1.0): (0.9, None)}
+    num = 0
+    for (num_real, ratio), dices in values.items():
+        for seed, dice in enumerate(dices):
+            _fake_run(root, num, num_real, ratio, seed, dice)
+            num += 1
+    return root

@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, summarise
 from fetalgen.report.build import build_report, varying_settings
 
 
-def _run(root: Path, num: int, num_real: int, ratio: float, seed: int, dice: float | None) -> None:
-    run = root / str(num)
-    (run / ".hydra").mkdir(parents=True)
-    cfg = {"task_name": "finetune", "seed": seed, "data": {"num_real": num_real, "synthetic_ratio": ratio}}
-    OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
-    overrides = [f"data.num_real={num_real}", f"data.synthetic_ratio={ratio}", f"seed={seed}"]
-    OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
-    if dice is not None:
-        metrics = {"val/dice": dice, "test/hc18/dice": dice - 0.1, "test/hc18/baseline_dice": 0.5}
-        (run / "metrics.json").write_text(json.dumps(metrics))
-
-
-@pytest.fixture
-def sweep(tmp_path: Path) -> Path:
-    grid = [(5, 0.0), (5, 1.0), (10, 0.0), (10, 1.0)]
-    values = {(5, 0.0): (0.6, 0.8), (5, 1.0): (0.7, 0.9), (10, 0.0): (0.8, 0.8), (10, 1.0): (0.9, None)}
-    num = 0
-    for nr, ratio in grid:
-        for seed, dice in enumerate(values[(nr, ratio)]):
-            _run(tmp_path, num, nr, ratio, seed, dice)
-            num += 1
-    return tmp_path
-
-
-def test_collect_runs_reads_settings_metrics_and_marks_failed(sweep: Path) -> None:
-    runs = collect_runs(sweep)
+def test_collect_runs_reads_settings_metrics_and_marks_failed(sweep_dir: Path) -> None:
+    runs = collect_runs(sweep_dir)
     assert len(runs) == 8
     assert (runs["status"] == "failed").sum() == 1
     assert set(runs["data.num_real"]) == {5, 10}
     assert runs.loc[runs["status"] == "ok", "val/dice"].notna().all()
 
 
-def test_summarise_mean_std_by_hand(sweep: Path) -> None:
-    summary = summarise(collect_runs(sweep), ["data.num_real", "data.synthetic_ratio"], ["val/dice"])
+def test_summarise_mean_std_by_hand(sweep_dir: Path) -> None:
+    summary = summarise(collect_runs(sweep_dir), ["data.num_real", "data.synthetic_ratio"], ["val/dice"])
     row = summary[(summary["data.num_real"] == 5) & (summary["data.synthetic_ratio"] == 0.0)].iloc[0]
     assert row["val/dice_mean"] == pytest.approx(0.7)
     assert row["val/dice_std"] == pytest.approx(0.1414213562, rel=1e-6)  # sample std of (0.6, 0.8)
@@ -53,12 +27,12 @@ def test_summarise_mean_std_by_hand(sweep: Path) -> None:
     assert single["val/dice_n"] == 1 and single["val/dice_std"] == 0.0 and single["n_failed"] == 1
 
 
-def test_varying_settings_excludes_seed_and_metrics(sweep: Path) -> None:
-    assert set(varying_settings(collect_runs(sweep))) == {"data.num_real", "data.synthetic_ratio"}
+def test_varying_settings_excludes_seed_and_metrics(sweep_dir: Path) -> None:
+    assert set(varying_settings(collect_runs(sweep_dir))) == {"data.num_real", "data.synthetic_ratio"}
 
 
-def test_build_report_writes_tables_and_charts(sweep: Path) -> None:
-    report = build_report(sweep)
+def test_build_report_writes_tables_and_charts(sweep_dir: Path) -> None:
+    report = build_report(sweep_dir)
     text = report.read_text()
     assert "7 runs finished, 1 failed" in text
     assert "70.00 ± 14.14" in text  # val/dice at num_real=5, ratio=0
