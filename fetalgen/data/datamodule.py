@@ -1,0 +1,163 @@
+"""The LightningDataModule: subject-wise real splits, synthetic pairs mixed into training only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from fetalgen.data.cases import Case
+from fetalgen.data.dataset import PairDataset, seed_worker
+from fetalgen.data.splits import read_split_file, select_cases, split_by_subject
+from fetalgen.data.synthetic import read_synthetic
+
+
+def choose_subjects(cases: list[Case], n: int, seed: int) -> list[Case]:
+    """``n`` images out of ``cases`` taken as whole subjects, chosen by ``seed`` (sorted by name)."""
+    return split_by_subject(cases, {"chosen": n}, seed)["chosen"]
+
+
+class PairDataModule(pl.LightningDataModule):
+    """Real train/val/test splits of ``source`` plus synthetic pairs for training.
+
+    The split is made at construction (``train_cases``, ``val_cases``, ``test_cases``, ``synthetic_cases``,
+    ``synthetic_counts`` are there at once); images are loaded in :meth:`setup`.
+
+    Args:
+        source: all real cases (e.g. from ``read_hc18``).
+        image_size: working side ``S`` in pixels.
+        num_real: real training images.
+        num_val: validation images.
+        num_test: test images (0: no test split).
+        split_file: YAML/JSON file or directory of ``train.txt``/``val.txt``/``test.txt`` case lists; used
+            instead of the seeded split (``num_real`` then picks a seeded subset of its train list).
+        seed: split, subset, synthetic choice and loader seed.
+        augment: ``none``, ``weak`` or ``strong`` (training only).
+        synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded).
+        synthetic_ratio: synthetic pairs per real training image (``round(ratio * num_real)``).
+        num_synthetic: number of synthetic pairs (overrides ``synthetic_ratio``).
+        batch_size: batch size of every loader.
+        num_workers: DataLoader workers.
+        on_bad_pair: ``raise`` or ``skip`` (with a warning) for bad files.
+
+    Batches are dicts as in :class:`~fetalgen.data.dataset.PairDataset`.
+    """
+
+    def __init__(
+        self,
+        source: list[Case],
+        image_size: int,
+        num_real: int,
+        num_val: int,
+        num_test: int = 0,
+        split_file: str | Path | None = None,
+        seed: int = 0,
+        augment: str = "none",
+        synthetic_dir: str | Path | None = None,
+        synthetic_ratio: float = 0.0,
+        num_synthetic: int | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        on_bad_pair: str = "raise",
+    ) -> None:
+        super().__init__()
+        self.image_size = int(image_size)
+        self.seed = int(seed)
+        self.augment = augment
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.on_bad_pair = on_bad_pair
+        source = list(source)
+        if split_file is not None:
+            lists = read_split_file(split_file)
+            train = select_cases(source, lists["train"], split_file)
+            if num_real > len(train):
+                raise ValueError(
+                    f"num_real={num_real} but the split file {split_file} lists only "
+                    f"{len(train)} training cases"
+                )
+            self.train_cases = (
+                train if num_real == len(train) else choose_subjects(train, num_real, self.seed)
+            )
+            self.val_cases = select_cases(source, lists["val"], split_file)
+            self.test_cases = select_cases(source, lists["test"], split_file)
+        else:
+            # Test and val first, train from the rest: changing num_real leaves val/test unchanged.
+            parts = split_by_subject(source, {"test": num_test, "val": num_val}, self.seed)
+            taken = {c.name for p in parts.values() for c in p}
+            rest = [c for c in source if c.name not in taken]
+            if num_real > len(rest):
+                raise ValueError(
+                    f"num_real={num_real} + num_val={num_val} + num_test={num_test} exceed the "
+                    f"{len(source)} real images"
+                )
+            self.train_cases = choose_subjects(rest, num_real, self.seed)
+            self.val_cases, self.test_cases = parts["val"], parts["test"]
+        self.synthetic_cases, self.synthetic_counts = self._choose_synthetic(
+            synthetic_dir, synthetic_ratio, num_synthetic, len(self.train_cases)
+        )
+        self.train_set: PairDataset | None = None
+        self.val_set: PairDataset | None = None
+        self.test_set: PairDataset | None = None
+
+    def _choose_synthetic(
+        self, root: str | Path | None, ratio: float, num: int | None, num_real: int
+    ) -> tuple[list[Case], dict[str, int]]:
+        wanted = int(num) if num is not None else int(round(ratio * num_real))
+        if wanted < 0:
+            raise ValueError(f"the number of synthetic pairs must be >= 0, got {wanted}")
+        if root is None:
+            if wanted > 0:
+                raise ValueError(
+                    f"{wanted} synthetic pairs asked for (synthetic_ratio={ratio}, "
+                    f"num_synthetic={num}) but synthetic_dir is not set"
+                )
+            return [], {"total": 0, "kept": 0, "qc_failed": 0, "memorised": 0, "used": 0}
+        cases, counts = read_synthetic(root)
+        if wanted > len(cases):
+            raise ValueError(
+                f"{wanted} synthetic pairs asked for but {root} has only {len(cases)} that passed QC "
+                f"({counts['qc_failed']} failed of {counts['total']})"
+            )
+        rng = np.random.default_rng([self.seed, 1])
+        chosen = sorted((cases[i] for i in rng.permutation(len(cases))[:wanted]), key=lambda c: c.name)
+        return chosen, {**counts, "used": len(chosen)}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, validate and resize the pairs (once)."""
+        if self.train_set is None:
+            self.train_set = PairDataset(
+                self.train_cases + self.synthetic_cases,
+                self.image_size,
+                self.augment,
+                self.on_bad_pair,
+                seed=self.seed,
+            )
+            self.val_set = PairDataset(self.val_cases, self.image_size, "none", self.on_bad_pair)
+            self.test_set = PairDataset(self.test_cases, self.image_size, "none", self.on_bad_pair)
+
+    def _loader(self, dataset: PairDataset, shuffle: bool, offset: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed + offset),
+            worker_init_fn=seed_worker,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, shuffle=True, offset=0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        return self._loader(self.val_set, shuffle=False, offset=1) if len(self.val_set) else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        self.setup("test")
+        return self._loader(self.test_set, shuffle=False, offset=2) if len(self.test_set) else []

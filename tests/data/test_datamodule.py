@@ -1,0 +1,199 @@
+"""PairDataModule: subject-wise splits, split files, synthetic mixing counts, seeded loaders, the configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fetalgen.cli import CONFIG_DIR
+from fetalgen.data.cases import DataError
+from fetalgen.data.datamodule import PairDataModule
+from fetalgen.data.folder import read_folder
+from fetalgen.data.synthetic import MANIFEST, ManifestEntry
+
+
+@pytest.fixture(scope="module")
+def real(phantom_dir: Path):
+    """The 24 phantom cases, regrouped into 12 subjects of 2 frames so subject-wise splitting matters."""
+    cases = read_folder(phantom_dir, cohort="phantom")
+    return [dataclasses.replace(c, subject=f"s{i // 2:02d}", frame=i % 2 + 1) for i, c in enumerate(cases)]
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 synthetic pairs, 3 of which failed QC."""
+    root = tmp_path_factory.mktemp("synthetic")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    lines = []
+    for i in range(10):
+        name = f"syn_{i:06d}"
+        cv2.imwrite(str(root / "images" / f"{name}.png"), np.full((32, 32), 60 + i, np.uint8))
+        mask = np.zeros((32, 32), np.uint8)
+        cv2.ellipse(mask, (16, 16), (10, 8), 0, 0, 360, 255, -1)
+        cv2.imwrite(str(root / "masks" / f"{name}.png"), mask)
+        entry = ManifestEntry(
+            index=i,
+            name=name,
+            image=f"images/{name}.png",
+            mask=f"masks/{name}.png",
+            seed=i,
+            checkpoint_sha256="0" * 64,
+            sampler="ddim",
+            steps=10,
+            qc_pass=i not in (2, 5, 7),
+        )
+        lines.append(entry.to_json())
+    (root / MANIFEST).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _subjects(cases) -> set[str]:
+    return {c.subject for c in cases}
+
+
+def test_split_sizes_subjects_and_determinism(real) -> None:
+    dm = PairDataModule(real, image_size=16, num_real=8, num_val=6, num_test=4, seed=1)
+    assert (len(dm.train_cases), len(dm.val_cases), len(dm.test_cases)) == (8, 6, 4)
+    tr, va, te = _subjects(dm.train_cases), _subjects(dm.val_cases), _subjects(dm.test_cases)
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    again = PairDataModule(real, image_size=16, num_real=8, num_val=6, num_test=4, seed=1)
+    assert again.train_cases == dm.train_cases and again.val_cases == dm.val_cases
+    fewer = PairDataModule(real, image_size=16, num_real=4, num_val=6, num_test=4, seed=1)
+    assert fewer.val_cases == dm.val_cases and fewer.test_cases == dm.test_cases  # num_real leaves val alone
+    with pytest.raises(ValueError, match="exceed the 24 real images"):
+        PairDataModule(real, image_size=16, num_real=16, num_val=6, num_test=4)
+
+
+def test_synthetic_mixing_counts(real, synthetic_dir: Path) -> None:
+    dm = PairDataModule(
+        real, image_size=16, num_real=6, num_val=4, seed=0, synthetic_dir=synthetic_dir, synthetic_ratio=0.5
+    )
+    assert len(dm.synthetic_cases) == 3  # round(0.5 * 6)
+    assert dm.synthetic_counts == {"total": 10, "kept": 7, "qc_failed": 3, "memorised": 0, "used": 3}
+    failed = {"syn_000002", "syn_000005", "syn_000007"}
+    assert not failed & {c.name for c in dm.synthetic_cases}
+    dm.setup()
+    assert len(dm.train_set) == 9 and len(dm.val_set) == 4
+    assert all(c.cohort != "synthetic" for c in dm.val_cases + dm.test_cases)
+    by_num = PairDataModule(
+        real, image_size=16, num_real=6, num_val=4, synthetic_dir=synthetic_dir, num_synthetic=7
+    )
+    assert by_num.synthetic_counts["used"] == 7
+    other_seed = PairDataModule(
+        real, image_size=16, num_real=6, num_val=4, seed=5, synthetic_dir=synthetic_dir, num_synthetic=3
+    )
+    assert len(other_seed.synthetic_cases) == 3
+    with pytest.raises(ValueError, match="8 synthetic pairs asked for but .* has only 7 that passed QC"):
+        PairDataModule(
+            real, image_size=16, num_real=6, num_val=4, synthetic_dir=synthetic_dir, num_synthetic=8
+        )
+    with pytest.raises(ValueError, match="synthetic_dir is not set"):
+        PairDataModule(real, image_size=16, num_real=6, num_val=4, synthetic_ratio=1.0)
+
+
+def test_loaders_are_seeded_and_test_may_be_empty(real) -> None:
+    def first_batch_names(seed: int) -> list[str]:
+        dm = PairDataModule(
+            real, image_size=16, num_real=8, num_val=4, seed=seed, batch_size=4, augment="weak"
+        )
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["image"].shape == (4, 1, 16, 16) and batch["mask"].dtype == torch.float32
+        return list(batch["name"])
+
+    assert first_batch_names(2) == first_batch_names(2)
+    dm = PairDataModule(real, image_size=16, num_real=8, num_val=4, seed=2, batch_size=4)
+    assert dm.test_dataloader() == []
+    val = list(dm.val_dataloader())
+    assert sum(len(b["name"]) for b in val) == 4
+
+
+def test_worker_processes_get_their_own_augmentation_seed(real) -> None:
+    twin = [real[0], dataclasses.replace(real[0], name="twin", subject="twin")]  # the same pair twice
+    dm = PairDataModule(
+        twin, image_size=16, num_real=2, num_val=0, seed=0, batch_size=1, num_workers=2, augment="strong"
+    )
+    loader = dm.train_dataloader()
+    first = [b["image"] for b in loader]
+    again = [b["image"] for b in dm.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # reproducible with workers
+    assert not torch.equal(first[0], first[1])  # but the two workers do not repeat each other
+
+
+def test_split_file_and_num_real_subset(real, tmp_path: Path) -> None:
+    names = [c.name for c in real]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": names[:10], "val": names[10:14], "test": names[14:16]}))
+    dm = PairDataModule(real, image_size=16, num_real=10, num_val=0, split_file=split)
+    assert [c.name for c in dm.train_cases] == names[:10] and [c.name for c in dm.test_cases] == names[14:16]
+    sub = PairDataModule(real, image_size=16, num_real=4, num_val=0, split_file=split, seed=3)
+    assert len(sub.train_cases) == 4 and {c.name for c in sub.train_cases} <= set(names[:10])
+    with pytest.raises(ValueError, match="lists only 10 training cases"):
+        PairDataModule(real, image_size=16, num_real=11, num_val=0, split_file=split)
+    split.write_text(json.dumps({"train": ["nope"], "val": []}))
+    with pytest.raises(DataError, match="nope"):
+        PairDataModule(real, image_size=16, num_real=1, num_val=0, split_file=split)
+
+
+def _data_cfg(name: str, data_dir: Path, **paths: str):
+    cfg = OmegaConf.create(
+        {
+            "seed": 0,
+            "paths": OmegaConf.load(Path(CONFIG_DIR) / "paths" / "default.yaml"),
+            "data": OmegaConf.load(Path(CONFIG_DIR) / "data" / f"{name}.yaml"),
+        }
+    )
+    cfg.paths.data_dir = str(data_dir)
+    for k, v in paths.items():
+        cfg.paths[k] = v
+    return cfg
+
+
+def test_phantom_config_instantiates(tmp_path: Path) -> None:
+    cfg = _data_cfg("phantom", tmp_path)
+    cfg.data.source.n = 12
+    cfg.data.source.shape = [64, 96]
+    cfg.data.num_real, cfg.data.num_val, cfg.data.image_size = 6, 3, 16
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, PairDataModule) and len(dm.train_cases) == 6
+    assert (tmp_path / "phantom" / "images" / "phantom_0011.png").is_file()
+    assert next(iter(dm.train_dataloader()))["image"].shape[-1] == 16
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "fix"),
+    [
+        ("hc18", "hc18_dir", "make data"),
+        ("spanish", "spanish_dir", "FETALGEN_SPANISH_DIR"),
+        ("african", "african_dir", "FETALGEN_AFRICAN_DIR"),
+    ],
+)
+def test_missing_data_dir_says_how_to_fix(tmp_path: Path, name: str, key: str, fix: str) -> None:
+    cfg = _data_cfg(name, tmp_path, **{key: str(tmp_path / "absent")})
+    with pytest.raises(Exception, match=fix):
+        instantiate(cfg.data)
+
+
+def test_folder_config_requires_root(tmp_path: Path, phantom_dir: Path) -> None:
+    cfg = _data_cfg("folder", tmp_path)
+    assert OmegaConf.is_missing(cfg.data.source, "root")
+    cfg.data.source.root = str(phantom_dir)
+    cfg.data.num_real, cfg.data.num_val = 4, 2
+    assert len(instantiate(cfg.data).train_cases) == 4
+
+
+def test_hc18_config_on_real_data(tmp_path: Path, hc18_dir: Path) -> None:
+    cfg = _data_cfg("hc18", tmp_path, hc18_dir=str(hc18_dir))
+    dm = instantiate(cfg.data)
+    assert len(dm.train_cases) == 20 and len(dm.val_cases) == 10
+    assert not _subjects(dm.train_cases) & _subjects(dm.val_cases)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 1, 64, 64) and batch["mask"].sum() > 0
