@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from fetalgen.data.cases import Case
 from fetalgen.data.dataset import PairDataset, seed_worker
+from fetalgen.data.hc18 import trimester_from_hc
 from fetalgen.data.splits import read_split_file, select_cases, split_by_subject
 from fetalgen.data.synthetic import read_synthetic
 
@@ -18,6 +19,31 @@ from fetalgen.data.synthetic import read_synthetic
 def choose_subjects(cases: list[Case], n: int, seed: int) -> list[Case]:
     """``n`` images out of ``cases`` taken as whole subjects, chosen by ``seed`` (sorted by name)."""
     return split_by_subject(cases, {"chosen": n}, seed)["chosen"]
+
+
+def choose_per_trimester(cases: list[Case], n: int, seed: int) -> list[Case]:
+    """``n`` images, ``n / 3`` from each trimester (from the head circumference), as whole subjects.
+
+    This is the paper's selection for the diffusion model (20 HC18 pairs per trimester, 60 in all).
+    """
+    if n % 3:
+        raise ValueError(f"num_real={n} cannot be split evenly over 3 trimesters")
+    groups: dict[int, list[Case]] = {0: [], 1: [], 2: []}
+    unknown = []
+    for case in cases:
+        trimester = trimester_from_hc(case.hc_mm)
+        groups.get(trimester, unknown).append(case)
+    if unknown:
+        raise ValueError(
+            f"balance_trimesters needs the head circumference of every case; {len(unknown)} have none "
+            f"(e.g. {unknown[0].name})"
+        )
+    chosen: list[Case] = []
+    for trimester, group in groups.items():
+        if len(group) < n // 3:
+            raise ValueError(f"trimester {trimester} has {len(group)} images, fewer than {n // 3} asked for")
+        chosen += choose_subjects(group, n // 3, seed)
+    return sorted(chosen, key=lambda c: c.name)
 
 
 class PairDataModule(pl.LightningDataModule):
@@ -42,6 +68,7 @@ class PairDataModule(pl.LightningDataModule):
         batch_size: batch size of every loader.
         num_workers: DataLoader workers.
         on_bad_pair: ``raise`` or ``skip`` (with a warning) for bad files.
+        balance_trimesters: take ``num_real / 3`` training images from each trimester.
 
     Batches are dicts as in :class:`~fetalgen.data.dataset.PairDataset`.
     """
@@ -62,6 +89,7 @@ class PairDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         on_bad_pair: str = "raise",
+        balance_trimesters: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = int(image_size)
@@ -71,6 +99,7 @@ class PairDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.on_bad_pair = on_bad_pair
         source = list(source)
+        choose = choose_per_trimester if balance_trimesters else choose_subjects
         if split_file is not None:
             lists = read_split_file(split_file)
             train = select_cases(source, lists["train"], split_file)
@@ -79,9 +108,7 @@ class PairDataModule(pl.LightningDataModule):
                     f"num_real={num_real} but the split file {split_file} lists only "
                     f"{len(train)} training cases"
                 )
-            self.train_cases = (
-                train if num_real == len(train) else choose_subjects(train, num_real, self.seed)
-            )
+            self.train_cases = train if num_real == len(train) else choose(train, num_real, self.seed)
             self.val_cases = select_cases(source, lists["val"], split_file)
             self.test_cases = select_cases(source, lists["test"], split_file)
         else:
@@ -94,7 +121,7 @@ class PairDataModule(pl.LightningDataModule):
                     f"num_real={num_real} + num_val={num_val} + num_test={num_test} exceed the "
                     f"{len(source)} real images"
                 )
-            self.train_cases = choose_subjects(rest, num_real, self.seed)
+            self.train_cases = choose(rest, num_real, self.seed)
             self.val_cases, self.test_cases = parts["val"], parts["test"]
         self.synthetic_cases, self.synthetic_counts = self._choose_synthetic(
             synthetic_dir, synthetic_ratio, num_synthetic, len(self.train_cases)

@@ -197,3 +197,18 @@ def test_hc18_config_on_real_data(tmp_path: Path, hc18_dir: Path) -> None:
     assert not _subjects(dm.train_cases) & _subjects(dm.val_cases)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 1, 64, 64) and batch["mask"].sum() > 0
+
+
+def test_balance_trimesters_takes_a_third_from_each(real) -> None:
+    from fetalgen.data.hc18 import trimester_from_hc
+
+    hcs = [80.0, 150.0, 300.0]  # one per trimester, assigned per subject
+    cases = [dataclasses.replace(c, hc_mm=hcs[int(c.subject[1:]) % 3]) for c in real]
+    dm = PairDataModule(cases, image_size=16, num_real=6, num_val=2, seed=0, balance_trimesters=True)
+    counts = np.bincount([trimester_from_hc(c.hc_mm) for c in dm.train_cases], minlength=3)
+    assert counts.tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="split evenly over 3 trimesters"):
+        PairDataModule(cases, image_size=16, num_real=4, num_val=2, balance_trimesters=True)
+    with pytest.raises(ValueError, match="head circumference of every case"):
+        no_hc = [dataclasses.replace(c, hc_mm=None) for c in real]
+        PairDataModule(no_hc, image_size=16, num_real=6, num_val=2, balance_trimesters=True)
