@@ -64,7 +64,8 @@ class PairDataModule(pl.LightningDataModule):
         augment: ``none``, ``weak`` or ``strong`` (training only).
         synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded).
         synthetic_ratio: synthetic pairs per real training image (``round(ratio * num_real)``).
-        num_synthetic: number of synthetic pairs (overrides ``synthetic_ratio``).
+        num_synthetic: number of synthetic pairs (overrides ``synthetic_ratio``); ``"all"``: every pair
+            that passed QC (the paper's "w/ synthesis" arm).
         batch_size: batch size of every loader.
         num_workers: DataLoader workers.
         on_bad_pair: ``raise`` or ``skip`` (with a warning) for bad files.
@@ -85,7 +86,7 @@ class PairDataModule(pl.LightningDataModule):
         augment: str = "none",
         synthetic_dir: str | Path | None = None,
         synthetic_ratio: float = 0.0,
-        num_synthetic: int | None = None,
+        num_synthetic: int | str | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
         on_bad_pair: str = "raise",
@@ -131,8 +132,13 @@ class PairDataModule(pl.LightningDataModule):
         self.test_set: PairDataset | None = None
 
     def _choose_synthetic(
-        self, root: str | Path | None, ratio: float, num: int | None, num_real: int
+        self, root: str | Path | None, ratio: float, num: int | str | None, num_real: int
     ) -> tuple[list[Case], dict[str, int]]:
+        if num == "all":
+            if root is None:
+                raise ValueError("num_synthetic=all but synthetic_dir is not set")
+            cases, counts = read_synthetic(root)
+            return cases, {**counts, "used": len(cases)}
         wanted = int(num) if num is not None else int(round(ratio * num_real))
         if wanted < 0:
             raise ValueError(f"the number of synthetic pairs must be >= 0, got {wanted}")

@@ -98,6 +98,12 @@ def test_synthetic_mixing_counts(real, synthetic_dir: Path) -> None:
         )
     with pytest.raises(ValueError, match="synthetic_dir is not set"):
         PairDataModule(real, image_size=16, num_real=6, num_val=4, synthetic_ratio=1.0)
+    every = PairDataModule(
+        real, image_size=16, num_real=6, num_val=4, synthetic_dir=synthetic_dir, num_synthetic="all"
+    )
+    assert every.synthetic_counts["used"] == 7 and not failed & {c.name for c in every.synthetic_cases}
+    with pytest.raises(ValueError, match="num_synthetic=all but synthetic_dir is not set"):
+        PairDataModule(real, image_size=16, num_real=6, num_val=4, num_synthetic="all")
 
 
 def test_loaders_are_seeded_and_test_may_be_empty(real) -> None:
