@@ -1,0 +1,142 @@
+"""The ``fetalgen-finetune`` task: train SAM on real (+ synthetic) pairs, then evaluate the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
+
+from fetalgen.data.dataset import PairDataset
+from fetalgen.segmentation.evaluate import SamBoxPredictor, flat_metrics, read_cases, run_evaluation
+from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.utils.files import write_json
+from fetalgen.utils.task import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_config,
+    output_dir,
+    task_wrapper,
+)
+
+log = logging.getLogger(__name__)
+
+
+@task_wrapper
+def finetune(cfg: DictConfig) -> dict[str, float]:
+    """Fit ``cfg.model`` on ``cfg.data``, evaluate the best checkpoint on the test sets, write ``metrics.json``.
+
+    Returns:
+        Flat metrics: ``val/dice`` (best), the last ``train/*``/``val/*`` values, ``data/*`` counts, and per
+        test set ``test/<set>/<metric>``, ``test/<set>/<metric>_std`` and ``test/<set>/baseline_<metric>``.
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    overrides: dict[str, Any] = {}
+    if model.views is not None and cfg.data.get("augment", "none") != "none":
+        log.info(
+            "augment=%s through %d cached views per image: the data module delivers unaugmented pairs",
+            cfg.data.augment, model.views.views,
+        )  # fmt: skip
+        overrides["augment"] = "none"
+    datamodule = hydra.utils.instantiate(cfg.data, **overrides)
+    counts = data_counts(datamodule)
+    log.info("training pairs: %s", counts)
+
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(loggers, cfg)
+    for lg in loggers:
+        lg.log_hyperparams(counts)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics |= {k: float(v) for k, v in counts.items()}
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt is not None else ""
+    if best and ckpt.monitor == "val/dice" and ckpt.best_model_score is not None:
+        metrics["val/dice"] = float(ckpt.best_model_score)
+    if not trainer.is_global_zero:
+        return metrics
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+        log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
+    metrics |= evaluate_test_sets(
+        cfg, model, datamodule, trainer.strategy.root_device, best or "last weights"
+    )
+    write_json(output_dir(cfg) / "metrics.json", metrics)
+    return metrics
+
+
+def data_counts(datamodule: Any) -> dict[str, int]:
+    """Real and synthetic training pair counts of a ``PairDataModule`` (QC-failed synthetic pairs counted)."""
+    syn = getattr(datamodule, "synthetic_counts", {}) or {}
+    return {
+        "data/num_real": len(datamodule.train_cases),
+        "data/num_val": len(datamodule.val_cases),
+        "data/num_test": len(datamodule.test_cases),
+        "data/num_synthetic": int(syn.get("used", 0)),
+        "data/synthetic_qc_failed": int(syn.get("qc_failed", 0)),
+        "data/synthetic_available": int(syn.get("kept", 0)),
+    }
+
+
+def evaluate_test_sets(
+    cfg: DictConfig, model: SamFinetuneModule, datamodule: Any, device: torch.device, checkpoint: str = ""
+) -> dict[str, float]:
+    """Evaluate on the data module's own test split (named by its cohort, when ``num_test > 0`` and
+    ``test_split`` is on) and on every ``cfg.test_sets`` entry whose root exists."""
+    sets: list[tuple[str, PairDataset]] = []
+    image_size = int(cfg.data.image_size)
+    if cfg.get("test_split", True) and datamodule.test_cases:
+        name = datamodule.test_cases[0].cohort or "test"
+        sets.append((name, PairDataset(datamodule.test_cases, image_size, "none", datamodule.on_bad_pair)))
+    for name, spec in (cfg.get("test_sets") or {}).items():
+        if spec is None:
+            continue
+        if not Path(spec.root).exists():
+            log.info(
+                "test set %r skipped: %s does not exist (set its root, e.g. paths.%s_dir)",
+                name,
+                spec.root,
+                name,
+            )
+            continue
+        size = int(spec.get("image_size") or image_size)
+        sets.append((name, PairDataset(read_cases(spec), size, "none", spec.get("on_bad_pair", "raise"))))
+    if not sets:
+        log.info("no test set to evaluate")
+        return {}
+    predictor = SamBoxPredictor(model, device)
+    hp, ev = model.hparams, cfg.eval
+    metrics: dict[str, float] = {}
+    for name, dataset in sets:
+        summary = run_evaluation(
+            predictor,
+            dataset,
+            output_dir(cfg) / "eval",
+            name,
+            figure=ev.figure,
+            info={"checkpoint": checkpoint, "image_size": dataset.image_size},
+            prompt_mode=ev.prompt_mode or hp.eval_prompt,
+            repetitions=ev.repetitions,
+            seed=ev.seed,
+            max_jitter_px=hp.max_jitter_px,
+            ref_size=hp.jitter_ref_size,
+            batch_size=ev.batch_size,
+            progress=ev.progress,
+        )
+        metrics |= flat_metrics(summary, f"test/{name}")
+    return metrics

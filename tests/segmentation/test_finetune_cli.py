@@ -1,0 +1,190 @@
+"""fetalgen-finetune and fetalgen-evaluate through the real configs: tiny SAM, phantom pairs, a few epochs."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from fetalgen.data.synthetic import MANIFEST, ManifestEntry
+from fetalgen.segmentation.evaluate import evaluate
+from fetalgen.segmentation.finetune import finetune
+from fetalgen.segmentation.module import SamFinetuneModule
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_set(root: Path, phantom_dir: Path, n: int = 4) -> Path:
+    """A fetalgen-sample-like folder made of phantom pairs; the last pair failed QC."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    lines = []
+    for i, image in enumerate(sorted((phantom_dir / "images").iterdir())[-n:]):
+        name = f"syn_{i:06d}"
+        shutil.copy(image, root / "images" / f"{name}.png")
+        shutil.copy(next((phantom_dir / "masks").glob(f"{image.stem}*")), root / "masks" / f"{name}.png")
+        entry = ManifestEntry(i, name, f"images/{name}.png", f"masks/{name}.png", i, "0" * 64, "ddim", 10)
+        entry.qc_pass = i < n - 1
+        lines.append(entry.to_json())
+    (root / MANIFEST).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def overrides(phantom_dir: Path) -> list[str]:
+    return [
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        f"data.source.root={phantom_dir}",
+        "data.source.n=24",
+        "data.source.shape=[135,200]",
+        "data.num_real=8",
+        "data.num_val=4",
+        "data.num_test=4",
+        "data.image_size=64",
+        "model.sam.image_size=64",
+        "eval.repetitions=2",
+        "eval.progress=false",
+    ]
+
+
+@pytest.mark.slow
+def test_finetune_then_evaluate_the_checkpoint(compose_cfg, phantom_dir: Path, tmp_path: Path):
+    syn = synthetic_set(tmp_path / "synthetic", phantom_dir)
+    cfg = compose_cfg(
+        "finetune", [*overrides(phantom_dir), f"data.synthetic_dir={syn}", "data.num_synthetic=3"]
+    )
+    metrics = finetune(cfg)
+    out = Path(cfg.paths.output_dir)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == pytest.approx(metrics, nan_ok=True)
+    for key in ("val/dice", "val/loss", "train/loss", "test/phantom/dice", "test/phantom/dice_std",
+                "test/phantom/baseline_dice", "test/phantom/hd95_mm", "test/phantom/hc_abs_err_mm"):  # fmt: skip
+        assert key in metrics, key
+    assert 0 <= metrics["val/dice"] <= 1 and metrics["test/phantom/n_images"] == 4
+    assert (metrics["data/num_real"], metrics["data/num_synthetic"], metrics["data/synthetic_qc_failed"]) == (
+        8,
+        3,
+        1,
+    )
+    assert not any(k.startswith(("test/spanish", "test/african")) for k in metrics)  # roots absent: skipped
+    for name in ("per_image.csv", "summary.json", "cases.png"):
+        assert (out / "eval" / "phantom" / name).is_file()
+    logged = pd.read_csv(out / "csv" / "metrics.csv")
+    assert {"train/loss", "val/dice", "val/iou", "val/loss"} <= set(logged.columns)
+    best = next((out / "checkpoints").glob("best_*.ckpt"))
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    assert checkpoint["fetalgen_config"]["model"]["sam"]["model_type"] == "tiny"
+
+    # The best checkpoint through fetalgen-evaluate on the same test images: the same boxes, the same numbers.
+    trained = pd.read_csv(out / "eval" / "phantom" / "per_image.csv")
+    names = tmp_path / "test.txt"
+    names.write_text("\n".join(trained["name"].unique()) + "\n")
+    ecfg = compose_cfg(
+        "evaluate",
+        [f"ckpt_path={best}", "eval_data.kind=folder", f"eval_data.root={phantom_dir}", f"eval_data.list_file={names}",
+         "eval_data.name=phantom", "eval.repetitions=2", "eval.progress=false", "eval.figure=false"],
+    )  # fmt: skip
+    with open_dict(ecfg):
+        ecfg.paths.output_dir = str(tmp_path / "evaluate")
+    emetrics = evaluate(ecfg)
+    assert emetrics["eval/phantom/dice"] == pytest.approx(metrics["test/phantom/dice"])
+    again = pd.read_csv(tmp_path / "evaluate" / "phantom" / "per_image.csv")
+    key = ["name", "repetition", "method"]
+    a, b = trained.sort_values(key).reset_index(drop=True), again.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        a[key + ["box_x0", "box_y1", "dice", "hd95_px"]], b[key + ["box_x0", "box_y1", "dice", "hd95_px"]]
+    )
+
+    # Resume from last.ckpt for one more epoch.
+    last = out / "checkpoints" / "last.ckpt"
+    rcfg = compose_cfg(
+        "finetune", [*overrides(phantom_dir), "trainer.max_epochs=3", f"ckpt_path={last}", "test_split=false"]
+    )
+    resumed = finetune(rcfg)
+    assert "val/dice" in resumed and not any(k.startswith("test/") for k in resumed)
+
+
+def test_every_sam_config_composes(compose_cfg):
+    for name in ("tiny", "vit_b", "vit_l", "vit_h", "medsam"):
+        cfg = compose_cfg("finetune", [f"model=sam/{name}", "logger=none"])
+        assert cfg.model.sam.model_type == name and cfg.model._target_.endswith("SamFinetuneModule")
+        assert cfg.callbacks.model_checkpoint.monitor == cfg.callbacks.early_stopping.monitor == "val/dice"
+        if name != "tiny":
+            assert cfg.model.sam.checkpoint.endswith(".pth") and cfg.model.sam.image_size == 1024
+    cfg = compose_cfg("finetune", ["model.sam.image_size=64", "logger=none"])
+    module = instantiate(cfg.model)
+    assert isinstance(module, SamFinetuneModule) and module.cache is not None
+    missing = compose_cfg("evaluate", ["model=sam/vit_b"])
+    with pytest.raises(InstantiationException, match="make weights"):  # Hydra wraps the FileNotFoundError
+        instantiate(missing.model)
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_a_folder_with_random_tiny_sam(phantom_dir: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "fetalgen.cli.evaluate", "eval_data.kind=folder", f"eval_data.root={phantom_dir}",
+        "eval_data.name=ph", "eval_data.image_size=64", "model.sam.image_size=64", "eval.repetitions=2",
+        "eval.progress=false", f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+    ]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **_env()}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "ph" / "summary.json").read_text())
+    assert summary["n_images"] == 24 and summary["checkpoint"] == "random init (tiny)"
+    assert (run_dir / "ph" / "cases.png").is_file() and (run_dir / "metrics.json").is_file()
+    assert "box-ellipse" in done.stdout + done.stderr + (run_dir / "evaluate.log").read_text()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+
+
+@pytest.mark.hc18
+def test_evaluate_on_real_hc18_cases(compose_cfg, hc18_dir: Path, tmp_path: Path):
+    names = tmp_path / "cases.txt"
+    names.write_text("001_HC\n010_2HC\n")
+    cfg = compose_cfg(
+        "evaluate",
+        ["eval_data.kind=hc18", f"eval_data.root={hc18_dir}", f"eval_data.list_file={names}", "eval_data.image_size=64",
+         "model.sam.image_size=64", "eval.repetitions=2", "eval.progress=false", "eval.figure=false"],
+    )  # fmt: skip
+    metrics = evaluate(cfg)
+    rows = pd.read_csv(Path(cfg.paths.output_dir) / "hc18" / "per_image.csv")
+    assert set(rows["name"]) == {"001_HC", "010_2HC"} and len(rows) == 2 * 2 * 2
+    assert rows["pixel_size_mm"].notna().all() and rows["hc_csv_mm"].notna().all()  # from the HC18 CSV
+    base = rows[rows["method"] == "box_ellipse"]
+    assert base["hc_abs_err_csv_mm"].notna().all() and base["dice"].min() > 0.5
+    assert metrics["eval/hc18/n_images"] == 2 and not np.isnan(
+        metrics["eval/hc18/baseline_hc_abs_err_csv_mm"]
+    )
+
+
+@pytest.mark.slow
+def test_finetune_with_two_ddp_processes(compose_cfg, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    # gloo DDP on the CPU (trainer=ddp_cpu, spawned processes): every trainable parameter must get a gradient,
+    # metrics are synchronised, and only rank 0 evaluates and writes metrics.json.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = compose_cfg("finetune", [*overrides(phantom_dir), "trainer=ddp_cpu", "data.augment=weak"])
+    metrics = finetune(cfg)
+    assert 0 <= metrics["val/dice"] <= 1 and "test/phantom/dice" in metrics
+    assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["data/num_real"] == 8

@@ -1,0 +1,146 @@
+"""Embedding cache: keys, memory/disk storage, augmented views, and cached == uncached training."""
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from fetalgen.data.dataset import PairDataset
+from fetalgen.data.folder import read_folder
+from fetalgen.data.transforms import build_augmentation
+from fetalgen.segmentation.build import build_sam
+from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache, view_seed
+from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.segmentation.preprocess import to_encoder_input
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs(phantom_dir: Path) -> PairDataset:
+    return PairDataset(read_folder(phantom_dir)[:8], image_size=64)
+
+
+def encoder_of(sam):
+    calls = []
+
+    def encode(x):
+        calls.append(len(x))
+        return sam.image_encoder(to_encoder_input(sam, x))
+
+    return encode, calls
+
+
+def test_keys_depend_on_image_encoder_and_input_size():
+    sam = build_sam("tiny", image_size=64, seed=0)
+    cache = EmbeddingCache().bind(sam)
+    image = torch.rand(1, 32, 32)
+    assert cache.key(image) == cache.key(image.clone())
+    assert cache.key(image) != cache.key(image + 1e-3)
+    other_weights = EmbeddingCache().bind(build_sam("tiny", image_size=64, seed=1))
+    other_size = EmbeddingCache().bind(build_sam("tiny", image_size=128, seed=0))
+    other_dtype = EmbeddingCache(dtype="float32").bind(sam)
+    assert len({c.key(image) for c in (cache, other_weights, other_size, other_dtype)}) == 4
+    with pytest.raises(RuntimeError, match="bind"):
+        EmbeddingCache().key(image)
+    with pytest.raises(ValueError, match="cache_dir"):
+        EmbeddingCache(storage="disk")
+
+
+def test_memory_cache_computes_each_image_once_and_exactly():
+    sam = build_sam("tiny", image_size=64, seed=0)
+    cache = EmbeddingCache(dtype="float32").bind(sam)
+    encode, calls = encoder_of(sam)
+    images = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        direct = encode(images)
+    calls.clear()
+    first = cache.embed(images, encode)
+    again = cache.embed(torch.cat([images[2:], images[:1]]), encode)  # all known
+    assert calls == [3] and (cache.hits, cache.misses, len(cache)) == (2, 3, 3)
+    assert torch.equal(first, direct) and torch.equal(again, direct[[2, 0]])
+    cache.embed(
+        torch.stack([images[0], images[0], torch.rand(1, 64, 64)]), encode
+    )  # a duplicate and a new one
+    assert calls == [3, 1] and len(cache) == 4
+
+
+def test_disk_cache_fp16_is_shared_and_close(tmp_path: Path):
+    sam = build_sam("tiny", image_size=64, seed=0)
+    encode, calls = encoder_of(sam)
+    images = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        direct = encode(images)
+    calls.clear()
+    first = EmbeddingCache("disk", tmp_path / "cache").bind(sam).embed(images, encode)
+    assert len(list((tmp_path / "cache").glob("*/*.pt"))) == 2
+    fresh = EmbeddingCache("disk", tmp_path / "cache").bind(sam)  # another run: reads the files
+    second = fresh.embed(images, encode)
+    assert calls == [2] and fresh.hits == 2 and torch.equal(first, second)
+    torch.testing.assert_close(second, direct, rtol=2e-3, atol=2e-3)  # fp16 storage
+
+
+def train(pairs: PairDataset, cache, epochs: int = 2, **kwargs) -> SamFinetuneModule:
+    module = SamFinetuneModule(
+        build_sam("tiny", image_size=64, seed=0),
+        partial(torch.optim.AdamW, lr=1e-3),
+        cache=cache,
+        seed=0,
+        **kwargs,
+    )
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(pairs, batch_size=4, shuffle=False))
+    return module
+
+
+def test_cached_and_uncached_training_give_the_same_model(pairs: PairDataset):
+    plain = train(pairs, cache=None)
+    cached = train(pairs, cache=partial(EmbeddingCache, dtype="float32"))
+    assert (cached.cache.misses, cached.cache.hits) == (8, 8)  # epoch 1 computes, epoch 2 reuses
+    for (name, a), b in zip(plain.state_dict().items(), cached.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    batch = next(iter(DataLoader(pairs, batch_size=4)))
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 50.0]] * 4)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain(batch["image"], boxes), cached(batch["image"], boxes), rtol=0, atol=1e-6
+        )
+
+
+def test_augmented_views_are_deterministic_and_bounded(pairs: PairDataset):
+    views = AugmentedViews(build_augmentation("strong"), views=3, seed=0)
+    item = pairs[0]
+    image, mask = item["image"][0].numpy(), item["mask"][0].numpy() > 0.5
+    a = views.view(image, mask, item["name"], 1)
+    b = views.view(image, mask, item["name"], 1)
+    c = views.view(image, mask, item["name"], 2)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and not np.array_equal(a[0], c[0])
+    assert a[0].dtype == np.float32 and a[1].dtype == bool and a[0].min() >= 0 and a[0].max() <= 1
+    assert view_seed(0, 5, 1) == view_seed(0, 5, 1) != view_seed(0, 5, 2)
+    module = train(pairs, cache=EmbeddingCache, epochs=4, augment="weak", cache_views=2)
+    assert module.views is not None and module.views.views == 2
+    assert len(module.cache) <= 8 * 2 and module.cache.hits > 0  # at most N x K encoder passes, ever
+
+
+def test_lora_turns_the_cache_off():
+    module = SamFinetuneModule(
+        build_sam("tiny", image_size=64, seed=0),
+        partial(torch.optim.AdamW),
+        trainable="lora",
+        cache=EmbeddingCache,
+    )
+    assert module.cache is None and module.views is None
