@@ -1,0 +1,96 @@
+"""fetalgen-train-diffusion and fetalgen-sample through their real Hydra configs, shrunk to tiny sizes."""
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import hydra
+import pytest
+import torch
+
+from fetalgen.data.synthetic import read_manifest
+from fetalgen.diffusion.synthesize import synthesize
+from fetalgen.diffusion.train import train_diffusion
+
+TINY = [
+    "model=diffusion/tiny",
+    "data.num_real=8",
+    "data.num_val=4",
+    "data.source.n=12",
+    "data.source.shape=[68,100]",
+    "data.batch_size=4",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.sample_grid.every_n_steps=2",
+    "callbacks.sample_grid.n=4",
+    "callbacks.sample_grid.steps=4",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("preset,size", [("tiny", 32), ("small", 64), ("base", 128), ("paper", 256)])
+def test_every_preset_composes_and_wires_the_image_size(compose_cfg, preset, size):
+    cfg = compose_cfg("train_diffusion", [f"model=diffusion/{preset}"])
+    assert cfg.model.image_size == cfg.data.image_size == cfg.model.unet.sample_size == size
+    unet = hydra.utils.instantiate(cfg.model.unet)
+    assert unet.config.in_channels == unet.config.out_channels == 2
+    # the deepest feature map is at least 4 px: the UNet can downsample the preset's image size
+    assert size // 2 ** (len(unet.config.block_out_channels) - 1) >= 4
+
+
+def test_train_then_sample_through_the_configs(compose_cfg, tmp_path):
+    cfg = compose_cfg("train_diffusion", [*TINY, "logger=csv"])
+    metrics = train_diffusion(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert metrics["global_step"] == 2 and metrics["train/loss"] > 0 and "val/loss" in metrics
+    assert Path(metrics["checkpoint"]) == out / "checkpoints" / "last.ckpt"
+    assert (out / "checkpoints" / "step_000002.ckpt").is_file()
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 2
+    grid = cv2.imread(str(out / "samples" / "step_000002.png"))
+    assert grid is not None and grid.shape[0] > 128 and grid.shape[1] > 2 * 128
+    rows = list(csv.DictReader((out / "csv" / "metrics.csv").read_text().splitlines()))
+    logged = {k for r in rows for k, v in r.items() if v}
+    assert {"train/loss", "val/loss"} <= logged and any(k.startswith("lr-") for k in logged)
+
+    sample = compose_cfg(
+        "sample",
+        [
+            f"ckpt_path={metrics['checkpoint']}",
+            "n=5",
+            "batch_size=4",
+            "steps=4",
+            f"out={tmp_path / 'synthetic'}",
+            "progress=false",
+        ],
+    )
+    result = synthesize(sample)
+    root = tmp_path / "synthetic"
+    entries = read_manifest(root)
+    assert result["n"] == 5 and [e.index for e in entries] == list(range(5))
+    assert all(e.max_train_similarity is not None and e.pixel_size_mm > 0 for e in entries)
+    assert all(e.sampler == "dpmsolver++" and e.steps == 4 for e in entries)
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["head_size_px"]["train"]["n"] == 8  # the training split of the checkpoint's data config
+
+
+def test_sample_grid_is_logged_to_wandb_offline(compose_cfg, monkeypatch):
+    monkeypatch.setenv("FETALGEN_WANDB_OFFLINE", "true")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_cfg("train_diffusion", [*TINY, "logger=wandb", "trainer.val_check_interval=100"])
+    train_diffusion(cfg)
+    images = list(
+        (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*/files/media/images/samples/grid_*.png")
+    )
+    assert len(images) == 1
