@@ -14,7 +14,8 @@ from omegaconf import DictConfig, open_dict
 
 from fetalgen.cli import CONFIG_DIR
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly.
+torch.set_num_threads(1)
 
 
 def hc18_root() -> Path | None:

@@ -26,15 +26,6 @@ TINY_DATA = [
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def build(compose_cfg, overrides=()) -> JointDiffusionModule:
     cfg = compose_cfg("train_diffusion", ["model=diffusion/tiny", *overrides])
     torch.manual_seed(0)

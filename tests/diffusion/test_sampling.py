@@ -27,15 +27,6 @@ from fetalgen.diffusion.sampling import (
 from fetalgen.metrics.biometry import fit_ellipse, measure_head
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_parts(overrides=()):
     """(unet, noise_scheduler) of the tiny preset, randomly initialised with a fixed seed."""
     GlobalHydra.instance().clear()

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import hydra
 import pytest
-import torch
 
 from fetalgen.data.synthetic import read_manifest
 from fetalgen.diffusion.synthesize import synthesize
@@ -29,15 +28,6 @@ TINY = [
     "callbacks.sample_grid.n=4",
     "callbacks.sample_grid.steps=4",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("preset,size", [("tiny", 32), ("small", 64), ("base", 128), ("paper", 256)])

@@ -20,15 +20,6 @@ from fetalgen.segmentation.finetune import finetune
 from fetalgen.segmentation.module import SamFinetuneModule
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synthetic_set(root: Path, phantom_dir: Path, n: int = 4) -> Path:
     """A fetalgen-sample-like folder made of phantom pairs; the last pair failed QC."""
     for sub in ("images", "masks"):

@@ -22,15 +22,6 @@ from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou, resize
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

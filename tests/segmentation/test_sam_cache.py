@@ -18,15 +18,6 @@ from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import to_encoder_input
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pairs(phantom_dir: Path) -> PairDataset:
     return PairDataset(read_folder(phantom_dir)[:8], image_size=64)

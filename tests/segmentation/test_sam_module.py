@@ -15,15 +15,6 @@ from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.module import SamFinetuneModule
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class StepLosses(pl.Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
