@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="pairs per sampling forward pass")
     p.add_argument(
         "--samplers",
-        default="ddpm:1000,ddim:50,dpmsolver++:20",
+        default="ddpm:1000,ddim:50,dpmsolver++:20,sde-dpmsolver++:20",
         help="comma-separated name:steps; the first is the reference of the speed-up",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of training and of the sampled pairs")

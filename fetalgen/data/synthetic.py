@@ -33,7 +33,7 @@ class ManifestEntry:
         mask: mask path relative to the dataset root.
         seed: the seed of this pair's noise (same seed, same pair).
         checkpoint_sha256: hash of the diffusion checkpoint that made it.
-        sampler: ``ddpm``, ``ddim`` or ``dpmsolver++``.
+        sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
         steps: number of sampling steps.
         mode: ``joint`` or ``mask_conditioned``.
         class_label: the class the sample was conditioned on (``None``: unconditional).

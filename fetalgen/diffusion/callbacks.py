@@ -84,7 +84,7 @@ class SampleGridCallback(pl.Callback):
         dirpath: folder of the PNG grids.
         every_n_steps: sampling period in optimizer steps (0: only at the end of training).
         n: number of pairs.
-        sampler: ``ddpm``, ``ddim`` or ``dpmsolver++``.
+        sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
         steps: sampling steps (None: the sampler's default).
         seed: base seed of the pairs.
         guidance_scale: classifier-free guidance scale for a class-conditional model.
@@ -96,7 +96,7 @@ class SampleGridCallback(pl.Callback):
         dirpath: str | Path,
         every_n_steps: int = 500,
         n: int = 8,
-        sampler: str = "dpmsolver++",
+        sampler: str = "sde-dpmsolver++",
         steps: int | None = 20,
         seed: int = 0,
         guidance_scale: float = 1.0,

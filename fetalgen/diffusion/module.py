@@ -208,7 +208,7 @@ class JointDiffusionModule(LightningModule):
         self,
         n: int,
         seed: int = 0,
-        sampler: str = "dpmsolver++",
+        sampler: str = "sde-dpmsolver++",
         steps: int | None = None,
         class_labels: Sequence[int | None] | None = None,
         guidance_scale: float = 1.0,

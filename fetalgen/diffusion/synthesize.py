@@ -81,7 +81,7 @@ class SynthesisSpec:
     """How the pairs are sampled (everything that, with the checkpoint, fixes pair ``i``).
 
     Attributes:
-        sampler: ``ddpm``, ``ddim`` or ``dpmsolver++``.
+        sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
         steps: sampling steps (None: the sampler's default).
         seed: base seed; pair ``i`` uses ``pair_seed(seed, i)``.
         mode: ``joint`` (image and mask generated together) or ``mask_conditioned`` (image generated for a
@@ -94,7 +94,7 @@ class SynthesisSpec:
         heads: ``random_head_mask`` ranges for ``mask_conditioned`` mode.
     """
 
-    sampler: str = "dpmsolver++"
+    sampler: str = "sde-dpmsolver++"
     steps: int | None = 20
     seed: int = 0
     mode: str = "joint"

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 

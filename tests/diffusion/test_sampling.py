@@ -54,6 +54,7 @@ def test_make_sampler_builds_each_scheduler_from_the_training_config(tiny):
         "ddpm": (DDPMScheduler, 1000),
         "ddim": (DDIMScheduler, 50),
         "dpmsolver++": (DPMSolverMultistepScheduler, 20),
+        "sde-dpmsolver++": (DPMSolverMultistepScheduler, 20),
     }
     for name, (cls, steps) in expected.items():
         scheduler, n = make_sampler(name, train.config)
@@ -62,6 +63,8 @@ def test_make_sampler_builds_each_scheduler_from_the_training_config(tiny):
         assert scheduler.config.prediction_type == train.config.prediction_type
     dpm, n = make_sampler("dpmsolver++", train.config, steps=25)
     assert dpm.config.algorithm_type == "dpmsolver++" and n == 25
+    sde, _ = make_sampler("sde-dpmsolver++", train.config)
+    assert sde.config.algorithm_type == "sde-dpmsolver++"
 
 
 def test_make_sampler_rejects_unknown_names_and_step_counts(tiny):
@@ -81,7 +84,7 @@ def test_pair_seed_is_a_pure_function_of_seed_and_index():
     assert all(0 <= s < 2**63 for s in seeds)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "sde-dpmsolver++", "ddpm"])
 def test_sample_i_is_the_same_alone_or_in_a_batch(tiny, sampler):
     unet, train = tiny
     scheduler, _ = make_sampler(sampler, train.config)
@@ -96,7 +99,7 @@ def test_sample_i_is_the_same_alone_or_in_a_batch(tiny, sampler):
 
 def test_every_sampler_runs_with_its_default_steps(tiny):
     unet, train = tiny
-    for name in ("ddpm", "ddim", "dpmsolver++"):
+    for name in ("ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++"):
         scheduler, steps = make_sampler(name, train.config)
         x = sample_pairs(unet, scheduler, [1, 2], steps, image_size=8)  # 8 px keeps DDPM-1000 fast
         assert x.shape == (2, 2, 8, 8)
@@ -106,7 +109,7 @@ def test_every_sampler_runs_with_its_default_steps(tiny):
 def test_mask_conditioned_output_keeps_the_given_mask_exactly(tiny):
     unet, train = tiny
     masks = masks_to_tensor([head_mask(32, 0.3), head_mask(32, 0.2, 0.7, (0.4, 0.6), 30.0)])
-    for name in ("ddim", "dpmsolver++"):
+    for name in ("ddim", "dpmsolver++", "sde-dpmsolver++"):
         scheduler, _ = make_sampler(name, train.config)
         x = sample_pairs(unet, scheduler, [3, 4], steps=6, masks=masks)
         assert torch.equal(x[:, 1:], to_signed(masks))
@@ -211,7 +214,10 @@ class OracleDenoiser(torch.nn.Module):
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddpm", 50), ("ddim", 50), ("dpmsolver++", 20)])
+@pytest.mark.parametrize(
+    "sampler,steps",
+    [("ddpm", 1000), ("ddpm", 50), ("ddim", 50), ("dpmsolver++", 20), ("sde-dpmsolver++", 20)],
+)
 def test_samplers_recover_the_only_training_pair_with_an_exact_denoiser(prediction_type, sampler, steps):
     train = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type

@@ -70,7 +70,7 @@ def test_train_then_sample_through_the_configs(compose_cfg, tmp_path):
     entries = read_manifest(root)
     assert result["n"] == 5 and [e.index for e in entries] == list(range(5))
     assert all(e.max_train_similarity is not None and e.pixel_size_mm > 0 for e in entries)
-    assert all(e.sampler == "dpmsolver++" and e.steps == 4 for e in entries)
+    assert all(e.sampler == "sde-dpmsolver++" and e.steps == 4 for e in entries)
     summary = json.loads((root / "summary.json").read_text())
     assert summary["head_size_px"]["train"]["n"] == 8  # the training split of the checkpoint's data config
 
