@@ -97,3 +97,32 @@ def sweep_dir(tmp_path: Path) -> Path:
             _fake_run(root, num, num_real, ratio, seed, dice)
             num += 1
     return root
+
+
+@pytest.fixture(scope="session")
+def phantom_synthetic(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic-layout dataset (manifest.jsonl) made of 9 phantom pairs; every third failed QC.
+
+    It stands in for a diffusion model's output where a test needs reliable pairs rather than a model.
+    """
+    import shutil
+
+    from fetalgen.data.synthetic import ManifestEntry
+
+    root = tmp_path_factory.mktemp("synthetic")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    lines = []
+    for i, image in enumerate(sorted((phantom_dir / "images").glob("*.png"))[:9]):
+        mask = next((phantom_dir / "masks").glob(f"{image.stem}*"))
+        name = f"syn_{i:06d}"
+        shutil.copy(image, root / "images" / f"{name}.png")
+        shutil.copy(mask, root / "masks" / f"{name}.png")
+        entry = ManifestEntry(
+            index=i, name=name, image=f"images/{name}.png", mask=f"masks/{name}.png", seed=i,
+            checkpoint_sha256="0" * 64, sampler="sde-dpmsolver++", steps=20, qc_pass=i % 3 != 0,
+            qc={"ellipse_iou": 0.95}, max_train_similarity=0.5,
+        )  # fmt: skip
+        lines.append(entry.to_json())
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.segmentation.evaluate import SamBoxPredictor, flat_metrics, read_cases, run_evaluation
@@ -65,19 +67,48 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     metrics |= {k: float(v) for k, v in counts.items()}
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
-    if best and ckpt.monitor == "val/dice" and ckpt.best_model_score is not None:
-        metrics["val/dice"] = float(ckpt.best_model_score)
     if not trainer.is_global_zero:
         return metrics
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state)
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
+        if ckpt.monitor == "val/dice":
+            # Read from the file: spawned DDP processes hand back the best path but not its score.
+            metrics["val/dice"] = best_score(checkpoint)
         log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
-    metrics |= evaluate_test_sets(
+    test_metrics = evaluate_test_sets(
         cfg, model, datamodule, trainer.strategy.root_device, best or "last weights"
     )
+    log_evaluation(loggers, output_dir(cfg) / "eval", test_metrics, step=trainer.global_step)
+    metrics |= test_metrics
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
+
+
+def best_score(checkpoint: dict[str, Any]) -> float:
+    """The ``best_model_score`` that the ModelCheckpoint callback stored in a Lightning checkpoint."""
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    raise KeyError("the checkpoint holds no ModelCheckpoint best_model_score")
+
+
+def log_evaluation(loggers: list[Logger], eval_dir: Path, metrics: dict[str, float], step: int) -> None:
+    """Send the test metrics to every logger; to W&B also each set's per-image table and case figure."""
+    if not metrics:
+        return
+    for lg in loggers:
+        lg.log_metrics(metrics, step=step)
+        if not isinstance(lg, WandbLogger):
+            continue
+        for folder in sorted(p for p in eval_dir.iterdir() if p.is_dir()):
+            table = folder / "per_image.csv"
+            if table.is_file():
+                lg.log_table(key=f"test/{folder.name}/per_image", dataframe=pd.read_csv(table))
+            figure = folder / "cases.png"
+            if figure.is_file():
+                lg.log_image(key=f"test/{folder.name}/cases", images=[str(figure)])
+        lg.experiment.summary.update(metrics)
 
 
 def data_counts(datamodule: Any) -> dict[str, int]:

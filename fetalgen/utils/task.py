@@ -9,11 +9,37 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
 
 log = logging.getLogger(__name__)
+
+
+def _multirun() -> HydraConfig | None:
+    """Hydra's config of the running job when it is part of a multirun, else None."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def sweep_group(default: str) -> str:
+    """``<default>-<sweep dir name>`` inside a multirun (so W&B groups the runs of one sweep), else ``default``."""
+    hydra_cfg = _multirun()
+    return f"{default}-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg else default
+
+
+def run_name(default: str) -> str:
+    """The job's overrides (``data.num_real=5,seed=0``) inside a multirun, else ``default``."""
+    hydra_cfg = _multirun()
+    return (hydra_cfg.job.override_dirname or default) if hydra_cfg else default
+
+
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
