@@ -18,17 +18,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from pipeline import run_step
 
 from fetalgen.data.io import load_image
 from fetalgen.data.synthetic import read_manifest
-from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, summarise
+from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, spread, summarise
 from fetalgen.report.figures import pair_grid
 from fetalgen.report.plots import plot_metric
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output directory")
     parser.add_argument("--ratios", default="0,1,2", help="synthetic/real ratios of the SAM sweep")
     parser.add_argument("--seeds", default="0", help="seeds of the SAM sweep (comma-separated)")
@@ -39,14 +42,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synthetic_grid(root: Path, out: Path, n: int = 12) -> Path:
-    """A PNG grid of the first ``n`` synthetic pairs (image | mask contour)."""
-    entries = read_manifest(root)[:n]
-    images = np.stack([load_image(root / e.image) / 255.0 for e in entries])
-    masks = np.stack([load_image(root / e.mask) > 127 for e in entries])
+def synthetic_grid(root: Path, out: Path, n: int = 12) -> tuple[Path, str]:
+    """A PNG grid of the first ``n`` synthetic pairs that passed QC (or of the first pairs if none did).
+
+    Returns:
+        The PNG path and a caption saying which pairs it shows.
+    """
+    entries = read_manifest(root)
+    shown = [e for e in entries if e.qc_pass][:n]
+    caption = "Synthetic pairs from the joint diffusion model that passed QC (image | mask contour):"
+    if not shown:
+        shown = entries[:n]
+        caption = "No synthetic pair passed QC (train the diffusion longer); the first pairs, all failed:"
+    images = np.stack([load_image(root / e.image) / 255.0 for e in shown])
+    masks = np.stack([load_image(root / e.mask) > 127 for e in shown])
     grid = pair_grid(images, masks, ncols=4)
     cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    return out
+    return out, caption
 
 
 def write_report(out: Path, sweep: Path, synthetic: Path, timings: dict[str, float]) -> Path:
@@ -56,29 +68,32 @@ def write_report(out: Path, sweep: Path, synthetic: Path, timings: dict[str, flo
     summary_qc = json.loads((synthetic / "summary.json").read_text())
     runs = collect_runs(sweep)
     x = "data.synthetic_ratio"
-    metrics = ["val/dice", "test/phantom/dice", "test/phantom/baseline_dice", "test/phantom/hd95"]
+    dice, baseline = "test/phantom/dice", "test/phantom/baseline_dice"
+    metrics = [dice, f"{dice}_std", baseline, f"{baseline}_std"]
     summary = summarise(runs, [x], metrics)
     chart = plot_metric(
-        summary, x, "test/phantom/dice", report_dir / "dice_vs_ratio.png",
-        baseline="test/phantom/baseline_dice", title="Tiny SAM on phantom test pairs",
+        summary, x, dice, report_dir / "dice_vs_ratio.png", baseline=baseline,
+        title="Tiny SAM on phantom test pairs",
     )  # fmt: skip
-    grid = synthetic_grid(synthetic, report_dir / "synthetic_pairs.png")
-    table = summary[[x]].copy()
-    table.columns = ["synthetic / real"]
-    table["SAM Dice (%)"] = [
-        format_mean_std(r["test/phantom/dice_mean"], r["test/phantom/dice_std"]) for _, r in summary.iterrows()
-    ]
-    table["box-ellipse Dice (%)"] = [
-        format_mean_std(r["test/phantom/baseline_dice_mean"], r["test/phantom/baseline_dice_std"])
-        for _, r in summary.iterrows()
-    ]
-    table["runs"] = summary["test/phantom/dice_n"].astype(int).values
+    grid, caption = synthetic_grid(synthetic, report_dir / "synthetic_pairs.png")
+    table = pd.DataFrame(
+        {
+            "synthetic / real": summary[x],
+            "SAM Dice (%)": [
+                format_mean_std(r[f"{dice}_mean"], spread(r, dice)) for _, r in summary.iterrows()
+            ],
+            "box-ellipse Dice (%)": [
+                format_mean_std(r[f"{baseline}_mean"], spread(r, baseline)) for _, r in summary.iterrows()
+            ],
+            "runs": summary[f"{dice}_n"].astype(int),
+        }
+    )
     qc_rate = summary_qc.get("qc_pass_rate")
     memo = (summary_qc.get("memorisation") or {}).get("rate")
     lines = [
         "# fetalgen demo (phantom data, tiny models, CPU)",
         "",
-        "Synthetic pairs from the joint diffusion model (image | mask contour):",
+        caption,
         "",
         f"![synthetic pairs]({grid.name})",
         "",
@@ -87,7 +102,8 @@ def write_report(out: Path, sweep: Path, synthetic: Path, timings: dict[str, flo
         "",
         "## Tiny SAM: Dice on held-out phantom pairs against the synthetic/real ratio",
         "",
-        "Mean ± std over box-jitter repetitions and seeds; the box-ellipse baseline uses the same prompts.",
+        "Mean ± std over seeds (one seed: over box-jitter repetitions); the box-ellipse baseline uses the same",
+        "prompts.",
         "Every run trains the same number of epochs, so runs with more pairs take more steps.",
         "",
         markdown_table(table),

@@ -129,6 +129,16 @@ def summarise(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> 
     return stats.reset_index(drop=True)
 
 
+def spread(row: pd.Series, metric: str) -> float:
+    """The std to show beside ``<metric>_mean`` of a :func:`summarise` row: over seeds when the group has
+    several runs, else the run's own std over box-jitter repetitions (``<metric>_std`` in its metrics, which
+    :func:`summarise` turns into ``<metric>_std_mean``), else 0."""
+    if row.get(f"{metric}_n", 0) > 1:
+        return float(row[f"{metric}_std"])
+    own = row.get(f"{metric}_std_mean")
+    return 0.0 if own is None or pd.isna(own) else float(own)
+
+
 def format_mean_std(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
     """``"94.66 ± 0.31"`` (Dice as a percentage by default); ``"–"`` for a missing value."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
