@@ -39,7 +39,7 @@ format: install
 	$(BIN)/ruff check --fix fetalgen tests experiments
 
 reproduce-paper: install
-	$(BIN)/python experiments/reproduce_paper.py preset=$(PRESET)
+	$(BIN)/python experiments/reproduce_paper.py --preset $(PRESET)
 
 bench: install
 	$(BIN)/python experiments/bench/samplers.py

@@ -1,0 +1,71 @@
+"""The paper's tables: grouping by cohort, arm and N_real; the published figures beside our best."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from fetalgen.report.paper import evaluated_sets, paper_summary, published_comparison, write_paper_results
+
+
+def _run(root: Path, i: int, arm: str, num_real: int, seed: int, spanish: float) -> None:
+    run = root / str(i)
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(
+        OmegaConf.create({"seed": seed, "arm": arm, "data": {"num_real": num_real}}),
+        run / ".hydra" / "config.yaml",
+    )
+    OmegaConf.save(
+        OmegaConf.create(["data=hc18", f"arm={arm}", f"data.num_real={num_real}"]),
+        run / ".hydra" / "overrides.yaml",
+    )
+    metrics = {
+        "test/spanish/dice": spanish, "test/spanish/dice_std": 0.01,
+        "test/spanish/baseline_dice": 0.85, "test/spanish/baseline_dice_std": 0.002,
+    }  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    i = 0
+    for arm, base in (("real", 0.90), ("synthetic", 0.93)):
+        for num_real in (5, 10):
+            for seed in (0, 1):
+                _run(tmp_path, i, arm, num_real, seed, base + 0.01 * (num_real == 10) + 0.002 * seed)
+                i += 1
+    return tmp_path
+
+
+def test_summary_groups_by_cohort_arm_and_nreal(sweep: Path) -> None:
+    from fetalgen.report.aggregate import collect_runs
+
+    runs = collect_runs(sweep)
+    assert evaluated_sets(runs) == ["spanish"]
+    summary = paper_summary(runs)
+    assert len(summary) == 4
+    row = summary[(summary["arm"] == "synthetic") & (summary["data.num_real"] == 10)].iloc[0]
+    assert row["test/spanish/dice_mean"] == pytest.approx(0.941)
+    assert row["test/spanish/dice_n"] == 2
+
+
+def test_published_comparison_takes_the_best_synthetic_run(sweep: Path) -> None:
+    from fetalgen.report.aggregate import collect_runs
+
+    table = published_comparison(paper_summary(collect_runs(sweep)))
+    spanish = table[table["test set"] == "spanish"].iloc[0]
+    assert spanish["published (Wang et al. 2025)"] == "94.66"
+    assert spanish["ours"].startswith("94.10 ± ")  # synthetic, N_real=10: mean of 0.940 and 0.942
+    assert spanish["ours: training cohort, N_real"] == "hc18, N_real=10"
+    assert table[table["test set"] == "african"].iloc[0]["ours"] == "–"
+
+
+def test_write_paper_results(sweep: Path, tmp_path: Path) -> None:
+    report = write_paper_results(sweep, tmp_path / "results")
+    assert "8 runs finished, 0 failed" in report.read_text()
+    assert (tmp_path / "results" / "dice_vs_nreal.png").stat().st_size > 1000
+    assert len(pd.read_csv(tmp_path / "results" / "table.csv")) == 4
