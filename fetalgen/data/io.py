@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from fetalgen.data.cases import Case, DataError
+from fetalgen.utils.masks import fill_holes
 
 ON_BAD = ("raise", "skip")
 
@@ -56,15 +57,6 @@ def load_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     return _to_gray(_read(path, "image"), path, "image")
-
-
-def fill_holes(fg: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_fill_holes`` (4-connected background) done with an OpenCV flood fill (faster)."""
-    h, w = fg.shape
-    canvas = np.zeros((h + 2, w + 2), np.uint8)
-    canvas[1:-1, 1:-1] = fg
-    cv2.floodFill(canvas, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 2, flags=4)
-    return canvas[1:-1, 1:-1] != 2
 
 
 def _fill_outline(fg: np.ndarray) -> np.ndarray | None:

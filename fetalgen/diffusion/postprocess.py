@@ -1,38 +1,13 @@
 """Turn a decoded mask channel into a clean binary head mask: threshold, largest component, no holes.
 
-Pure numpy/scipy; no torch or Lightning. Connectivity follows the usual digital-topology pairing: the
-foreground is 8-connected, holes (background) are 4-connected.
+Pure numpy; no torch or Lightning. The morphology lives in :mod:`fetalgen.utils.masks`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
-_EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a mask.
-
-    Args:
-        mask: HxW, anything castable to bool.
-
-    Returns:
-        bool HxW; all False when ``mask`` is empty. Ties keep the component found first (raster order).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    labels, n = ndi.label(mask, structure=_EIGHT)
-    if n <= 1:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill every background region not connected (4-connectivity) to the image border. bool HxW."""
-    return ndi.binary_fill_holes(np.asarray(mask, dtype=bool))
+from fetalgen.utils.masks import fill_holes, largest_component
 
 
 def clean_mask(channel: np.ndarray, threshold: float = 0.0) -> np.ndarray:

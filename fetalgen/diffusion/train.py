@@ -8,17 +8,10 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import LearningRateMonitor
 
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import (
-    instantiate_callbacks,
-    instantiate_loggers,
-    log_config,
-    output_dir,
-    task_wrapper,
-)
+from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +33,7 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     log.info("Instantiating model <%s>", cfg.model._target_)
     model: JointDiffusionModule = hydra.utils.instantiate(cfg.model)
     model.save_run_config(cfg)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
-    if not loggers:  # LearningRateMonitor refuses to run without a logger
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    log_config(loggers, cfg)
+    trainer, loggers = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fetalgen.diffusion.postprocess import largest_component
+from fetalgen.utils.masks import largest_component
 
 
 @dataclass(frozen=True)

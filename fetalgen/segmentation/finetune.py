@@ -12,20 +12,13 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.segmentation.evaluate import SamBoxPredictor, flat_metrics, read_cases, run_evaluation
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import (
-    instantiate_callbacks,
-    instantiate_loggers,
-    log_config,
-    output_dir,
-    task_wrapper,
-)
+from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +46,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
 
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
-    if not loggers:  # LearningRateMonitor refuses to run without a logger
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    log_config(loggers, cfg)
+    trainer, loggers = build_trainer(cfg)
     for lg in loggers:
         lg.log_hyperparams(counts)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,20 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     if not cfg:
         return []
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[Logger]]:
+    """The Trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg``; the config is logged.
+
+    Without a logger, LearningRateMonitor (which refuses to run then) is left out.
+    """
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(loggers, cfg)
+    return trainer, loggers
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fetalgen.diffusion.postprocess import clean_mask, fill_holes, largest_component
+from fetalgen.diffusion.postprocess import clean_mask
 
 
 def head_channel() -> np.ndarray:
@@ -34,15 +34,3 @@ def test_empty_stays_empty():
     assert m.shape == (16, 16) and not m.any()
     with pytest.raises(ValueError, match="HxW"):
         clean_mask(np.zeros((1, 16, 16)))
-
-
-def test_helpers():
-    m = np.zeros((10, 10), bool)
-    m[0:3, 0:3] = True
-    m[5:9, 5:9] = True
-    m[6:8, 6:8] = False
-    big = largest_component(m)
-    assert big.sum() == 12 and not big[0, 0]
-    assert fill_holes(big).sum() == 16
-    diagonal = np.eye(5, dtype=bool)  # 8-connected: one component
-    np.testing.assert_array_equal(largest_component(diagonal), diagonal)
