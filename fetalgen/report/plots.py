@@ -25,6 +25,14 @@ def _draw_lines(
         ax.fill_between(part[x], mean - std, mean + std, color=line.get_color(), alpha=0.2)
 
 
+def _log_axis(ax: plt.Axes, values: pd.Series) -> None:
+    """A logarithmic x axis ticked at the plotted values, labelled as plain numbers (5, 10, 20, ...)."""
+    ax.set_xscale("log")
+    ticks = sorted(float(v) for v in values.dropna().unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+
+
 def _draw_baseline(ax: plt.Axes, summary: pd.DataFrame, baseline: str | None, scale: float) -> None:
     column = f"{baseline}_mean" if baseline else None
     if column and column in summary.columns and summary[column].notna().any():
@@ -59,7 +67,7 @@ def plot_metric(
     _draw_lines(ax, summary, x, metric, hue, scale)
     _draw_baseline(ax, summary, baseline, scale)
     if logx:
-        ax.set_xscale("log")
+        _log_axis(ax, summary[x])
     ax.set_xlabel(x)
     ax.set_ylabel(f"{metric} (x{scale:g})" if scale != 1 else metric)
     ax.set_title(title or f"{metric} against {x}")
@@ -88,13 +96,14 @@ def plot_panels(
     test cohort), with the box-ellipse baseline as a reference line.
     """
     n = len(summaries)
+    ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), dpi=110, squeeze=False)
     for ax, (title, summary, metric, baseline) in zip(axes.flat, summaries, strict=False):
         _draw_lines(ax, summary, x, metric, hue, scale)
         _draw_baseline(ax, summary, baseline, scale)
         if logx:
-            ax.set_xscale("log")
+            _log_axis(ax, summary[x])
         ax.set_title(title)
         ax.set_xlabel(x)
         ax.set_ylabel("Dice (%)" if scale == 100 else metric)
