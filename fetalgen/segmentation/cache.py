@@ -139,7 +139,8 @@ class EmbeddingCache:
                 self._put(k, found[k])
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
-        return torch.stack([found[k] for k in keys]).to(device=images.device, dtype=torch.float32)
+        # Cast before stacking: under CPU autocast (bf16-mixed), stacking float16 tensors is an error.
+        return torch.stack([found[k].to(device=images.device, dtype=torch.float32) for k in keys])
 
 
 def stable_id(name: str) -> int:
