@@ -33,6 +33,25 @@ def _log_axis(ax: plt.Axes, values: pd.Series) -> None:
     ax.minorticks_off()
 
 
+def _finish_axis(ax: plt.Axes, summary: pd.DataFrame, x: str, logx: bool, title: str, ylabel: str) -> None:
+    if logx:
+        _log_axis(ax, summary[x])
+    ax.set_title(title)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(fig: plt.Figure, out: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def _draw_baseline(ax: plt.Axes, summary: pd.DataFrame, baseline: str | None, scale: float) -> None:
     column = f"{baseline}_mean" if baseline else None
     if column and column in summary.columns and summary[column].notna().any():
@@ -66,19 +85,9 @@ def plot_metric(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     _draw_lines(ax, summary, x, metric, hue, scale)
     _draw_baseline(ax, summary, baseline, scale)
-    if logx:
-        _log_axis(ax, summary[x])
-    ax.set_xlabel(x)
-    ax.set_ylabel(f"{metric} (x{scale:g})" if scale != 1 else metric)
-    ax.set_title(title or f"{metric} against {x}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    ylabel = f"{metric} (x{scale:g})" if scale != 1 else metric
+    _finish_axis(ax, summary, x, logx, title or f"{metric} against {x}", ylabel)
+    return _save(fig, out)
 
 
 def plot_panels(
@@ -102,18 +111,7 @@ def plot_panels(
     for ax, (title, summary, metric, baseline) in zip(axes.flat, summaries, strict=False):
         _draw_lines(ax, summary, x, metric, hue, scale)
         _draw_baseline(ax, summary, baseline, scale)
-        if logx:
-            _log_axis(ax, summary[x])
-        ax.set_title(title)
-        ax.set_xlabel(x)
-        ax.set_ylabel("Dice (%)" if scale == 100 else metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _finish_axis(ax, summary, x, logx, title, "Dice (%)" if scale == 100 else metric)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
