@@ -236,13 +236,17 @@ def _float(value: Any) -> float | None:
 
 def flat_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
     """``{prefix}/<metric>``, ``{prefix}/<metric>_std`` for SAM and ``{prefix}/baseline_<metric>`` for the
-    box-ellipse baseline (nan where undefined), plus ``{prefix}/n_images``."""
+    box-ellipse baseline (nan where undefined), plus ``{prefix}/n_images`` and ``{prefix}/[baseline_]n_empty``:
+    the empty predictions over all repetitions, which the surface distances leave out (their Dice counts 0)."""
     out: dict[str, float] = {f"{prefix}/n_images": float(summary["n_images"])}
     for method, label in (("sam", ""), ("box_ellipse", "baseline_")):
-        for metric, stats in summary["methods"].get(method, {}).items():
+        stats_of = summary["methods"].get(method, {})
+        for metric, stats in stats_of.items():
             for key, suffix in (("mean", ""), ("std", "_std")):
                 value = stats[key]
                 out[f"{prefix}/{label}{metric}{suffix}"] = math.nan if value is None else value
+        if "hd95_px" in stats_of:  # targets are never empty, so a nan distance is an empty prediction
+            out[f"{prefix}/{label}n_empty"] = float(stats_of["hd95_px"]["n_nan"])
     return out
 
 

@@ -145,6 +145,7 @@ def test_summary_is_mean_and_std_over_repetitions(evaluated):
     assert summary["methods"]["box_ellipse"]["dice"]["std"] == pytest.approx(base.std(ddof=0))
     flat = flat_metrics(summary, "test/x")
     assert flat["test/x/dice"] == pytest.approx(38 / 60) and flat["test/x/n_images"] == 3
+    assert flat["test/x/n_empty"] == 3 and flat["test/x/baseline_n_empty"] == 0
     assert flat["test/x/baseline_dice"] == pytest.approx(base.mean()) and "test/x/baseline_dice_std" in flat
     table = format_summary(summary)
     assert "SAM" in table and "box-ellipse" in table and "0.6333 ± 0.0272" in table
