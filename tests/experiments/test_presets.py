@@ -1,0 +1,37 @@
+"""Every experiment preset and arm composes with its entry point; the small ones also instantiate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+
+from fetalgen.cli import CONFIG_DIR
+
+PRESETS = sorted(p.parent.name for p in Path(CONFIG_DIR, "experiment").glob("*/diffusion.yaml"))
+
+
+def test_presets_exist() -> None:
+    assert PRESETS == ["cpu", "demo", "paper"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_diffusion_preset_composes(compose_cfg, preset: str) -> None:
+    cfg = compose_cfg("train_diffusion", [f"experiment={preset}/diffusion"])
+    assert cfg.data.image_size == cfg.model.image_size == cfg.model.unet.sample_size
+    assert preset in cfg.tags
+    if preset != "paper":  # the paper UNet is large; its config is checked above
+        model = hydra.utils.instantiate(cfg.model)
+        assert model.num_classes == (3 if preset == "cpu" else 0)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("arm", ["real", "synthetic", "weak", "strong"])
+def test_finetune_preset_and_arm_compose(compose_cfg, preset: str, arm: str) -> None:
+    cfg = compose_cfg("finetune", [f"experiment={preset}/finetune", f"arm={arm}", "data.synthetic_dir=/syn"])
+    assert cfg.arm == arm
+    assert cfg.data.augment == {"weak": "weak", "strong": "strong"}.get(arm, "none")
+    assert (cfg.data.num_synthetic == "all") == (arm == "synthetic")
+    assert cfg.model.sam.model_type == ("vit_b" if preset == "paper" else "tiny")
+    assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/dice"
