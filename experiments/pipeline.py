@@ -12,8 +12,6 @@ ENTRY_POINTS = {
     "fetalgen-train-diffusion": "fetalgen.cli.train_diffusion",
     "fetalgen-sample": "fetalgen.cli.sample",
     "fetalgen-finetune": "fetalgen.cli.finetune",
-    "fetalgen-evaluate": "fetalgen.cli.evaluate",
-    "fetalgen-report": "fetalgen.cli.report",
 }
 
 

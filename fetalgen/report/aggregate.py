@@ -23,12 +23,10 @@ SETTING_KEYS = (
     "task_name",
     "seed",
     "arm",
-    "data.cohort",
     "data.num_real",
     "data.synthetic_ratio",
     "data.num_synthetic",
     "data.augment",
-    "model.name",
     "trainer.precision",
 )
 
