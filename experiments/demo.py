@@ -1,9 +1,10 @@
 """``make demo``: the whole pipeline on embedded phantom data at tiny scale, on CPU, in a few minutes.
 
-1. train the joint image-and-mask diffusion (tiny UNet, 32 px) on phantom pairs;
+0. split the phantom pairs once: held-out validation and test pairs, and the training pool;
+1. train the joint image-and-mask diffusion (tiny UNet, 32 px) on the pool;
 2. sample synthetic pairs with QC and the memorisation check;
-3. fine-tune the tiny SAM with synthetic/real ratios 0, 1 and 2 (a Hydra multirun);
-4. evaluate on held-out phantom pairs beside the box-ellipse baseline and write a short report
+3. fine-tune the tiny SAM with synthetic/real ratios 0, 1 and 2 (a Hydra multirun, equal step budgets);
+4. evaluate on the held-out phantom pairs beside the box-ellipse baseline and write a short report
    (Markdown + PNG: sample grid, Dice against the ratio, the table).
 
     python experiments/demo.py [--out outputs/demo] [--ratios 0,1,2] [--seeds 0]
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0", help="seeds of the SAM sweep (comma-separated)")
     parser.add_argument("--diffusion-steps", type=int, default=1500, help="training steps of the diffusion")
     parser.add_argument("--n-synthetic", type=int, default=64, help="synthetic pairs to sample")
-    parser.add_argument("--sam-epochs", type=int, default=300, help="SAM fine-tuning epochs")
+    parser.add_argument("--sam-steps", type=int, default=800, help="SAM fine-tuning steps (every run)")
     parser.add_argument("--logger", default="wandb", help="wandb (offline) | csv | none")
     return parser.parse_args(argv)
 
@@ -104,7 +105,7 @@ def write_report(out: Path, sweep: Path, synthetic: Path, timings: dict[str, flo
         "",
         "Mean ± std over seeds (one seed: over box-jitter repetitions); the box-ellipse baseline uses the same",
         "prompts.",
-        "Every run trains the same number of epochs, so runs with more pairs take more steps.",
+        "Every run trains the same number of optimizer steps; the generator never saw a held-out pair.",
         "",
         markdown_table(table),
         f"![Dice against the ratio]({chart.name})",
@@ -127,13 +128,20 @@ def main(argv: list[str] | None = None) -> Path:
     logs = out / "logs"
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    diffusion, synthetic, sweep = out / "diffusion", out / "synthetic", out / "sweep"
+    diffusion, synthetic, sweep, split = out / "diffusion", out / "synthetic", out / "sweep", out / "split"
     common = [f"paths.data_dir={out / 'data'}", f"paths.log_dir={logs}"]
+    timings["split"] = run_step(
+        "0/4 split the phantom pairs once: validation and test pairs held out of every model",
+        "fetalgen-split",
+        ["data=phantom", "num_val=8", "num_test=24", f"out={split}", f"hydra.run.dir={out / 'split-run'}", *common],
+        logs,
+    )  # fmt: skip
     timings["diffusion"] = run_step(
-        "1/4 train the joint diffusion on phantom pairs",
+        "1/4 train the joint diffusion on the phantom training pool",
         "fetalgen-train-diffusion",
-        ["experiment=demo/diffusion", f"trainer.max_steps={args.diffusion_steps}", f"logger={args.logger}",
-         f"hydra.run.dir={diffusion}", *common],
+        ["experiment=demo/diffusion", f"data.split_file={split}", "data.load_holdout=false",
+         f"trainer.max_steps={args.diffusion_steps}", f"logger={args.logger}", f"hydra.run.dir={diffusion}",
+         *common],
         logs,
     )  # fmt: skip
     timings["sampling"] = run_step(
@@ -146,8 +154,9 @@ def main(argv: list[str] | None = None) -> Path:
     timings["SAM sweep"] = run_step(
         "3/4 fine-tune the tiny SAM over synthetic/real ratios (Hydra multirun)",
         "fetalgen-finetune",
-        ["-m", "experiment=demo/finetune", f"data.synthetic_dir={synthetic}",
-         f"data.synthetic_ratio={args.ratios}", f"seed={args.seeds}", f"trainer.max_epochs={args.sam_epochs}",
+        ["-m", "experiment=demo/finetune", f"data.split_file={split}", f"data.synthetic_dir={synthetic}",
+         f"data.synthetic_ratio={args.ratios}", f"seed={args.seeds}", f"trainer.max_steps={args.sam_steps}",
+         f"trainer.val_check_interval={min(50, args.sam_steps)}",
          f"logger={args.logger}", f"hydra.sweep.dir={sweep}", *common],
         logs,
     )  # fmt: skip

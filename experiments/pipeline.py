@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ENTRY_POINTS = {
+    "fetalgen-split": "fetalgen.cli.split",
     "fetalgen-train-diffusion": "fetalgen.cli.train_diffusion",
     "fetalgen-sample": "fetalgen.cli.sample",
     "fetalgen-finetune": "fetalgen.cli.finetune",

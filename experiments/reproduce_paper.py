@@ -1,15 +1,19 @@
-"""``make reproduce-paper [PRESET=cpu|paper]``: the protocol of Wang et al. 2025 end to end, as one command.
+"""``make reproduce-paper [PRESET=cpu|paper]``: the protocol of Wang et al. 2025 end to end, as one command,
+made leak-free, budget-fair and label-counted.
 
-1. train the joint diffusion on 20 HC18 pairs per trimester (60 in all; trimester from head circumference);
-2. sample the synthetic pairs with QC (495 in the paper);
-3. fine-tune SAM for each training cohort (HC18, Spanish where present) and each N_real, in four arms
-   (real only, real + all synthetic pairs that passed QC, weak and strong augmentation), over the seeds;
-4. evaluate every run on the test sets (HC18 held-out split, Spanish and African where present) with
-   box-jitter repetitions, beside the box-ellipse baseline on the same prompts;
-5. write results/: tables (CSV + Markdown, with the published figures beside ours) and the four-panel chart.
+1. split each training cohort once (fetalgen-split): held-out validation and test subjects, and the training
+   pool (the paper's case lists in PRESET=paper); every later step reads this split;
+2. train the joint diffusion on 20 pool pairs per trimester (60 in all) and sample the synthetic pairs with QC
+   (495 in the paper); the label-matched generators train on exactly the N_real pairs SAM will see;
+3. fine-tune SAM for each training cohort and N_real in the arms (real only; + the paper generator's pairs;
+   + the label-matched generator's pairs; weak and strong augmentation), over the seeds, every arm with the
+   same number of optimizer steps; plus the label-budget reference (real only on the generator's 60 pairs);
+4. evaluate every run on the test sets with box-jitter repetitions, beside the box-ellipse baseline;
+5. write results/: the paired comparison with 95 % bootstrap CIs, the labels behind each arm, the published
+   figures beside ours, and the chart.
 
 PRESET=paper is the full protocol for a GPU machine (SAM ViT-B from `make weights`); PRESET=cpu runs the
-same steps at small scale (tiny models, 32/64 px, a shorter N_real grid, fewer epochs) on 2 CPU cores.
+same steps at small scale (tiny models, 32/64 px, N_real 5/20/50, 3 seeds) on 2 CPU cores.
 
     python experiments/reproduce_paper.py --preset cpu [--out outputs/reproduce-paper] [--results results]
 """
@@ -17,6 +21,7 @@ same steps at small scale (tiny models, 32/64 px, a shorter N_real grid, fewer e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -25,6 +30,8 @@ from pathlib import Path
 
 from pipeline import StepFailed, run_step
 
+from fetalgen.data.protocol import restrict_pool
+from fetalgen.data.provenance import TRAINING_CASES, read_training_cases
 from fetalgen.report.paper import ARMS, write_paper_results
 
 
@@ -38,27 +45,42 @@ class Preset:
     n_synthetic: int
     sample_steps: int
     needs_weights: bool
+    split: tuple[str, ...]  # fetalgen-split settings of the HC18 cohort
+    matched_num_real: tuple[int, ...] = ()  # N_real of the label-matched arm (one generator per N_real, seed)
+    matched_seeds: tuple[int, ...] | None = None  # None: every seed
     diffusion: tuple[str, ...] = ()  # further overrides of each step
     finetune: tuple[str, ...] = ()
     arms: tuple[str, ...] = ARMS
     logger: str = "wandb"
 
 
+PAPER_LISTS = "${paths.paper_lists_dir}"
 PRESETS = {
-    "paper": Preset("paper", (5, 10, 20, 50, 100, 300, 500), (0, 1, 2), 495, 25, needs_weights=True),
-    "cpu": Preset("cpu", (5, 10, 20, 50), (0,), 120, 20, needs_weights=False),
+    "paper": Preset(
+        "paper", (5, 10, 20, 50, 100, 300, 500), (0, 1, 2), 495, 25, needs_weights=True,
+        split=("num_val=50", "num_test=100", f"pool_list={PAPER_LISTS}/HC18_data_500.list", "pool_missing=skip"),
+        matched_num_real=(5, 10, 20, 50),
+    ),
+    # 2 CPU cores, about an hour: the paper's four arms are cut to real and synthetic (weak/strong: --arms).
+    "cpu": Preset(
+        "cpu", (5, 20, 50), (0, 1, 2), 120, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
+        matched_num_real=(5, 20), matched_seeds=(0,), arms=("real", "synthetic"),
+    ),
     # A shrunken run of every step for the tests (minutes): few steps, one N_real, no W&B.
     "smoke": Preset(
-        "cpu",
-        (3,),
-        (0,),
-        6,
-        4,
-        needs_weights=False,
-        logger="csv",
-        diffusion=("trainer.max_steps=10", "data.num_val=3", "callbacks.sample_grid.every_n_steps=0"),
-        finetune=("trainer.max_epochs=1", "data.num_val=4", "data.num_test=8", "eval.repetitions=2"),
-    ),  # fmt: skip
+        "cpu", (3,), (0,), 6, 4, needs_weights=False, split=("num_val=4", "num_test=8"),
+        matched_num_real=(3,), logger="csv",
+        diffusion=("trainer.max_steps=10", "callbacks.sample_grid.every_n_steps=0"),
+        finetune=("trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=2"),
+    ),
+}  # fmt: skip
+
+
+# The Spanish cohort: its training pool (the paper's list in PRESET=paper); its test set is <spanish_dir>/test.
+SPANISH_SPLIT = {
+    "paper": ("num_val=50", "num_test=0", f"pool_list={PAPER_LISTS}/ES_data_500.list", "pool_missing=skip"),
+    "cpu": ("num_val=20", "num_test=0"),
+    "smoke": ("num_val=4", "num_test=0"),
 }
 
 
@@ -117,6 +139,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--results", type=Path, default=Path("results"), help="tables and chart")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
+    parser.add_argument(
+        "--arms", default=None, help="comma-separated arms of the main sweep (default: the preset's)"
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated extra arms to leave out: matched, reference (default: none)",
+    )
     return parser.parse_args(argv)
 
 
@@ -128,42 +158,100 @@ def main(argv: list[str] | None = None) -> Path:
     checkpoint = Path(os.environ.get("FETALGEN_CHECKPOINT_DIR", "checkpoints")) / "sam_vit_b_01ec64.pth"
     found = Cohorts.find(data_dir)
     cohorts = found.check(preset, checkpoint)
-    for note in found.notes:
-        print(f"NOTE: {note}", flush=True)
-    seeds = args.seeds or ",".join(map(str, preset.seeds))
-    logs, diffusion, synthetic = out / "logs", out / "diffusion", out / "synthetic"
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(preset.seeds)
+    arms = args.arms.split(",") if args.arms else list(preset.arms)
+    matched_seeds = [s for s in (preset.matched_seeds or seeds) if s in seeds]
+    skip = set(filter(None, args.skip.split(",")))
+    logs, synthetic = out / "logs", out / "synthetic"
     common = [f"paths.log_dir={logs}", f"paths.data_dir={data_dir}"]
     start = time.perf_counter()
 
-    run_step(
-        "1/5 joint diffusion on 20 HC18 pairs per trimester",
-        "fetalgen-train-diffusion",
-        [f"experiment={preset.experiment}/diffusion", f"logger={preset.logger}", f"hydra.run.dir={diffusion}",
-         *preset.diffusion, *common],
-        logs,
-    )  # fmt: skip
-    run_step(
-        f"2/5 sample {preset.n_synthetic} synthetic pairs with QC",
-        "fetalgen-sample",
-        [f"ckpt_path={diffusion / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
-         f"steps={preset.sample_steps}", f"out={synthetic}", f"hydra.run.dir={out / 'sample'}", *common],
-        logs,
-    )  # fmt: skip
-    failed_sweeps = []
+    splits = {}
+    for cohort in cohorts:
+        splits[cohort] = out / "split" / cohort
+        split_args = preset.split if cohort == "hc18" else SPANISH_SPLIT[args.preset]
+        run_step(
+            f"1/5 split {cohort} once: held-out validation and test subjects, the training pool",
+            "fetalgen-split",
+            [f"data={cohort}", *split_args, f"out={splits[cohort]}", f"hydra.run.dir={out / 'split-run' / cohort}",
+             *common],
+            logs,
+        )  # fmt: skip
+        info = json.loads((splits[cohort] / "split.json").read_text())
+        pool = info["counts"]["train"]["images"]
+        if info["pool_missing"]:
+            found.notes.append(
+                f"{cohort}: {len(info['pool_missing'])} cases of the pool list are absent from the data and were "
+                f"left out (named in {splits[cohort] / 'split.json'}); the pool has {pool} images."
+            )
+        if cohort == "hc18" and max(preset.num_real) > pool:
+            found.notes.append(f"hc18: N_real > {pool} (the pool) cannot run and is left out.")
+    for note in found.notes:
+        print(f"NOTE: {note}", flush=True)
+    hc18_pool = json.loads((splits["hc18"] / "split.json").read_text())["counts"]["train"]["images"]
+    num_real = [n for n in preset.num_real if n <= hc18_pool]
+
+    def generator(title: str, folder: Path, synthetic_dir: Path, extra: list[str]) -> None:
+        """Train a generator on the HC18 pool (held-out images never read), then sample its pairs."""
+        run_step(
+            f"2/5 {title}",
+            "fetalgen-train-diffusion",
+            [f"experiment={preset.experiment}/diffusion", f"logger={preset.logger}", f"hydra.run.dir={folder}",
+             f"data.split_file={splits['hc18']}", "data.load_holdout=false", *extra, *preset.diffusion, *common],
+            logs,
+        )  # fmt: skip
+        run_step(
+            f"2/5 sample {preset.n_synthetic} synthetic pairs with QC",
+            "fetalgen-sample",
+            [f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
+             f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}", *common],
+            logs,
+        )  # fmt: skip
+
+    generator("joint diffusion on 20 HC18 pool pairs per trimester", out / "diffusion", synthetic, [])
+    matched = [n for n in preset.matched_num_real if n in num_real] if "matched" not in skip else []
+    for n in matched:
+        for seed in matched_seeds:
+            generator(
+                f"label-matched generator on the {n} pairs SAM sees (seed {seed})",
+                out / "diffusion-matched" / f"n{n}_seed{seed}",
+                out / "synthetic-matched" / f"n{n}_seed{seed}",
+                [f"data.num_real={n}", "data.balance_trimesters=false", f"seed={seed}"],
+            )
+
+    sweeps: list[tuple[str, list[str]]] = []
     for cohort in cohorts:
         cohort_args = ["data.num_test=0"] if cohort == "spanish" else []  # its test set is <spanish_dir>/test
+        sweeps.append((f"{cohort}/arms", [
+            f"data={cohort}", f"data.split_file={splits[cohort]}", f"data.num_real={','.join(map(str, num_real))}",
+            f"arm={','.join(arms)}", f"seed={','.join(map(str, seeds))}", f"data.synthetic_dir={synthetic}",
+            *cohort_args,
+        ]))  # fmt: skip
+    if matched:
+        sweeps.append(("hc18/matched", [
+            "data=hc18", f"data.split_file={splits['hc18']}", f"data.num_real={','.join(map(str, matched))}",
+            "arm=matched", f"seed={','.join(map(str, matched_seeds))}",
+            f"data.synthetic_dir={out / 'synthetic-matched'}/n${{data.num_real}}_seed${{seed}}",
+        ]))  # fmt: skip
+    if "reference" not in skip:
+        names = [r["name"] for r in read_training_cases(out / "diffusion" / TRAINING_CASES)]
+        reference = restrict_pool(splits["hc18"], names, out / "split" / "hc18-reference")
+        sweeps.append(("hc18/reference", [
+            "data=hc18", f"data.split_file={reference}", f"data.num_real={len(names)}", "arm=reference",
+            f"seed={','.join(map(str, seeds))}",
+        ]))  # fmt: skip
+    failed_sweeps = []
+    for name, overrides in sweeps:
         try:
             run_step(
-                f"3-4/5 fine-tune and evaluate SAM, training cohort {cohort}: N_real x arms x seeds",
+                f"3-4/5 fine-tune and evaluate SAM, {name}: N_real x arms x seeds, equal step budgets",
                 "fetalgen-finetune",
-                ["-m", f"experiment={preset.experiment}/finetune", f"data={cohort}",
-                 f"data.num_real={','.join(map(str, preset.num_real))}", f"arm={','.join(preset.arms)}",
-                 f"seed={seeds}", f"data.synthetic_dir={synthetic}", f"logger={preset.logger}",
-                 f"hydra.sweep.dir={out / 'sweep' / cohort}", *cohort_args, *preset.finetune, *common],
+                ["-m", f"experiment={preset.experiment}/finetune", *overrides, f"logger={preset.logger}",
+                 f"hydra.sweep.dir={out / 'sweep' / name}", *preset.finetune, *common],
                 logs,
             )  # fmt: skip
         except StepFailed as err:  # a failed job does not stop the others; the results list it
-            failed_sweeps.append(cohort)
+            failed_sweeps.append(name)
             print(f"    some runs failed: {str(err).splitlines()[0]}", flush=True)
     print("==> 5/5 results", flush=True)
     report = write_paper_results(out / "sweep", args.results)

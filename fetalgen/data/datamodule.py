@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from fetalgen.data.cases import Case
 from fetalgen.data.dataset import PairDataset, seed_worker
 from fetalgen.data.hc18 import trimester_from_hc
-from fetalgen.data.splits import read_split_file, select_cases, split_by_subject
+from fetalgen.data.provenance import Record, check_no_leak, read_synthetic_provenance
+from fetalgen.data.splits import holdout_split, read_split_file, select_cases, split_by_subject
 from fetalgen.data.synthetic import read_synthetic
 
 
@@ -62,7 +63,9 @@ class PairDataModule(pl.LightningDataModule):
             instead of the seeded split (``num_real`` then picks a seeded subset of its train list).
         seed: split, subset, synthetic choice and loader seed.
         augment: ``none``, ``weak`` or ``strong`` (training only).
-        synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded).
+        synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded). Its
+            ``provenance.json`` must show that its generator never saw a validation or test case or subject
+            (else :class:`~fetalgen.data.provenance.LeakageError`); a set without one gets a loud warning.
         synthetic_ratio: synthetic pairs per real training image (``round(ratio * num_real)``).
         num_synthetic: number of synthetic pairs (overrides ``synthetic_ratio``); ``"all"``: every pair
             that passed QC (the paper's "w/ synthesis" arm).
@@ -70,6 +73,10 @@ class PairDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         on_bad_pair: ``raise`` or ``skip`` (with a warning) for bad files.
         balance_trimesters: take ``num_real / 3`` training images from each trimester.
+        load_holdout: load the validation and test images (False: they are still held out of ``train``, but
+            never read; for the generator, which is not evaluated on them).
+        keep_memorised: keep synthetic pairs flagged as near-copies of a generator training image (default:
+            excluded and counted in ``synthetic_counts["memorised_excluded"]``).
 
     Batches are dicts as in :class:`~fetalgen.data.dataset.PairDataset`.
     """
@@ -91,6 +98,8 @@ class PairDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         on_bad_pair: str = "raise",
         balance_trimesters: bool = False,
+        load_holdout: bool = True,
+        keep_memorised: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = int(image_size)
@@ -99,6 +108,7 @@ class PairDataModule(pl.LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.on_bad_pair = on_bad_pair
+        self.keep_memorised = bool(keep_memorised)
         source = list(source)
         choose = choose_per_trimester if balance_trimesters else choose_subjects
         if split_file is not None:
@@ -114,16 +124,17 @@ class PairDataModule(pl.LightningDataModule):
             self.test_cases = select_cases(source, lists["test"], split_file)
         else:
             # Test and val first, train from the rest: changing num_real leaves val/test unchanged.
-            parts = split_by_subject(source, {"test": num_test, "val": num_val}, self.seed)
-            taken = {c.name for p in parts.values() for c in p}
-            rest = [c for c in source if c.name not in taken]
-            if num_real > len(rest):
+            parts = holdout_split(source, num_val, num_test, self.seed)
+            if num_real > len(parts["train"]):
                 raise ValueError(
                     f"num_real={num_real} + num_val={num_val} + num_test={num_test} exceed the "
                     f"{len(source)} real images"
                 )
-            self.train_cases = choose(rest, num_real, self.seed)
+            self.train_cases = choose(parts["train"], num_real, self.seed)
             self.val_cases, self.test_cases = parts["val"], parts["test"]
+        if not load_holdout:
+            self.val_cases, self.test_cases = [], []
+        self.generator_cases: list[Record] | None = None  # what the synthetic pairs' generator saw
         self.synthetic_cases, self.synthetic_counts = self._choose_synthetic(
             synthetic_dir, synthetic_ratio, num_synthetic, len(self.train_cases)
         )
@@ -134,30 +145,53 @@ class PairDataModule(pl.LightningDataModule):
     def _choose_synthetic(
         self, root: str | Path | None, ratio: float, num: int | str | None, num_real: int
     ) -> tuple[list[Case], dict[str, int]]:
-        if num == "all":
-            if root is None:
-                raise ValueError("num_synthetic=all but synthetic_dir is not set")
-            cases, counts = read_synthetic(root)
-            return cases, {**counts, "used": len(cases)}
-        wanted = int(num) if num is not None else int(round(ratio * num_real))
-        if wanted < 0:
+        wanted = None if num == "all" else int(num) if num is not None else int(round(ratio * num_real))
+        if wanted is not None and wanted < 0:
             raise ValueError(f"the number of synthetic pairs must be >= 0, got {wanted}")
-        if root is None:
-            if wanted > 0:
+        if root is None or wanted == 0:
+            if wanted is None:
+                raise ValueError("num_synthetic=all but synthetic_dir is not set")
+            if wanted:
                 raise ValueError(
-                    f"{wanted} synthetic pairs asked for (synthetic_ratio={ratio}, "
-                    f"num_synthetic={num}) but synthetic_dir is not set"
+                    f"{wanted} synthetic pairs asked for (synthetic_ratio={ratio}, num_synthetic={num}) "
+                    "but synthetic_dir is not set"
                 )
-            return [], {"total": 0, "kept": 0, "qc_failed": 0, "memorised": 0, "used": 0}
-        cases, counts = read_synthetic(root)
+            return [], {
+                "total": 0,
+                "kept": 0,
+                "qc_failed": 0,
+                "memorised": 0,
+                "memorised_excluded": 0,
+                "used": 0,
+            }
+        self._check_generator(root)
+        cases, counts = read_synthetic(root, include_memorised=self.keep_memorised)
+        counts["memorised_excluded"] = 0 if self.keep_memorised else counts["memorised"]
+        if wanted is None:
+            return cases, {**counts, "used": len(cases)}
         if wanted > len(cases):
             raise ValueError(
                 f"{wanted} synthetic pairs asked for but {root} has only {len(cases)} that passed QC "
-                f"({counts['qc_failed']} failed of {counts['total']})"
+                f"and the memorisation check ({counts['qc_failed']} failed QC, "
+                f"{counts['memorised_excluded']} memorised excluded, of {counts['total']})"
             )
         rng = np.random.default_rng([self.seed, 1])
         chosen = sorted((cases[i] for i in rng.permutation(len(cases))[:wanted]), key=lambda c: c.name)
         return chosen, {**counts, "used": len(chosen)}
+
+    def _check_generator(self, root: str | Path) -> None:
+        """Refuse a synthetic set whose generator saw a validation or test case (or subject) of this split."""
+        provenance = read_synthetic_provenance(root)
+        if provenance is None:
+            return
+        self.generator_cases = provenance["training_cases"]
+        check_no_leak(
+            self.generator_cases,
+            {"validation": self.val_cases, "test": self.test_cases},
+            model=f"the generator of the synthetic set {root}",
+            fix="split once (fetalgen-split) and give the same data.split_file to fetalgen-train-diffusion "
+            "and fetalgen-finetune, then re-train the generator and re-sample",
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Load, validate and resize the pairs (once)."""

@@ -148,3 +148,59 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
     out.setdefault("val", [])
     out.setdefault("test", [])
     return out
+
+
+def holdout_split(
+    cases: list[Case],
+    num_val: int,
+    num_test: int,
+    seed: int,
+    pool: Iterable[str] | None = None,
+    pool_source: str | Path = "pool list",
+) -> dict[str, list[Case]]:
+    """The protocol split: held-out test and validation subjects, and the training pool from the rest.
+
+    Every later step (generator, SAM, evaluation) reads this one split, so no held-out subject can reach a
+    model. Changing ``num_real`` later picks from ``train`` and leaves ``val``/``test`` unchanged.
+
+    Args:
+        cases: every real case of the cohort.
+        num_val, num_test: held-out images (whole subjects, seeded).
+        seed: the split seed.
+        pool: names of a fixed training pool (e.g. the paper's list); val/test then come from the subjects
+            outside it. None: the pool is every case not held out.
+        pool_source: names the pool list in errors.
+
+    Returns:
+        ``{"train": pool, "val": ..., "test": ...}``, each sorted by name; no subject is in two parts.
+    """
+    if pool is not None:
+        train = sorted(select_cases(cases, pool, pool_source), key=lambda c: c.name)
+        pooled = {c.subject for c in train}
+        rest = [c for c in cases if c.subject not in pooled]
+        held = split_by_subject(rest, {"test": num_test, "val": num_val}, seed)
+    else:
+        held = split_by_subject(cases, {"test": num_test, "val": num_val}, seed)
+        taken = {c.subject for part in held.values() for c in part}
+        train = [c for c in sorted(cases, key=lambda c: c.name) if c.subject not in taken]
+    return {"train": train, "val": held["val"], "test": held["test"]}
+
+
+def write_split(folder: str | Path, parts: Mapping[str, list[Case]], info: Mapping[str, object]) -> Path:
+    """Write ``train.txt``, ``val.txt``, ``test.txt`` (case names) and ``split.json`` (``info`` and counts).
+
+    The folder is what ``data.split_file`` reads (:func:`read_split_file`).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in SPLITS:
+        names = [c.name for c in parts.get(part, [])]
+        (folder / f"{part}.txt").write_text("".join(f"{n}\n" for n in names))
+    counts = {
+        part: {"images": len(cases), "subjects": len({c.subject for c in cases})}
+        for part, cases in parts.items()
+    }
+    (folder / "split.json").write_text(
+        json.dumps({**info, "counts": counts}, indent=2, sort_keys=True) + "\n"
+    )
+    return folder

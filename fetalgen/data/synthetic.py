@@ -83,14 +83,14 @@ def read_manifest(root: str | Path) -> list[ManifestEntry]:
 
 
 def read_synthetic(
-    root: str | Path, include_failed: bool = False, include_memorised: bool = True
+    root: str | Path, include_failed: bool = False, include_memorised: bool = False
 ) -> tuple[list[Case], dict[str, int]]:
     """The cases of a synthetic dataset, and counts of what was excluded.
 
     Args:
         root: dataset root (with ``manifest.jsonl``).
         include_failed: keep pairs that failed QC (default: exclude them).
-        include_memorised: keep pairs flagged as near-copies of a training image.
+        include_memorised: keep pairs flagged as near-copies of a generator training image (default: exclude).
 
     Returns:
         ``(cases, counts)`` with ``counts = {"total", "kept", "qc_failed", "memorised"}``; excluded pairs

@@ -13,6 +13,7 @@ import torch
 from diffusers import UNet2DModel
 
 from fetalgen.data.cases import DataError
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.diffusion.module import CHECKPOINT_KEY, EMA_KEY
 from fetalgen.utils.files import sha256_file
 
@@ -47,7 +48,7 @@ def load_generator(
     Returns:
         ``(unet, noise_scheduler_config, meta)``: the UNet in eval mode without gradients;
         ``meta`` holds ``config`` (the resolved run config or None), ``global_step``, ``epoch``, ``image_size``,
-        ``num_classes``, ``class_key``, ``ema`` (whether EMA weights were loaded), ``sha256`` and ``path``.
+        ``num_classes``, ``class_key``, ``training_cases`` (provenance records, None for older checkpoints), ``ema`` (whether EMA weights were loaded), ``sha256`` and ``path``.
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -78,6 +79,7 @@ def load_generator(
         "num_classes": int(extra["num_classes"]),
         "class_key": extra["class_key"],
         "ema": ema_loaded,
+        "training_cases": (ckpt.get(PROVENANCE_KEY) or {}).get("training_cases"),
         "sha256": sha256_file(path),
         "path": str(path.resolve()),
     }

@@ -21,6 +21,7 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import LightningModule
 
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.diffusion.channels import pack
 from fetalgen.diffusion.sampling import make_sampler, pair_seed, sample_pairs
 
@@ -89,6 +90,8 @@ class JointDiffusionModule(LightningModule):
         self.class_key = class_key
         self.p_uncond = float(p_uncond)
         self.val_seed = int(val_seed)
+        # {"training_cases": [...]} (fetalgen.data.provenance), set by the task and saved in every checkpoint
+        self.provenance: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------- conditioning
     @property
@@ -240,6 +243,8 @@ class JointDiffusionModule(LightningModule):
         self.save_hyperparameters({"config": resolved}, logger=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.provenance is not None:
+            checkpoint[PROVENANCE_KEY] = self.provenance
         if self.ema is not None:
             checkpoint[EMA_KEY] = self.ema.state_dict()
         checkpoint[CHECKPOINT_KEY] = {

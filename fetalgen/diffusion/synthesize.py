@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.dataset import PairDataset
+from fetalgen.data.provenance import record_case, write_synthetic_provenance
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
 from fetalgen.diffusion.channels import unpack
 from fetalgen.diffusion.checkpoint import load_generator
@@ -317,7 +317,7 @@ def summarise_dataset(
 
 def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainReference:
     """Training images for the memorisation check: ``cfg.memorisation.train_dir`` (a folder with ``images/``
-    and ``masks/``) or the training split of the data config stored in the checkpoint."""
+    and ``masks/``) or the training cases recorded in the checkpoint (its provenance)."""
     mem = cfg.memorisation
     if not mem.enabled:
         log.warning("memorisation check switched off (memorisation.enabled=false)")
@@ -326,11 +326,12 @@ def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainRe
         from fetalgen.data.folder import read_folder
 
         cases = read_folder(mem.train_dir)
+    elif meta.get("training_cases"):
+        cases = [record_case(r) for r in meta["training_cases"]]
     else:
-        if not meta.get("config") or "data" not in meta["config"]:
-            raise DataError(meta["path"], "checkpoint holds no data config; set memorisation.train_dir")
-        datamodule = hydra.utils.instantiate(OmegaConf.create(meta["config"]["data"]))
-        cases = datamodule.train_cases
+        raise DataError(
+            meta["path"], "checkpoint lists no training cases (older fetalgen); set memorisation.train_dir"
+        )
     return TrainReference.from_dataset(PairDataset(cases, size))
 
 
@@ -363,6 +364,11 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         heads=OmegaConf.to_container(cfg.heads, resolve=True),
     )
     reference = train_reference(cfg, meta, size)
+    generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
+    if meta.get("training_cases") is None:
+        log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
+    else:
+        write_synthetic_provenance(cfg.out, generator, meta["training_cases"])
     summary = write_synthetic(
         cfg.out,
         int(cfg.n),

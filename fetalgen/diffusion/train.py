@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 @task_wrapper
 def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model, callbacks, loggers and trainer from ``cfg``; fit (resuming from ``cfg.ckpt_path``).
+
+    The training cases go to ``<output_dir>/training_cases.csv`` and into every checkpoint (provenance).
 
     Returns:
         The trainer's final metrics (``train/loss``, ``val/loss`` when validated, ...) as floats, plus
@@ -33,6 +36,10 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     log.info("Instantiating model <%s>", cfg.model._target_)
     model: JointDiffusionModule = hydra.utils.instantiate(cfg.model)
     model.save_run_config(cfg)
+    records = case_records(datamodule.train_cases)
+    model.provenance = {"training_cases": records}
+    write_training_cases(out / TRAINING_CASES, records)
+    log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)
     trainer, loggers = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 

@@ -120,9 +120,15 @@ def _thumbnails(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndar
 
 
 def max_similarity(
-    synthetic: Sequence[np.ndarray] | np.ndarray, train: Sequence[np.ndarray] | np.ndarray, size: int = 64
+    synthetic: Sequence[np.ndarray] | np.ndarray,
+    train: Sequence[np.ndarray] | np.ndarray,
+    size: int = 64,
+    flip_invariant: bool = True,
 ) -> np.ndarray:
     """Highest normalised cross-correlation of each synthetic image with any training image.
+
+    With ``flip_invariant``, the left-right mirror of every training image counts as a training image too,
+    so a mirrored copy is caught as well.
 
     Every image is resized to ``size`` x ``size`` (area interpolation, which anti-aliases when shrinking),
     made zero-mean and unit-norm; the NCC of two images is then the dot product of their vectors.
@@ -139,6 +145,8 @@ def max_similarity(
     t = _thumbnails(train, size)
     if len(t) == 0:
         raise ValueError("max_similarity needs at least one training image")
+    if flip_invariant:
+        t = np.concatenate([t, t.reshape(len(t), size, size)[:, :, ::-1].reshape(len(t), -1)])
     s = _thumbnails(synthetic, size)
     if len(s) == 0:
         return np.zeros(0)

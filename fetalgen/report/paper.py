@@ -11,12 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, spread, summarise
-from fetalgen.report.plots import plot_panels
+from fetalgen.report.paired import paired_comparison, paired_table
+from fetalgen.report.plots import plot_ci_panels
 
 # Wang et al. 2025 (arXiv 2506.23664): the headline Dice of SAM fine-tuned with synthetic pairs and few real
 # images. Only these two figures are quoted here; the paper's per-N_real values are in its figures.
 PUBLISHED_DICE = {"spanish": 0.9466, "african": 0.9438}
-ARMS = ("real", "synthetic", "weak", "strong")
+ARMS = ("real", "synthetic", "weak", "strong")  # the paper's four arms (matched, reference: see paired.py)
 GROUP = ["data", "arm", "data.num_real"]
 _TEST_DICE = re.compile(r"^test/([^/]+)/dice$")
 
@@ -72,7 +73,11 @@ def published_comparison(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
-    """Collect the sweeps below ``sweep_root`` and write tables (CSV + Markdown) and the four-panel chart.
+    """Collect the sweeps below ``sweep_root`` and write the tables (CSV + Markdown) and the chart.
+
+    The headline is the paired comparison (:mod:`fetalgen.report.paired`): per test set, every arm's Dice
+    with its 95 % bootstrap CI over test images and seeds, its paired difference to the real-only arm and to
+    the label-budget reference, the labels behind it, and the box-ellipse baseline on the same boxes.
 
     Returns:
         The path of ``results.md`` in ``out_dir``.
@@ -89,18 +94,6 @@ def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
     published = published_comparison(summary)
     published.to_csv(out / "published.csv", index=False)
 
-    panels = []
-    for cohort in sorted(summary["data"].dropna().unique()) if "data" in summary else []:
-        part = summary[summary["data"] == cohort]
-        for name in names:
-            if part[f"test/{name}/dice_mean"].notna().any():
-                panels.append(
-                    (f"train {cohort} → test {name}", part, f"test/{name}/dice", f"test/{name}/baseline_dice")
-                )
-    chart = out / "dice_vs_nreal.png"
-    if panels:
-        plot_panels(panels, x="data.num_real", hue="arm", out=chart)
-
     failed = runs[runs["status"] != "ok"]
     lines = [
         "# Reproduction of Wang et al. 2025: SAM fine-tuned on real + synthetic fetal-head pairs",
@@ -108,18 +101,42 @@ def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
         f"{len(runs) - len(failed)} runs finished, {len(failed)} failed"
         + (f" ({', '.join(failed['run_dir'])})" if len(failed) else "")
         + ".",
-        f"Test sets: {', '.join(names) if names else 'none'}. Dice in %, mean ± std over seeds (one seed: over "
-        "box-jitter repetitions); the box-ellipse baseline is scored on exactly the same prompts.",
+        f"Test sets: {', '.join(names) if names else 'none'}. Every arm trains the same number of optimizer "
+        "steps; all arms of one (N_real, seed) are tested on the same images with the same jittered boxes.",
+        "Arms: `real` (real pairs only), `synthetic` (+ every usable pair of the generator trained on the "
+        "paper's 60 pairs), `matched` (+ pairs of a generator trained on exactly the N_real pairs SAM sees), "
+        "`weak`/`strong` (augmentation), `reference` (real only, on every label the paper's generator saw).",
         "",
+    ]
+    panels = []
+    for name in names:
+        comparison = paired_comparison(runs, name)
+        if comparison.empty:
+            continue
+        comparison.to_csv(out / f"paired_{name}.csv", index=False)
+        lines += [
+            f"## Test set {name}: paired comparison (Dice %, 95 % bootstrap CI over test images and seeds)",
+            "",
+            "Δ: the arm minus the real-only arm at the same N_real (or minus the label-budget reference), "
+            "image by image on the same seeds; a CI that excludes 0 is a difference the data support. Labels: "
+            "labelled real pairs SAM saw / the generator saw / both together.",
+            "",
+            markdown_table(paired_table(comparison)),
+        ]
+        for cohort, part in comparison.groupby("train cohort"):
+            panels.append((f"train {cohort} → test {name}", part))
+    chart = out / "dice_vs_nreal.png"
+    if panels:
+        plot_ci_panels(panels, chart)
+        lines += ["## Dice against N_real (95 % CI bands)", "", f"![Dice against N_real]({chart.name})", ""]
+    lines += [
         "## Published headline figures beside ours",
         "",
         markdown_table(published),
-        "## All runs",
+        "## All runs (mean ± std over seeds)",
         "",
         markdown_table(table),
     ]
-    if panels:
-        lines += ["## Dice against N_real", "", f"![Dice against N_real]({chart.name})", ""]
     report = out / "results.md"
     report.write_text("\n".join(lines) + "\n")
     return report

@@ -90,28 +90,37 @@ def plot_metric(
     return _save(fig, out)
 
 
-def plot_panels(
-    summaries: Sequence[tuple[str, pd.DataFrame, str, str | None]],
-    x: str,
-    hue: str,
-    out: str | Path,
-    logx: bool = True,
-    scale: float = 100.0,
-    ncols: int = 2,
+def plot_ci_panels(
+    panels: Sequence[tuple[str, pd.DataFrame]], out: str | Path, scale: float = 100.0, ncols: int = 2
 ) -> Path:
-    """Several panels in one figure, each ``(title, summary, metric, baseline_metric)``.
+    """Dice against N_real per arm with 95 % CI bands, one panel per ``(title, comparison)``.
 
-    This draws the paper's four-panel chart: Dice against N_real per arm, one panel per (training cohort,
-    test cohort), with the box-ellipse baseline as a reference line.
+    ``comparison`` is a :func:`fetalgen.report.paired.paired_comparison` frame: arms with several N_real are
+    lines with bands, an arm at one N_real (the label-budget reference) a point with an error bar, and the
+    ``box-ellipse`` row a horizontal band.
     """
-    n = len(summaries)
+    n = len(panels)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), dpi=110, squeeze=False)
-    for ax, (title, summary, metric, baseline) in zip(axes.flat, summaries, strict=False):
-        _draw_lines(ax, summary, x, metric, hue, scale)
-        _draw_baseline(ax, summary, baseline, scale)
-        _finish_axis(ax, summary, x, logx, title, "Dice (%)" if scale == 100 else metric)
+    for ax, (title, comparison) in zip(axes.flat, panels, strict=False):
+        arms = comparison[comparison["arm"] != "box-ellipse"]
+        for arm, part in arms.groupby("arm", sort=False):
+            part = part.sort_values("N_real")
+            x, mean = part["N_real"], part["dice"] * scale
+            low, high = part["dice_low"] * scale, part["dice_high"] * scale
+            if len(part) == 1:
+                ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="s", capsize=4, label=arm)
+                continue
+            (line,) = ax.plot(x, mean, marker="o", label=arm)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+        base = comparison[comparison["arm"] == "box-ellipse"]
+        if len(base):
+            b = base.iloc[0]
+            ax.axhline(b["dice"] * scale, color="gray", linestyle="--",
+                       label=f"box-ellipse baseline ({b['dice'] * scale:.1f})")  # fmt: skip
+            ax.axhspan(b["dice_low"] * scale, b["dice_high"] * scale, color="gray", alpha=0.15)
+        _finish_axis(ax, arms, "N_real", True, title, "Dice (%), 95% CI")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     return _save(fig, out)

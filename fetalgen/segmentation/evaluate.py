@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.data.cases import Case
 from fetalgen.data.dataset import PairDataset
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
+from fetalgen.data.provenance import check_no_leak
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.overlap import dice_score, iou_score
 from fetalgen.metrics.surface import assd, hd95
@@ -382,6 +384,7 @@ def load_module(
         cfg.cache = None
     module = hydra.utils.instantiate(cfg)
     module.load_state_dict(checkpoint["state_dict"])
+    module.provenance = checkpoint.get(PROVENANCE_KEY)
     log.info("Loaded fine-tuned SAM from %s", path)
     return module, train_cfg
 
@@ -405,6 +408,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     dataset = PairDataset(
         read_cases(spec), int(image_size), "none", on_bad_pair=spec.get("on_bad_pair", "raise")
     )
+    check_lineage(module, cfg.get("ckpt_path"), name, dataset.cases)
     hp = module.hparams
     summary = run_evaluation(
         SamBoxPredictor(module, resolve_device(cfg.get("device"))),
@@ -424,6 +428,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = flat_metrics(summary, f"eval/{name}")
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
+
+
+def check_lineage(module: SamFinetuneModule, ckpt_path: str | None, name: str, cases: list[Case]) -> None:
+    """Refuse to evaluate a fine-tuned model on cases that it, or the generator of its synthetic pairs, saw."""
+    provenance = module.provenance
+    if provenance is None:
+        if ckpt_path:
+            log.warning(
+                "%s lists no training cases (older fetalgen): test leakage cannot be ruled out", ckpt_path
+            )
+        return
+    seen = list(provenance.get("training_cases") or []) + list(provenance.get("generator_cases") or [])
+    check_no_leak(
+        seen,
+        {f"evaluation set {name!r}": cases},
+        model=f"the model of {ckpt_path} (or the generator of its synthetic pairs)",
+        fix="evaluate on cases outside its training pool (e.g. the test.txt of its fetalgen-split)",
+    )
 
 
 def _describe(cfg: DictConfig) -> str:

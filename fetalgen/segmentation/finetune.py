@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fetalgen.data.dataset import PairDataset
+from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
 from fetalgen.segmentation.evaluate import SamBoxPredictor, flat_metrics, read_cases, run_evaluation
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.utils.files import write_json
@@ -27,10 +28,15 @@ log = logging.getLogger(__name__)
 def finetune(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.model`` on ``cfg.data``, evaluate the best checkpoint on the test sets, write ``metrics.json``.
 
+    Leak-free by construction: before any training, the validation split and every test set are checked
+    against SAM's and the generator's training cases and subjects (:class:`~fetalgen.data.provenance.LeakageError`).
+
     Returns:
-        Flat metrics: ``val/dice`` (best), the last ``train/*``/``val/*`` values, ``data/*`` counts, and per
+        Flat metrics: ``val/dice`` (best), the last ``train/*``/``val/*`` values, ``train/steps``, ``data/*``
+        counts (pairs used, excluded and seen), ``labels/*`` (labelled real pairs behind the model), and per
         test set ``test/<set>/<metric>``, ``test/<set>/<metric>_std`` and ``test/<set>/baseline_<metric>``.
     """
+    check_validation_schedule(cfg.trainer)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
@@ -43,6 +49,17 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         )  # fmt: skip
         overrides["augment"] = "none"
     datamodule = hydra.utils.instantiate(cfg.data, **overrides)
+    test_sets = build_test_sets(cfg, datamodule)
+    sam_cases = case_records(datamodule.train_cases)
+    generator_cases = datamodule.generator_cases or []
+    check_no_leak(
+        sam_cases + generator_cases,
+        {"validation": datamodule.val_cases} | {f"test set {name!r}": ds.cases for name, ds in test_sets},
+        model="SAM (or the generator of its synthetic pairs)",
+        fix="evaluate on cases outside the training pool, or drop the test set from test_sets",
+    )
+    model.provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
+    write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
 
@@ -53,6 +70,8 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics |= {k: float(v) for k, v in counts.items()}
+    metrics |= seen_counts(model.seen_names, datamodule)
+    metrics["train/steps"] = float(trainer.global_step)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
     if not trainer.is_global_zero:
@@ -65,12 +84,22 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
             metrics["val/dice"] = best_score(checkpoint)
         log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
     test_metrics = evaluate_test_sets(
-        cfg, model, datamodule, trainer.strategy.root_device, best or "last weights"
+        cfg, model, test_sets, trainer.strategy.root_device, best or "last weights"
     )
     log_evaluation(loggers, output_dir(cfg) / "eval", test_metrics, step=trainer.global_step)
     metrics |= test_metrics
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
+
+
+def check_validation_schedule(trainer_cfg: DictConfig) -> None:
+    """Refuse a step budget shorter than the validation interval: no validation, so no best checkpoint."""
+    steps, every = trainer_cfg.get("max_steps", -1), trainer_cfg.get("val_check_interval")
+    if isinstance(every, int) and trainer_cfg.get("check_val_every_n_epoch") is None and 0 < steps < every:
+        raise ValueError(
+            f"trainer.val_check_interval={every} > trainer.max_steps={steps}: no validation would run and no best "
+            "checkpoint be kept; set trainer.val_check_interval to at most max_steps"
+        )
 
 
 def best_score(checkpoint: dict[str, Any]) -> float:
@@ -100,23 +129,40 @@ def log_evaluation(loggers: list[Logger], eval_dir: Path, metrics: dict[str, flo
 
 
 def data_counts(datamodule: Any) -> dict[str, int]:
-    """Real and synthetic training pair counts of a ``PairDataModule`` (QC-failed synthetic pairs counted)."""
+    """Training data of a ``PairDataModule``: real and synthetic pairs (with what was excluded and why), and the
+    labelled real pairs behind them: those SAM sees, those the generator saw, and both together."""
     syn = getattr(datamodule, "synthetic_counts", {}) or {}
+    sam = {c.name for c in datamodule.train_cases}
+    generator = {r["name"] for r in (getattr(datamodule, "generator_cases", None) or [])}
     return {
         "data/num_real": len(datamodule.train_cases),
         "data/num_val": len(datamodule.val_cases),
         "data/num_test": len(datamodule.test_cases),
         "data/num_synthetic": int(syn.get("used", 0)),
         "data/synthetic_qc_failed": int(syn.get("qc_failed", 0)),
+        "data/synthetic_memorised_excluded": int(syn.get("memorised_excluded", 0)),
         "data/synthetic_available": int(syn.get("kept", 0)),
+        "labels/sam": len(sam),
+        "labels/generator": len(generator),
+        "labels/total": len(sam | generator),
     }
 
 
-def evaluate_test_sets(
-    cfg: DictConfig, model: SamFinetuneModule, datamodule: Any, device: torch.device, checkpoint: str = ""
-) -> dict[str, float]:
-    """Evaluate on the data module's own test split (named by its cohort, when ``num_test > 0`` and
-    ``test_split`` is on) and on every ``cfg.test_sets`` entry whose root exists."""
+def seen_counts(seen: set[str], datamodule: Any) -> dict[str, float]:
+    """Distinct real and synthetic training pairs that reached a training step (nan when unknown: spawned
+    DDP processes do not hand the set back)."""
+    if not seen:
+        return {"data/real_seen": math.nan, "data/synthetic_seen": math.nan}
+    synthetic = {c.name for c in datamodule.synthetic_cases}
+    return {
+        "data/real_seen": float(len(seen - synthetic)),
+        "data/synthetic_seen": float(len(seen & synthetic)),
+    }
+
+
+def build_test_sets(cfg: DictConfig, datamodule: Any) -> list[tuple[str, PairDataset]]:
+    """The data module's own test split (named by its cohort, when ``num_test > 0`` and ``test_split`` is on)
+    and every ``cfg.test_sets`` entry whose root exists, loaded."""
     sets: list[tuple[str, PairDataset]] = []
     image_size = int(cfg.data.image_size)
     if cfg.get("test_split", True) and datamodule.test_cases:
@@ -135,6 +181,17 @@ def evaluate_test_sets(
             continue
         size = int(spec.get("image_size") or image_size)
         sets.append((name, PairDataset(read_cases(spec), size, "none", spec.get("on_bad_pair", "raise"))))
+    return sets
+
+
+def evaluate_test_sets(
+    cfg: DictConfig,
+    model: SamFinetuneModule,
+    sets: list[tuple[str, PairDataset]],
+    device: torch.device,
+    checkpoint: str = "",
+) -> dict[str, float]:
+    """Evaluate ``model`` on each ``(name, dataset)`` of ``sets`` (see :func:`build_test_sets`)."""
     if not sets:
         log.info("no test set to evaluate")
         return {}

@@ -17,6 +17,7 @@ from pytorch_lightning import LightningModule
 from segment_anything.modeling import Sam
 from torchmetrics import MeanMetric
 
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.transforms import build_augmentation
 from fetalgen.segmentation.build import count_parameters, set_trainable
 from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache, stable_id
@@ -93,6 +94,9 @@ class SamFinetuneModule(LightningModule):
         self.test_dice, self.test_iou = MeanMetric(), MeanMetric()
         self.train_rng = np.random.default_rng(seed)
         self.run_config: dict[str, Any] | None = None  # the resolved run config, saved in every checkpoint
+        # {"training_cases": [...], "generator_cases": [...]} (fetalgen.data.provenance), saved likewise
+        self.provenance: dict[str, Any] | None = None
+        self.seen_names: set[str] = set()  # distinct training pairs that reached a step (all ranks after fit)
 
     # ----------------------------------------------------------------------------------------- model
     def train(self, mode: bool = True) -> SamFinetuneModule:
@@ -170,6 +174,7 @@ class SamFinetuneModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
+        self.seen_names.update(batch["name"])
         if self.views is not None:
             images, masks = self.views(images, masks, list(batch["name"]), self.train_rng)
         boxes = self.boxes(masks, self.hparams.train_prompt, [self.train_rng] * len(images))
@@ -180,6 +185,12 @@ class SamFinetuneModule(LightningModule):
             "train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(images), sync_dist=True
         )
         return loss
+
+    def on_train_end(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[set[str] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.seen_names)
+            self.seen_names = set().union(*gathered)
 
     def on_train_epoch_end(self) -> None:
         if self.cache is not None:
@@ -229,3 +240,5 @@ class SamFinetuneModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["fetalgen_config"] = self.run_config
+        if self.provenance is not None:
+            checkpoint[PROVENANCE_KEY] = self.provenance

@@ -78,7 +78,9 @@ def test_synthetic_mixing_counts(real, synthetic_dir: Path) -> None:
         real, image_size=16, num_real=6, num_val=4, seed=0, synthetic_dir=synthetic_dir, synthetic_ratio=0.5
     )
     assert len(dm.synthetic_cases) == 3  # round(0.5 * 6)
-    assert dm.synthetic_counts == {"total": 10, "kept": 7, "qc_failed": 3, "memorised": 0, "used": 3}
+    assert dm.synthetic_counts == {
+        "total": 10, "kept": 7, "qc_failed": 3, "memorised": 0, "memorised_excluded": 0, "used": 3
+    }  # fmt: skip
     failed = {"syn_000002", "syn_000005", "syn_000007"}
     assert not failed & {c.name for c in dm.synthetic_cases}
     dm.setup()
@@ -150,13 +152,15 @@ def test_split_file_and_num_real_subset(real, tmp_path: Path) -> None:
 
 
 def _data_cfg(name: str, data_dir: Path, **paths: str):
-    cfg = OmegaConf.create(
-        {
-            "seed": 0,
-            "paths": OmegaConf.load(Path(CONFIG_DIR) / "paths" / "default.yaml"),
-            "data": OmegaConf.load(Path(CONFIG_DIR) / "data" / f"{name}.yaml"),
-        }
-    )
+    """The composed ``data=<name>`` config (with its base) and the paths it interpolates."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        full = compose(config_name="split", overrides=[f"data={name}"])
+    GlobalHydra.instance().clear()
+    cfg = OmegaConf.create({"seed": 0, "paths": full.paths, "data": full.data})
     cfg.paths.data_dir = str(data_dir)
     for k, v in paths.items():
         cfg.paths[k] = v
@@ -218,3 +222,67 @@ def test_balance_trimesters_takes_a_third_from_each(real) -> None:
     with pytest.raises(ValueError, match="head circumference of every case"):
         no_hc = [dataclasses.replace(c, hc_mm=None) for c in real]
         PairDataModule(no_hc, image_size=16, num_real=6, num_val=2, balance_trimesters=True)
+
+
+def _flag_memorised(src: Path, dst: Path, memorised: set[int]) -> Path:
+    """A copy of ``src`` (a synthetic set) whose pairs ``memorised`` are flagged as near-copies."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    lines = []
+    for line in (src / MANIFEST).read_text().splitlines():
+        entry = json.loads(line)
+        entry["memorised"] = entry["index"] in memorised
+        entry["max_train_similarity"] = 0.99 if entry["memorised"] else 0.5
+        lines.append(json.dumps(entry))
+    (dst / MANIFEST).write_text("\n".join(lines) + "\n")
+    return dst
+
+
+def test_memorised_pairs_are_excluded_by_default_and_counted(
+    real, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    flagged = _flag_memorised(synthetic_dir, tmp_path / "syn", {0, 1, 2})  # pair 2 also failed QC
+    dm = PairDataModule(
+        real, image_size=16, num_real=6, num_val=4, synthetic_dir=flagged, num_synthetic="all"
+    )
+    assert {c.name for c in dm.synthetic_cases} == {f"syn_{i:06d}" for i in (3, 4, 6, 8, 9)}
+    assert dm.synthetic_counts["memorised_excluded"] == 2 and dm.synthetic_counts["qc_failed"] == 3
+    kept = PairDataModule(
+        real,
+        image_size=16,
+        num_real=6,
+        num_val=4,
+        synthetic_dir=flagged,
+        num_synthetic="all",
+        keep_memorised=True,
+    )
+    assert len(kept.synthetic_cases) == 7 and kept.synthetic_counts["memorised_excluded"] == 0
+
+
+def test_a_generator_that_saw_a_held_out_subject_is_refused(
+    real, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from fetalgen.data.provenance import LeakageError, case_records, write_synthetic_provenance
+
+    dm = PairDataModule(real, image_size=16, num_real=6, num_val=4, num_test=4)
+    syn = tmp_path / "syn"
+    shutil.copytree(synthetic_dir, syn)
+    write_synthetic_provenance(syn, {"sha256": "0"}, case_records(dm.train_cases))  # the training pool only
+    ok = PairDataModule(
+        real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn, num_synthetic=2
+    )
+    assert ok.generator_cases == case_records(dm.train_cases)
+    other = dm.test_cases[0]
+    sibling = next(c for c in real if c.subject == other.subject and c.name != other.name)
+    write_synthetic_provenance(syn, {"sha256": "0"}, case_records([sibling]))  # a held-out subject's frame
+    pattern = f"2 test case.*{other.name} \\(subject {other.subject}, as {sibling.name}\\), {sibling.name} \\(the same"
+    with pytest.raises(LeakageError, match=pattern):
+        PairDataModule(
+            real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn, num_synthetic=2
+        )
+    # Real-only arms of a sweep that names the set do not read it (nothing of the generator reaches SAM).
+    real_only = PairDataModule(real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn)
+    assert real_only.generator_cases is None and real_only.synthetic_cases == []

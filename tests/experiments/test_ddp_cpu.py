@@ -18,7 +18,8 @@ def _run(compose_cfg, phantom_dir: Path, trainer: str, batch_size: int) -> dict[
     cfg = compose_cfg(
         "finetune",
         [
-            "experiment=demo/finetune", "logger=none", f"trainer={trainer}", "trainer.max_epochs=12",
+            "experiment=demo/finetune", "logger=none", f"trainer={trainer}", "trainer.max_steps=12",
+            "trainer.val_check_interval=1",
             "data=folder", f"data.source.root={phantom_dir}", "data.num_real=8", "data.num_val=8",
             "data.num_test=0", f"data.batch_size={batch_size}", "model.train_prompt=tight",
             "model.eval_prompt=tight", "model.sam.image_size=64", "test_split=false",

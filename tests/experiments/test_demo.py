@@ -17,7 +17,7 @@ def test_demo_pipeline_writes_its_report(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable, str(EXPERIMENTS / "demo.py"), "--out", str(out), "--diffusion-steps", "20",
-            "--n-synthetic", "8", "--ratios", "0", "--sam-epochs", "2", "--logger", "csv",
+            "--n-synthetic", "8", "--ratios", "0", "--sam-steps", "4", "--logger", "csv",
         ],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -21,7 +21,7 @@ DIFFUSION = [
 
 def _sam(phantom_dir: Path) -> list[str]:
     return [
-        "experiment=demo/finetune", "logger=none", "trainer.max_epochs=2", "data=folder",
+        "experiment=demo/finetune", "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=1", "data=folder",
         f"data.source.root={phantom_dir}", "data.num_real=4", "data.num_val=4", "data.num_test=4",
         "eval.repetitions=1", "eval.figure=false",
     ]  # fmt: skip

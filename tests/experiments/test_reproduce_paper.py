@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from fetalgen.data.hc18 import parse_name
+from fetalgen.data.provenance import read_training_cases
+from fetalgen.data.splits import read_case_list
 
 SCRIPT = Path(__file__).parents[2] / "experiments" / "reproduce_paper.py"
 
@@ -40,11 +45,40 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Spanish cohort ABSENT" in done.stdout and "Training on HC18 alone" in done.stdout
     table = pd.read_csv(results / "table.csv")
-    assert sorted(table["arm"]) == ["real", "strong", "synthetic", "weak"]
-    assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3}
+    assert sorted(table["arm"]) == ["matched", "real", "reference", "strong", "synthetic", "weak"]
+    assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3, 60}
     text = (results / "results.md").read_text()
     assert "| spanish | 94.66 | – | test set absent |" in text
-    assert "hc18 box-ellipse" in text and "## Data notes" in text
+    assert (
+        "Δ vs real-only [95% CI]" in text and "| hc18 | – | box-ellipse |" in text and "## Data notes" in text
+    )
+    paired = pd.read_csv(results / "paired_hc18.csv").set_index("arm")
+    assert (paired.loc["synthetic", ["sam", "generator"]] == [3, 60]).all()
+    assert (paired.loc["matched", ["sam", "generator", "total"]] == [3, 3, 3]).all()
+    assert paired.loc["reference", "sam"] == 60 and paired.loc["real", "generator"] == 0
     assert (results / "dice_vs_nreal.png").stat().st_size > 1000
     manifest = (tmp_path / "out" / "synthetic" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 6
+    _assert_no_overlap(tmp_path / "out")
+
+
+def _assert_no_overlap(out: Path) -> None:
+    """From the files alone: no generator and no SAM run trained on a validation or test image or subject."""
+    split = out / "split" / "hc18"
+    held = {n for part in ("val", "test") for n in read_case_list(split / f"{part}.txt")}
+    assert len(held) == 4 + 8
+    held_subjects = {parse_name(n)[0] for n in held}
+    trained = list(out.glob("diffusion*/**/training_cases.csv")) + list(
+        out.glob("sweep/**/training_cases.csv")
+    )
+    assert len(trained) == 2 + 6  # two generators, six SAM runs
+    for path in trained:
+        rows = read_training_cases(path)
+        assert rows and not {r["name"] for r in rows} & held, path
+        assert not {r["subject"] for r in rows} & held_subjects, path
+    for syn in [out / "synthetic", *(out / "synthetic-matched").iterdir()]:
+        provenance = json.loads((syn / "provenance.json").read_text())
+        assert not {r["name"] for r in provenance["training_cases"]} & held
+    matched_sam = read_training_cases(next((out / "sweep" / "hc18" / "matched").glob("*/training_cases.csv")))
+    matched_gen = read_training_cases(out / "diffusion-matched" / "n3_seed0" / "training_cases.csv")
+    assert [r["name"] for r in matched_sam] == [r["name"] for r in matched_gen]  # the same labels

@@ -27,7 +27,7 @@ def test_multirun_grid_writes_one_metrics_file_per_run_and_aggregates(
         "finetune", "-m", "experiment=demo/finetune", "logger=csv",
         "data=folder", f"data.source.root={phantom_dir}",
         "data.num_real=3,6", "data.synthetic_ratio=0,1", f"data.synthetic_dir={phantom_synthetic}",
-        "data.num_val=4", "data.num_test=6", "trainer.max_epochs=2", "eval.repetitions=2", "eval.figure=false",
+        "data.num_val=4", "data.num_test=6", "trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=2", "eval.figure=false",
         f"hydra.sweep.dir={sweep}", f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'data'}",
         cwd=tmp_path,
     )  # fmt: skip

@@ -32,7 +32,7 @@ def test_offline_run_holds_config_losses_and_evaluation(
     cfg = compose_cfg(
         "finetune",
         [
-            "experiment=demo/finetune", "logger=wandb", "trainer.max_epochs=2", "data=folder",
+            "experiment=demo/finetune", "logger=wandb", "trainer.max_steps=2", "trainer.val_check_interval=1", "data=folder",
             f"data.source.root={phantom_dir}", "data.num_real=4", "data.num_val=4", "data.num_test=4",
             "eval.repetitions=2",
         ],
@@ -66,7 +66,7 @@ def test_multirun_jobs_are_grouped_by_sweep_and_named_by_overrides(phantom_dir: 
         [
             sys.executable, "-m", "fetalgen.cli.finetune", "-m", "experiment=demo/finetune", "logger=wandb",
             "data=folder", f"data.source.root={phantom_dir}", "data.num_real=2,3", "data.num_val=2",
-            "data.num_test=0", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+            "data.num_test=0", "trainer.max_steps=1", "trainer.val_check_interval=1", f"hydra.sweep.dir={sweep}",
             f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'data'}",
         ],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_SILENT": "true"},

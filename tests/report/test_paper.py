@@ -28,6 +28,11 @@ def _run(root: Path, i: int, arm: str, num_real: int, seed: int, spanish: float)
         "test/spanish/baseline_dice": 0.85, "test/spanish/baseline_dice_std": 0.002,
     }  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
+    folder = run / "eval" / "spanish"
+    folder.mkdir(parents=True)
+    rows = [{"name": f"img{k}", "repetition": 0, "method": method, "dice": value + 0.01 * (k - 1.5)}
+            for k in range(4) for method, value in (("sam", spanish), ("box_ellipse", 0.85))]  # fmt: skip
+    pd.DataFrame(rows).to_csv(folder / "per_image.csv", index=False)
 
 
 @pytest.fixture
@@ -69,3 +74,10 @@ def test_write_paper_results(sweep: Path, tmp_path: Path) -> None:
     assert "8 runs finished, 0 failed" in report.read_text()
     assert (tmp_path / "results" / "dice_vs_nreal.png").stat().st_size > 1000
     assert len(pd.read_csv(tmp_path / "results" / "table.csv")) == 4
+    paired = pd.read_csv(tmp_path / "results" / "paired_spanish.csv").set_index(["arm", "N_real"])
+    # synthetic - real is +0.03 on every image of every seed: the paired CI collapses onto it
+    assert paired.loc[
+        ("synthetic", 5), ["diff_real", "diff_real_low", "diff_real_high"]
+    ].tolist() == pytest.approx([0.03, 0.03, 0.03])
+    assert paired.loc[("box-ellipse", 0), "dice"] == pytest.approx(0.85)
+    assert "| hc18 | 5 | synthetic |" in report.read_text() and "+3.00 [+3.00, +3.00]" in report.read_text()

@@ -39,7 +39,8 @@ def synthetic_set(root: Path, phantom_dir: Path, n: int = 4) -> Path:
 def overrides(phantom_dir: Path) -> list[str]:
     return [
         "logger=csv",
-        "trainer.max_epochs=2",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
         "trainer.enable_progress_bar=false",
         f"data.source.root={phantom_dir}",
         "data.source.n=24",
@@ -105,7 +106,7 @@ def test_finetune_then_evaluate_the_checkpoint(compose_cfg, phantom_dir: Path, t
     # Resume from last.ckpt for one more epoch.
     last = out / "checkpoints" / "last.ckpt"
     rcfg = compose_cfg(
-        "finetune", [*overrides(phantom_dir), "trainer.max_epochs=3", f"ckpt_path={last}", "test_split=false"]
+        "finetune", [*overrides(phantom_dir), "trainer.max_steps=6", f"ckpt_path={last}", "test_split=false"]
     )
     resumed = finetune(rcfg)
     assert "val/dice" in resumed and not any(k.startswith("test/") for k in resumed)
@@ -115,7 +116,9 @@ def test_every_sam_config_composes(compose_cfg):
     for name in ("tiny", "vit_b", "vit_l", "vit_h", "medsam"):
         cfg = compose_cfg("finetune", [f"model=sam/{name}", "logger=none"])
         assert cfg.model.sam.model_type == name and cfg.model._target_.endswith("SamFinetuneModule")
-        assert cfg.callbacks.model_checkpoint.monitor == cfg.callbacks.early_stopping.monitor == "val/dice"
+        assert cfg.callbacks.model_checkpoint.monitor == "val/dice"
+        assert cfg.callbacks.early_stopping is None  # it would give the arms of a comparison unequal budgets
+        assert cfg.trainer.max_epochs == -1 and cfg.trainer.max_steps > 0
         if name != "tiny":
             assert cfg.model.sam.checkpoint.endswith(".pth") and cfg.model.sam.image_size == 1024
     cfg = compose_cfg("finetune", ["model.sam.image_size=64", "logger=none"])
@@ -179,3 +182,81 @@ def test_finetune_with_two_ddp_processes(compose_cfg, phantom_dir: Path, monkeyp
     metrics = finetune(cfg)
     assert 0 <= metrics["val/dice"] <= 1 and "test/phantom/dice" in metrics
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["data/num_real"] == 8
+
+
+def _phantom_source(phantom_dir: Path) -> list[str]:
+    return [f"data.source.root={phantom_dir}", "data.source.n=24", "data.source.shape=[135,200]"]
+
+
+@pytest.mark.slow
+def test_leakage_through_the_generator_is_refused(compose_cfg, phantom_dir: Path, tmp_path: Path):
+    from fetalgen.data.phantom import phantom_cases
+    from fetalgen.data.protocol import make_split
+    from fetalgen.data.provenance import LeakageError, read_training_cases
+    from fetalgen.diffusion.synthesize import synthesize
+    from fetalgen.diffusion.train import train_diffusion
+
+    split = tmp_path / "split"
+    make_split(phantom_cases(phantom_dir, n=24, shape=(135, 200)), split, num_val=4, num_test=4, seed=0)
+    # A real (tiny) generator on the split's pool, and two pairs sampled from it.
+    dcfg = compose_cfg("train_diffusion", [
+        "model=diffusion/tiny", *_phantom_source(phantom_dir), f"data.split_file={split}", "data.num_real=16",
+        "data.load_holdout=false", "data.batch_size=8", "trainer.max_steps=2", "logger=none",
+        "callbacks.sample_grid.every_n_steps=0", "callbacks.sample_grid.n=2", "callbacks.sample_grid.steps=2",
+    ])  # fmt: skip
+    with open_dict(dcfg):
+        dcfg.paths.output_dir = str(tmp_path / "diffusion")
+    ckpt = train_diffusion(dcfg)["checkpoint"]
+    generator_cases = read_training_cases(tmp_path / "diffusion" / "training_cases.csv")
+    assert len(generator_cases) == 16
+    scfg = compose_cfg("sample", [f"ckpt_path={ckpt}", "n=2", "sampler=ddim", "steps=2", f"out={tmp_path / 'syn'}",
+                                  "progress=false", "qc.min_ellipse_iou=0.0", "qc.area_range=[0.0,1.0]"])  # fmt: skip
+    synthesize(scfg)
+    provenance = json.loads((tmp_path / "syn" / "provenance.json").read_text())
+    assert [r["name"] for r in provenance["training_cases"]] == [r["name"] for r in generator_cases]
+
+    # The same split for SAM: accepted, and the labels behind the model are counted.
+    common = [*overrides(phantom_dir), f"data.synthetic_dir={tmp_path / 'syn'}", "data.synthetic_ratio=0.25"]
+    ok = compose_cfg("finetune", [*common, f"data.split_file={split}"])
+    metrics = finetune(ok)
+    assert (metrics["labels/sam"], metrics["labels/generator"], metrics["labels/total"]) == (8, 16, 16)
+    best = next((Path(ok.paths.output_dir) / "checkpoints").glob("best_*.ckpt"))
+
+    # A split of its own (another seed): its test images were in the generator's training set -> refused
+    # (raised by the data module, so it reaches the user through Hydra's instantiate).
+    leaky = compose_cfg("finetune", [*common, "seed=1"])
+    pattern = (
+        r"TEST LEAKAGE: the generator of the synthetic set .*syn.*validation case.*test case\(s\): phantom_"
+    )
+    with pytest.raises(InstantiationException, match=pattern):
+        finetune(leaky)
+
+    # fetalgen-evaluate refuses the generator's training images for the fine-tuned model.
+    listed = tmp_path / "seen.txt"
+    listed.write_text("\n".join(r["name"] for r in generator_cases[:3]) + "\n")
+    ecfg = compose_cfg("evaluate", [f"ckpt_path={best}", "eval_data.kind=folder", f"eval_data.root={phantom_dir}",
+                                    f"eval_data.list_file={listed}", "eval.progress=false"])  # fmt: skip
+    with pytest.raises(LeakageError, match=generator_cases[0]["name"]):
+        evaluate(ecfg)
+
+
+@pytest.mark.slow
+def test_arms_of_different_sizes_train_the_same_number_of_steps(
+    compose_cfg, phantom_dir: Path, tmp_path: Path
+):
+    syn = synthetic_set(tmp_path / "synthetic", phantom_dir, n=8)
+    budget = ["trainer.max_steps=5", "trainer.val_check_interval=5", "test_split=false", "data.batch_size=2"]
+    small = finetune(compose_cfg("finetune", [*overrides(phantom_dir), *budget, "data.num_real=2"]))
+    large = finetune(compose_cfg("finetune", [*overrides(phantom_dir), *budget, f"data.synthetic_dir={syn}",
+                                              "data.num_synthetic=all"]))  # fmt: skip
+    assert small["train/steps"] == large["train/steps"] == 5
+    # 5 steps of 2: the small arm sees its 2 pairs again and again, the large one 10 of its 15 pairs once.
+    assert (small["data/real_seen"], small["data/synthetic_seen"]) == (2, 0)
+    assert large["data/num_real"] + large["data/num_synthetic"] == 15
+    assert large["data/real_seen"] + large["data/synthetic_seen"] == 10
+
+
+def test_a_budget_shorter_than_the_validation_interval_is_refused_before_training(compose_cfg):
+    cfg = compose_cfg("finetune", ["logger=none", "trainer.max_steps=10", "trainer.val_check_interval=50"])
+    with pytest.raises(ValueError, match="val_check_interval=50 > trainer.max_steps=10: no validation"):
+        finetune(cfg)
