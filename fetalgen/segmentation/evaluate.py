@@ -154,19 +154,22 @@ def evaluate_dataset(
     ref_size: int = 256,
     batch_size: int = 8,
     progress: bool = True,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Score ``predict`` and the box-ellipse baseline on every image of ``dataset`` for R box repetitions.
 
-    Deterministic prompt modes (``tight``, ``full``) give the same box every time: they run once.
+    Deterministic prompt modes (``tight``, ``full``) give the same box every time: they run once. ``predict``
+    gets each batch of images once, with all its boxes.
 
     Returns:
         One row per image x repetition x method: ``dataset, name, index, repetition, method, prompt_mode,
-        box_x0, box_y0, box_x1, box_y1, pixel_size_mm, hc_csv_mm`` and the :func:`case_metrics` columns.
+        box_x0, box_y0, box_x1, box_y1, pixel_size_mm, hc_csv_mm`` and the :func:`case_metrics` columns; and
+        the predicted bool mask of repetition 0 per case name (for the case figure).
     """
     reps = repetitions if prompt_mode == "jitter" else 1
     if reps != repetitions:
         log.info("prompt mode %r is deterministic: 1 repetition instead of %d", prompt_mode, repetitions)
     rows: list[dict[str, Any]] = []
+    first: dict[str, np.ndarray] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with tqdm(total=len(dataset), desc=f"evaluate {name}", unit="img", disable=not progress) as bar:
         for batch in loader:
@@ -181,6 +184,7 @@ def evaluate_dataset(
             for i, (target, case) in enumerate(zip(masks, names, strict=True)):
                 ps, hc_csv = float(batch["pixel_size_mm"][i]), float(batch["hc_mm"][i])
                 hc_true_px = _hc_px(target)
+                first[case] = preds[0, i]
                 for r in range(reps):
                     box = boxes[r, i]
                     base = {
@@ -201,7 +205,7 @@ def evaluate_dataset(
                             {**base, "method": method, **case_metrics(pred, target, ps, hc_true_px, hc_csv)}
                         )
             bar.update(len(names))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), first
 
 
 def summarise(rows: pd.DataFrame, **info: Any) -> dict[str, Any]:
@@ -272,10 +276,11 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------------- figure
 def save_case_figure(
-    rows: pd.DataFrame, dataset: Dataset, predict: Predictor, path: str | Path
+    rows: pd.DataFrame, dataset: Dataset, predictions: Mapping[str, np.ndarray], path: str | Path
 ) -> Path | None:
     """PNG of the best, median and worst image by SAM Dice (repetition 0): image, box, predicted contour (red),
-    true contour (green). Returns the path, or None when there are no rows."""
+    true contour (green). ``predictions``: the repetition-0 masks by case name (nothing is predicted again).
+    Returns the path, or None when there are no rows."""
     sam = rows[(rows["method"] == "sam") & (rows["repetition"] == 0)].sort_values("dice", ascending=False)
     if sam.empty:
         return None
@@ -283,13 +288,10 @@ def save_case_figure(
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     for ax, (label, row) in zip(fig.subplots(1, 3), picks.items(), strict=True):
         item = dataset[int(row["index"])]
-        box = torch.tensor(
-            [[row["box_x0"], row["box_y0"], row["box_x1"], row["box_y1"]]], dtype=torch.float32
-        )
-        pred = np.asarray(predict(item["image"][None], box[None]), dtype=bool)[0, 0]
+        pred = predictions[row["name"]]
         truth = item["mask"][0].numpy() > 0.5
         ax.imshow(item["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
-        x0, y0, x1, y1 = box[0].tolist()
+        x0, y0, x1, y1 = (float(row[c]) for c in BOX_COLUMNS)
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.2))
         for mask, color in ((truth, "lime"), (pred, "red")):
             if mask.any() and not mask.all():
@@ -318,28 +320,30 @@ def run_evaluation(
     """
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    rows = evaluate_dataset(predict, dataset, name=name, **kwargs)
+    rows, first = evaluate_dataset(predict, dataset, name=name, **kwargs)
     rows.to_csv(folder / "per_image.csv", index=False)
     settings = {k: kwargs[k] for k in ("prompt_mode", "seed", "max_jitter_px", "ref_size") if k in kwargs}
     summary = summarise(rows, dataset=name, **settings, **dict(info or {}))
     write_json(folder / "summary.json", summary)
     if figure:
-        save_case_figure(rows, dataset, predict, folder / "cases.png")
+        save_case_figure(rows, dataset, first, folder / "cases.png")
     log.info("Evaluation of %s written to %s\n%s", name, folder, format_summary(summary))
     return summary
 
 
 # --------------------------------------------------------------------------------------- SAM predictor
 class SamBoxPredictor:
-    """A :data:`Predictor` for a fine-tuning module: one encoder pass per image, one decoder pass per box.
+    """A :data:`Predictor` for a fine-tuning module: one encoder pass per image, and one batched decoder call
+    for all its boxes (every repetition of every image of the batch).
 
-    The embedding cache is bypassed (evaluation images are seen once).
+    The embedding cache is bypassed (evaluation images are seen once); ``encoded`` counts encoded images.
     """
 
     def __init__(self, module: SamFinetuneModule, device: torch.device | str | None = None) -> None:
         self.module = module.eval()
         if device is not None:
             self.module.to(device)
+        self.encoded = 0
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
@@ -347,12 +351,12 @@ class SamBoxPredictor:
         images = images.to(self.module.device)
         hw = tuple(images.shape[-2:])
         embeddings = sam.image_encoder(to_encoder_input(sam, images))
-        masks = [
-            logits_to_working(sam, self.module.decode(embeddings, b.to(images.device), hw), hw)
-            > sam.mask_threshold
-            for b in boxes
-        ]
-        return torch.stack(masks)[:, :, 0].cpu().numpy()
+        self.encoded += len(images)
+        reps, batch = boxes.shape[:2]
+        flat = boxes.reshape(reps * batch, 4).to(images.device)  # repetition-major, as embeddings.repeat
+        logits = self.module.decode(embeddings.repeat(reps, 1, 1, 1), flat, hw)
+        masks = logits_to_working(sam, logits, hw) > sam.mask_threshold
+        return masks[:, 0].reshape(reps, batch, *hw).cpu().numpy()
 
 
 def load_module(

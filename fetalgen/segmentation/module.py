@@ -21,6 +21,7 @@ from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.transforms import build_augmentation
 from fetalgen.segmentation.build import count_parameters, set_trainable
 from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache, stable_id
+from fetalgen.segmentation.decoder import decode_batch
 from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import BOX_MODES, make_box
@@ -123,25 +124,13 @@ class SamFinetuneModule(LightningModule):
 
     def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Image embeddings ``[B, C, S_e, S_e]`` and XYXY boxes ``[B, 4]`` (working pixels) -> low-res logits
-        ``[B, 1, L/4, L/4]``.
-
-        ``MaskDecoder`` takes one image with several prompts, so the batch is decoded image by image.
-        """
+        ``[B, 1, L/4, L/4]``, box ``i`` on image ``i``, in one batched decoder call (:func:`decode_batch`)."""
         sparse, dense = self.sam.prompt_encoder(
             points=None, boxes=boxes_to_encoder(self.sam, boxes, hw), masks=None
         )
         image_pe = self.sam.prompt_encoder.get_dense_pe()
-        logits = [
-            self.sam.mask_decoder(
-                image_embeddings=e[None],
-                image_pe=image_pe,
-                sparse_prompt_embeddings=s[None],
-                dense_prompt_embeddings=d[None],
-                multimask_output=False,
-            )[0]
-            for e, s, d in zip(embeddings, sparse, dense, strict=True)
-        ]
-        return torch.cat(logits)
+        masks, _ = decode_batch(self.sam.mask_decoder, embeddings, image_pe, sparse, dense)
+        return masks
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 1, S, S]`` in [0, 1], boxes ``[B, 4]`` -> low-res mask logits ``[B, 1, L/4, L/4]``."""

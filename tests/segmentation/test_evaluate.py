@@ -164,3 +164,35 @@ def test_deterministic_prompts_run_once(tmp_path: Path):
         rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()[0], [12, 10, 31, 29]
     )
     assert rows[rows["method"] == "sam"]["dice"].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_sam_predictor_encodes_each_image_once(phantom_dir, tmp_path: Path) -> None:
+    from functools import partial
+
+    from fetalgen.data.dataset import PairDataset
+    from fetalgen.data.folder import read_folder
+    from fetalgen.segmentation.build import build_sam
+    from fetalgen.segmentation.evaluate import SamBoxPredictor
+    from fetalgen.segmentation.module import SamFinetuneModule
+
+    module = SamFinetuneModule(build_sam("tiny", image_size=64, seed=0), optimizer=partial(torch.optim.AdamW))
+    calls = []
+    module.sam.image_encoder.register_forward_hook(lambda m, inputs, out: calls.append(len(inputs[0])))
+    dataset = PairDataset(read_folder(phantom_dir)[:5], 32)
+    predictor = SamBoxPredictor(module, "cpu")
+    run_evaluation(
+        predictor, dataset, tmp_path, "p", figure=True, repetitions=4, batch_size=2, progress=False
+    )
+    assert sum(calls) == predictor.encoded == 5  # 4 repetitions, the baseline and the figure: one pass each
+    assert (tmp_path / "p" / "cases.png").is_file()
+
+    # The batched decoder gives the masks of decoding each box on its own.
+    images = torch.stack([dataset[i]["image"] for i in range(2)])
+    boxes = (
+        torch.tensor([[[2.0, 3.0, 20.0, 25.0], [5.0, 5.0, 30.0, 28.0]]] * 3)
+        + torch.arange(3.0)[:, None, None]
+    )
+    together = predictor(images, boxes)
+    alone = np.stack([[predictor(images[b : b + 1], boxes[r : r + 1, b : b + 1])[0, 0] for b in range(2)]
+                      for r in range(3)])  # fmt: skip
+    assert together.shape == (3, 2, 32, 32) and (together == alone).mean() > 0.999
