@@ -29,7 +29,10 @@ def _sam_parts(dim: int, grid: int) -> tuple[MaskDecoder, PromptEncoder]:
 
 
 def _official(decoder, embeddings, pe, sparse, dense, multimask):
-    out = [decoder(e[None], pe, s[None], d[None], multimask) for e, s, d in zip(embeddings, sparse, dense)]
+    out = [
+        decoder(e[None], pe, s[None], d[None], multimask)
+        for e, s, d in zip(embeddings, sparse, dense, strict=True)
+    ]
     return torch.cat([m for m, _ in out]), torch.cat([i for _, i in out])
 
 
