@@ -1,0 +1,34 @@
+"""The GPU benchmark is ready to run: without CUDA it says so; on a CPU with tiny models every row runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GPU = Path(__file__).parents[2] / "experiments" / "bench" / "gpu.py"
+
+
+def test_gpu_benchmark_without_cuda_says_so() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    done = subprocess.run([sys.executable, str(GPU)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "no CUDA device" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_rows_run_on_a_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    args = ["--device", "cpu", "--quick", "--presets", "tiny", "--sam", "tiny", "--encoder-size", "128",
+            "--sample-batch", "2", "--encoder-batch", "1", "--out", str(out)]  # fmt: skip
+    done = subprocess.run([sys.executable, str(GPU), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 7 and all(r["rate"] > 0 for r in rows)
+    assert "batched / image-by-image decoder training" in done.stdout
