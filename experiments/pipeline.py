@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ class StepFailed(RuntimeError):
 def run_step(title: str, command: str, args: Sequence[str], log_dir: Path) -> float:
     """Run ``command args`` (an entry point of :data:`ENTRY_POINTS`) with this interpreter.
 
-    The step's output goes to ``<log_dir>/<command>.log`` (appended); a one-line status is printed.
+    The step's whole output goes to ``<log_dir>/<command>.log`` (appended); the terminal shows it live, in
+    short: fetalgen's and Hydra's log lines, errors, and progress bars on one line that updates in place.
 
     Returns:
         Wall time of the step in seconds.
@@ -37,13 +39,49 @@ def run_step(title: str, command: str, args: Sequence[str], log_dir: Path) -> fl
     shown = " ".join([command, *args])
     print(f"==> {title}\n    $ {shown}", flush=True)
     start = time.perf_counter()
-    with open(log, "a") as out:
-        out.write(f"\n$ {shown}\n")
+    with open(log, "ab") as out:
+        out.write(f"\n$ {shown}\n".encode())
         out.flush()
-        code = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        live = LiveView()
+        for chunk in iter(lambda: proc.stdout.read1(1 << 14), b""):
+            out.write(chunk)
+            live.feed(chunk.decode(errors="replace"))
+        live.close()
+        code = proc.wait()
     seconds = time.perf_counter() - start
     if code != 0:
-        tail = "\n".join(log.read_text().splitlines()[-25:])
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise StepFailed(f"step '{title}' failed (exit {code}); log: {log}\n{tail}")
     print(f"    done in {seconds:.0f} s (log: {log})", flush=True)
     return seconds
+
+
+class LiveView:
+    """What the terminal shows of a step's output: key lines, and progress bars (``\\r`` updates) in place."""
+
+    KEEP = re.compile(r"\[fetalgen\.|\[HYDRA\]|Error|Traceback|NOTE|WARNING.*fetalgen")
+
+    def __init__(self) -> None:
+        self.partial = ""
+        self.status = False  # a progress line is showing
+
+    def feed(self, text: str) -> None:
+        self.partial += text
+        *parts, self.partial = re.split(r"(\r|\n)", self.partial)
+        for segment, end in zip(parts[::2], parts[1::2], strict=True):
+            if end == "\r" and segment.strip():
+                self._show(f"\r    | {segment.strip()[:110]:<110}", status=True)
+            elif end == "\n" and self.KEEP.search(segment):
+                back = "\r" if self.status else ""
+                self._show(f"{back}    | {segment.strip()[:200]:<110}\n", status=False)
+
+    def _show(self, text: str, status: bool) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        self.status = status
+
+    def close(self) -> None:
+        if self.status:
+            sys.stdout.write("\n")
+            self.status = False

@@ -180,10 +180,15 @@ class SamFinetuneModule(LightningModule):
             gathered: list[set[str] | None] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, self.seen_names)
             self.seen_names = set().union(*gathered)
+        if self.cache is not None:
+            log.info(
+                "embedding cache: %d entries, %d hits, %d misses",
+                len(self.cache), self.cache.hits, self.cache.misses,
+            )  # fmt: skip
 
     def on_train_epoch_end(self) -> None:
         if self.cache is not None:
-            log.info(
+            log.debug(
                 "embedding cache: %d entries, %d hits, %d misses so far",
                 len(self.cache), self.cache.hits, self.cache.misses,
             )  # fmt: skip
