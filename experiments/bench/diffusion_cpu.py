@@ -80,7 +80,12 @@ def sample_rows(preset: str, args: argparse.Namespace) -> None:
         out = {}
 
         def run(
-            unet: torch.nn.Module, context: Callable, key: str, x: torch.Tensor = x, t: torch.Tensor = t
+            unet: torch.nn.Module,
+            context: Callable,
+            key: str,
+            x: torch.Tensor = x,
+            t: torch.Tensor = t,
+            out=out,
         ) -> float:
             def step() -> None:
                 with context():
