@@ -206,7 +206,7 @@ class JointDiffusionModule(LightningModule):
                 self.ema.restore(params)
             self.unet.train(was_training)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self,
         n: int,

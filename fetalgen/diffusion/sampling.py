@@ -127,7 +127,7 @@ def guided_output(
     return uncond + guidance_scale * (cond - uncond)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_pairs(
     unet: UNet2DModel,
     scheduler: SchedulerMixin,
