@@ -81,6 +81,14 @@ class JointDiffusionModule(LightningModule):
                 "num_class_embeds must be num_classes + 1 >= 2 (the last is the null class), or null"
             )
         check_prediction_type(noise_scheduler.config.prediction_type)
+        factor = 2 ** (
+            len(unet.config.block_out_channels) - 1
+        )  # each down block but the last halves the side
+        if int(image_size) % factor:
+            raise ValueError(
+                f"image_size={image_size} does not fit this UNet: its {len(unet.config.block_out_channels)} "
+                f"levels need a multiple of {factor} (e.g. {factor * max(1, round(int(image_size) / factor))})"
+            )
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.optimizer_factory = optimizer

@@ -247,6 +247,13 @@ def write_synthetic(
     }
     entries = repair_manifest(root)
     check_resumable(root, entries, common)
+    for e in entries:  # pair i's seed derives from the base seed: another base seed would mix two sets
+        if e.seed != pair_seed(spec.seed, e.index):
+            raise DataError(
+                root / MANIFEST,
+                f"index {e.index} was sampled with another base seed than seed={spec.seed}; "
+                "write to a new folder or repeat the original seed",
+            )
     done = {e.index for e in entries}
     todo = [i for i in range(n) if i not in done]
     qc_kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (qc or {}).items()}

@@ -237,3 +237,9 @@ def test_load_generator_rejects_other_files(tmp_path):
 def test_class_embedding_needs_room_for_the_null_class(compose_cfg):
     with pytest.raises(Exception, match="num_class_embeds"):  # ValueError, wrapped by Hydra
         build(compose_cfg, ["model.unet.num_class_embeds=1"])
+
+
+@pytest.mark.parametrize(("preset", "size", "multiple"), [("tiny", 33, 2), ("small", 36, 8)])
+def test_an_image_size_the_unet_cannot_take_is_refused_at_once(compose_cfg, preset, size, multiple):
+    with pytest.raises(Exception, match=f"image_size={size} does not fit this UNet.*multiple of {multiple}"):
+        build(compose_cfg, [f"model=diffusion/{preset}", f"model.image_size={size}"])

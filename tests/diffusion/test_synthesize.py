@@ -138,6 +138,8 @@ def test_resume_with_other_settings_is_refused(generator, reference_run, tmp_pat
         run(generator, tmp_path, 4, spec=SynthesisSpec(sampler="ddim", steps=5, seed=3, batch_size=4))
     with pytest.raises(DataError, match="checkpoint_sha256"):
         write_synthetic(tmp_path, 4, generator[0], generator[1], "1" * 64, SPEC, progress=False)
+    with pytest.raises(DataError, match="another base seed than seed=4"):
+        run(generator, tmp_path, 4, spec=SynthesisSpec(sampler="ddim", steps=4, seed=4, batch_size=4))
 
 
 def test_batch_size_does_not_change_the_pairs_beyond_rounding(generator, reference_run, tmp_path):
