@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from fetalgen.diffusion.channels import unpack
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.diffusion.postprocess import clean_mask
+from fetalgen.diffusion.sampling import SAMPLERS
 from fetalgen.diffusion.synthesize import write_png
 from fetalgen.report.figures import pair_grid
 
@@ -48,6 +49,8 @@ class SampleGridCallback(pl.Callback):
         key: str = "samples/grid",
     ) -> None:
         super().__init__()
+        if sampler not in SAMPLERS:  # fail before training, not at the first grid
+            raise ValueError(f"sample_grid: unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
         self.dirpath = Path(dirpath)
         self.every_n_steps = int(every_n_steps)
         self.n = int(n)

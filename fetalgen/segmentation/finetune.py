@@ -18,6 +18,7 @@ from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
 from fetalgen.segmentation.evaluate import SamBoxPredictor, flat_metrics, read_cases, run_evaluation
 from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.segmentation.prompts import BOX_MODES
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
 
@@ -37,6 +38,10 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         test set ``test/<set>/<metric>``, ``test/<set>/<metric>_std`` and ``test/<set>/baseline_<metric>``.
     """
     check_validation_schedule(cfg.trainer)
+    if cfg.eval.get("prompt_mode") is not None and cfg.eval.prompt_mode not in BOX_MODES:
+        raise ValueError(
+            f"eval.prompt_mode={cfg.eval.prompt_mode!r} is unknown; choose one of {', '.join(BOX_MODES)}"
+        )
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)

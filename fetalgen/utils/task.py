@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 
@@ -98,8 +100,34 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[Logger]]:
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_trainer(trainer, callbacks, requested_precision=cfg.trainer.get("precision"))
     log_config(loggers, cfg)
     return trainer, loggers
+
+
+def check_trainer(trainer: pl.Trainer, callbacks: list[Callback], requested_precision: Any = None) -> None:
+    """Fail before the first step on settings that would fail (or silently change) later.
+
+    Raises:
+        ValueError: fp16 precision on a CPU (Lightning would run bf16 while the config says 16).
+        PermissionError: a callback's output folder (checkpoints, sample grids) cannot be written.
+    """
+    precision = str(requested_precision if requested_precision is not None else trainer.precision)
+    if isinstance(trainer.accelerator, CPUAccelerator) and precision.startswith("16"):
+        raise ValueError(
+            f"trainer.precision={precision} needs a GPU; on a CPU use trainer.precision=bf16-mixed or 32"
+        )
+    for cb in callbacks:
+        folder = getattr(cb, "dirpath", None)
+        if folder is None:
+            continue
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise PermissionError(f"{type(cb).__name__} cannot write to {folder}: {err}") from err
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:

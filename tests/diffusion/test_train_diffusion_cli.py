@@ -84,3 +84,13 @@ def test_sample_grid_is_logged_to_wandb_offline(compose_cfg, monkeypatch):
         (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*/files/media/images/samples/grid_*.png")
     )
     assert len(images) == 1
+
+
+def test_an_unknown_sample_grid_sampler_fails_before_training(compose_cfg) -> None:
+    from fetalgen.diffusion.train import train_diffusion
+
+    cfg = compose_cfg(
+        "train_diffusion", ["model=diffusion/tiny", "logger=none", "callbacks.sample_grid.sampler=euler"]
+    )
+    with pytest.raises(Exception, match="unknown sampler 'euler'"):
+        train_diffusion(cfg)

@@ -43,3 +43,8 @@ def test_mixed_precision_on_gpu(compose_cfg, phantom_dir: Path, precision: str) 
     assert math.isfinite(metrics["train/loss"])
     metrics = finetune(compose_cfg("finetune", [*_sam(phantom_dir), *overrides]))
     assert math.isfinite(metrics["val/loss"]) and 0.0 <= metrics["test/folder/dice"] <= 1.0
+
+
+def test_fp16_on_a_cpu_is_refused_before_training(compose_cfg, phantom_dir: Path) -> None:
+    with pytest.raises(ValueError, match="trainer.precision=16-mixed needs a GPU"):
+        finetune(compose_cfg("finetune", [*_sam(phantom_dir), "trainer.precision=16-mixed"]))

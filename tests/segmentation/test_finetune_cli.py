@@ -260,3 +260,14 @@ def test_a_budget_shorter_than_the_validation_interval_is_refused_before_trainin
     cfg = compose_cfg("finetune", ["logger=none", "trainer.max_steps=10", "trainer.val_check_interval=50"])
     with pytest.raises(ValueError, match="val_check_interval=50 > trainer.max_steps=10: no validation"):
         finetune(cfg)
+
+
+def test_settings_that_would_fail_after_training_fail_before_it(compose_cfg, tmp_path: Path):
+    cfg = compose_cfg("finetune", ["logger=none", "eval.prompt_mode=boxes"])
+    with pytest.raises(ValueError, match="eval.prompt_mode='boxes' is unknown"):
+        finetune(cfg)
+    blocked = tmp_path / "a_file"  # a folder below a file cannot be made, whoever runs the test (root too)
+    blocked.write_text("")
+    cfg = compose_cfg("finetune", ["logger=none", f"callbacks.model_checkpoint.dirpath={blocked}/ckpt"])
+    with pytest.raises(PermissionError, match="ModelCheckpoint cannot write to .*a_file/ckpt"):
+        finetune(cfg)
