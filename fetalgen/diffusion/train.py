@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
 from fetalgen.diffusion.module import JointDiffusionModule
+from fetalgen.utils.checkpoints import load_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
 
@@ -41,6 +42,10 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     write_training_cases(out / TRAINING_CASES, records)
     log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)
     trainer, loggers = build_trainer(cfg)
+    if cfg.get("ckpt_path"):
+        load_checkpoint(
+            cfg.ckpt_path, "diffusion"
+        )  # safe (weights_only) and the right kind, before Lightning
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}

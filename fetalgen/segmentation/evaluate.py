@@ -39,6 +39,7 @@ from fetalgen.segmentation.cache import stable_id
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import make_box
+from fetalgen.utils.checkpoints import load_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import output_dir, task_wrapper
 
@@ -374,9 +375,7 @@ def load_module(
             raise ValueError("nothing to evaluate: give ckpt_path or a model config")
         return hydra.utils.instantiate(model_cfg), None
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path, "finetune")
     train_cfg = checkpoint.get("fetalgen_config")
     if train_cfg is None and model_cfg is None:
         raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")

@@ -19,6 +19,7 @@ from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak
 from fetalgen.segmentation.evaluate import SamBoxPredictor, flat_metrics, read_cases, run_evaluation
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.prompts import BOX_MODES
+from fetalgen.utils.checkpoints import load_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
 
@@ -71,6 +72,8 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     trainer, loggers = build_trainer(cfg)
     for lg in loggers:
         lg.log_hyperparams(counts)
+    if cfg.get("ckpt_path"):
+        load_checkpoint(cfg.ckpt_path, "finetune")  # safe (weights_only) and the right kind, before Lightning
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
