@@ -30,11 +30,22 @@ def _read(path: str | Path, what: str) -> np.ndarray:
     return array
 
 
-def _to_gray(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    if array.dtype == np.uint16:
-        array = (array >> 8).astype(np.uint8)
-    elif array.dtype != np.uint8:
+def _to_uint8(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """8-bit pixels; 16-bit files are scaled by the bit depth their values use (0..255 stored in 16 bits
+    stays as is, 12-bit data 0..4095 maps to 0..255), so no range is lost or read as black."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype != np.uint16:
         raise DataError(path, f"{what} has unsupported pixel type {array.dtype}")
+    top = int(array.max())
+    if top <= 255:
+        return array.astype(np.uint8)
+    full = (1 << top.bit_length()) - 1
+    return np.round(array.astype(np.float64) * (255.0 / full)).astype(np.uint8)
+
+
+def _to_gray(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    array = _to_uint8(array, path, what)
     if array.ndim == 3:
         if array.shape[2] == 1:
             array = array[:, :, 0]
@@ -50,7 +61,7 @@ def _to_gray(array: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 HxW grayscale (RGB/RGBA converted; 16-bit scaled to 8-bit).
+    """Read an image as uint8 HxW grayscale (RGB/RGBA converted; 16-bit scaled by the bit depth it uses).
 
     Raises:
         DataError: the file is missing, unreadable or corrupt.

@@ -101,3 +101,15 @@ def test_load_pair_checks_mask_against_image(tmp_path: Path) -> None:
     small = _write(tmp_path / "small.png", _outline(shape=(60, 80), center=(40, 30), axes=(20, 10)))
     with pytest.raises(DataError, match="small.png"):
         load_pair(Case("img", img, small, subject="img"))
+
+
+def test_16_bit_files_are_scaled_by_the_bit_depth_they_use(tmp_path: Path) -> None:
+    ramp = np.arange(0, 256, dtype=np.uint16).reshape(16, 16)
+    as_8_bit = load_image(_write(tmp_path / "eight_in_sixteen.png", ramp))  # 0..255 stored in 16 bits
+    assert as_8_bit.dtype == np.uint8 and as_8_bit.max() == 255 and (as_8_bit == ramp).all()
+    twelve = load_image(_write(tmp_path / "twelve.png", ramp * 16 + 15))  # 12-bit data, max 4095
+    assert twelve.max() == 255 and twelve.min() == 1
+    full = load_image(_write(tmp_path / "sixteen.png", ramp * 257))  # the whole 16-bit range
+    assert (full == ramp).all()
+    mask = _outline(thickness=-1).astype(np.uint16) // 255  # a 16-bit 0/1 mask
+    assert load_mask(_write(tmp_path / "mask16.png", mask), SHAPE).sum() == mask.sum()
