@@ -43,9 +43,10 @@ def read_column_csv(path: Path, column: str) -> dict[str, float]:
     """``{file stem: value}`` from a CSV with a ``filename`` column and ``column``.
 
     Raises:
-        DataError: the columns are missing or a value is not a number.
+        DataError: the columns are missing, a value is not a number, or a file has two rows.
     """
     out: dict[str, float] = {}
+    lines: dict[str, int] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = [h.strip() for h in reader.fieldnames or []]
@@ -53,8 +54,12 @@ def read_column_csv(path: Path, column: str) -> dict[str, float]:
             raise DataError(path, f"CSV needs columns 'filename' and '{column}', found {fields}")
         for lineno, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            stem = Path(row["filename"]).stem
+            if stem in lines:
+                raise DataError(path, f"{row['filename']} has two rows (lines {lines[stem]} and {lineno})")
+            lines[stem] = lineno
             try:
-                out[Path(row["filename"]).stem] = float(row[column])
+                out[stem] = float(row[column])
             except ValueError as err:
                 raise DataError(
                     path, f"line {lineno}: '{row[column]}' in '{column}' is not a number"
@@ -95,12 +100,22 @@ def read_folder(
     masks: dict[str, Path] = {}
     for p in _files(masks_dir):
         stem = p.stem[: -len(ANNOTATION_SUFFIX)] if p.stem.endswith(ANNOTATION_SUFFIX) else p.stem
-        masks.setdefault(stem, p)
+        if stem in masks:
+            raise DataError(p, f"a second mask for case {stem} (the first: {masks[stem].name}); keep one")
+        masks[stem] = p
     tables = {}
     for name, column in ((PIXEL_SIZES_CSV, "pixel size(mm)"), (HEADS_CSV, "head circumference (mm)")):
         if (root / name).is_file():
             tables[name] = read_column_csv(root / name, column)
     images = _files(images_dir)
+    seen: dict[str, Path] = {}
+    for p in images:
+        if p.stem in seen:
+            raise DataError(
+                p,
+                f"a second image named {p.stem} (the first: {seen[p.stem].name}); case names must be unique",
+            )
+        seen[p.stem] = p
     if list_file is not None:
         wanted = read_case_list(list_file)
         by_stem = {p.stem: p for p in images}

@@ -87,3 +87,26 @@ def test_phantom_folder_reads_pixel_size_and_hc(phantom_dir: Path) -> None:
     cases = read_folder(phantom_dir, cohort="phantom")
     assert len(cases) == 24
     assert all(c.pixel_size_mm > 0 and c.hc_mm > 0 for c in cases)
+
+
+def test_duplicate_names_are_errors_naming_both(tmp_path: Path) -> None:
+    import shutil
+
+    from fetalgen.data.cases import DataError
+    from fetalgen.data.folder import read_column_csv, read_folder
+    from fetalgen.data.phantom import write_phantom_dataset
+
+    root = tmp_path / "d"
+    write_phantom_dataset(root, n=2, seed=0, shape=(68, 100))
+    extra_mask = root / "masks" / "phantom_0000_Annotation.png"  # a second mask for one image
+    shutil.copy(root / "masks" / "phantom_0000.png", extra_mask)
+    with pytest.raises(DataError, match="a second mask for case phantom_0000"):
+        read_folder(root)
+    extra_mask.unlink()
+    shutil.copy(root / "images" / "phantom_0000.png", root / "images" / "phantom_0000.jpg")  # x.png + x.jpg
+    with pytest.raises(DataError, match="a second image named phantom_0000"):
+        read_folder(root)
+    table = tmp_path / "sizes.csv"
+    table.write_text("filename,pixel size(mm)\na.png,0.1\nb.png,0.2\na.png,0.3\n")
+    with pytest.raises(DataError, match=r"a.png has two rows \(lines 2 and 4\)"):
+        read_column_csv(table, "pixel size(mm)")
