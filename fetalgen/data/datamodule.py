@@ -77,6 +77,7 @@ class PairDataModule(pl.LightningDataModule):
             never read; for the generator, which is not evaluated on them).
         keep_memorised: keep synthetic pairs flagged as near-copies of a generator training image (default:
             excluded and counted in ``synthetic_counts["memorised_excluded"]``).
+        mask_regions: a mask of several separate regions: ``raise`` or keep the ``largest`` (with a warning).
 
     Batches are dicts as in :class:`~fetalgen.data.dataset.PairDataset`.
     """
@@ -100,6 +101,7 @@ class PairDataModule(pl.LightningDataModule):
         balance_trimesters: bool = False,
         load_holdout: bool = True,
         keep_memorised: bool = False,
+        mask_regions: str = "raise",
     ) -> None:
         super().__init__()
         self.image_size = int(image_size)
@@ -109,6 +111,7 @@ class PairDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.on_bad_pair = on_bad_pair
         self.keep_memorised = bool(keep_memorised)
+        self.mask_regions = mask_regions
         source = list(source)
         choose = choose_per_trimester if balance_trimesters else choose_subjects
         if split_file is not None:
@@ -202,9 +205,11 @@ class PairDataModule(pl.LightningDataModule):
                 self.augment,
                 self.on_bad_pair,
                 seed=self.seed,
+                mask_regions=self.mask_regions,
             )
-            self.val_set = PairDataset(self.val_cases, self.image_size, "none", self.on_bad_pair)
-            self.test_set = PairDataset(self.test_cases, self.image_size, "none", self.on_bad_pair)
+            held = {"on_bad_pair": self.on_bad_pair, "mask_regions": self.mask_regions}
+            self.val_set = PairDataset(self.val_cases, self.image_size, "none", **held)
+            self.test_set = PairDataset(self.test_cases, self.image_size, "none", **held)
 
     def _loader(self, dataset: PairDataset, shuffle: bool, offset: int) -> DataLoader:
         return DataLoader(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +28,8 @@ class PairDataset(Dataset):
         on_bad_pair: ``"raise"`` the first :class:`DataError`, or ``"skip"`` bad pairs with one warning giving
             their count and files (kept cases in ``self.cases``, errors in ``self.skipped``).
         seed: seed of the augmentation's random state (DataLoader workers reseed it, see :func:`seed_worker`).
+        mask_regions: a mask of several separate regions: ``raise``, or keep the ``largest`` (counted in
+            ``self.repaired`` and one warning).
 
     Items are dicts: ``image`` float32 [1,S,S] in [0,1]; ``mask`` float32 [1,S,S] in {0,1}; ``name`` str;
     ``pixel_size_mm`` float at working resolution (nan if unknown); ``hc_mm`` float (nan if unknown);
@@ -39,6 +43,7 @@ class PairDataset(Dataset):
         augment: str = "none",
         on_bad_pair: str = "raise",
         seed: int = 0,
+        mask_regions: str = "raise",
     ) -> None:
         check_on_bad(on_bad_pair)
         self.image_size = int(image_size)
@@ -46,10 +51,11 @@ class PairDataset(Dataset):
         self.augment = build_augmentation(augment, seed=seed)
         self.cases: list[Case] = []
         self.skipped: list[DataError] = []
+        self.repaired: list[Path] = []
         images, masks, pixel_sizes = [], [], []
         for case in cases:
             try:
-                image, mask = load_pair(case)
+                image, mask = load_pair(case, mask_regions, self.repaired)
             except DataError as err:
                 if on_bad_pair == "raise":
                     raise
@@ -69,6 +75,13 @@ class PairDataset(Dataset):
             masks.append(mask.astype(np.uint8))
             pixel_sizes.append(math.nan if case.pixel_size_mm is None else case.pixel_size_mm * scale)
         warn_skipped(self.skipped, f"PairDataset ({len(cases)} cases)")
+        if self.repaired:
+            listing = "\n  ".join(map(str, self.repaired))
+            warnings.warn(
+                f"PairDataset: {len(self.repaired)} mask(s) had several regions; kept the largest of each:\n  {listing}",
+                UserWarning,
+                stacklevel=2,
+            )
         self.images = images
         self.masks = masks
         self.pixel_sizes = pixel_sizes

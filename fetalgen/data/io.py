@@ -14,9 +14,10 @@ import cv2
 import numpy as np
 
 from fetalgen.data.cases import Case, DataError
-from fetalgen.utils.masks import fill_holes
+from fetalgen.utils.masks import fill_holes, largest_component
 
 ON_BAD = ("raise", "skip")
+MASK_REGIONS = ("raise", "largest")  # a mask of several separate regions: refuse, or keep the largest
 
 
 def _read(path: str | Path, what: str) -> np.ndarray:
@@ -101,7 +102,9 @@ def _fill_outline(fg: np.ndarray) -> np.ndarray | None:
     return out.astype(bool) | fg
 
 
-def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+def load_mask(
+    path: str | Path, shape: tuple[int, int], regions: str = "raise", repaired: list[Path] | None = None
+) -> np.ndarray:
     """Read a binary mask as bool HxW, filling outlines.
 
     The mask may be grayscale or RGB with exactly two levels (background = the lower one), e.g. 0/255 or 0/1.
@@ -111,11 +114,16 @@ def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     Args:
         path: mask file.
         shape: ``(H, W)`` of the image the mask belongs to.
+        regions: a head is one region; for a mask of several separate (8-connected) regions, ``raise`` or
+            keep the ``largest`` (the path is then appended to ``repaired``, for a counted warning).
+        repaired: collects the paths of masks cut down to their largest region.
 
     Raises:
         DataError: missing/unreadable file, size different from ``shape``, empty mask, mask covering the
-            whole image, or more than two grey levels (e.g. a JPEG-compressed mask).
+            whole image, more than two grey levels (e.g. a JPEG-compressed mask), or several regions.
     """
+    if regions not in MASK_REGIONS:
+        raise ValueError(f"mask_regions must be one of {MASK_REGIONS}, got {regions!r}")
     path = Path(path)
     raw = _read(path, "mask")
     if raw.ndim == 3 and raw.shape[2] in (3, 4):  # brightest channel: a coloured outline counts as foreground
@@ -140,13 +148,25 @@ def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     filled = _fill_outline(fg)
     if filled is None:
         raise DataError(path, f"mask has only {int(fg.sum())} foreground pixels: too few to form a region")
+    count, _ = cv2.connectedComponents(filled.astype(np.uint8), connectivity=8)
+    if count - 1 > 1:
+        if regions == "raise":
+            raise DataError(
+                path,
+                f"mask has {count - 1} separate regions, a head is one (mask_regions=largest keeps the largest)",
+            )
+        filled = largest_component(filled)
+        if repaired is not None:
+            repaired.append(path)
     return filled
 
 
-def load_pair(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """Load and validate one case: ``(image uint8 HxW, mask bool HxW)``, outlines filled."""
+def load_pair(
+    case: Case, regions: str = "raise", repaired: list[Path] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load and validate one case: ``(image uint8 HxW, mask bool HxW)``, outlines filled (see :func:`load_mask`)."""
     image = load_image(case.image_path)
-    return image, load_mask(case.mask_path, image.shape)
+    return image, load_mask(case.mask_path, image.shape, regions, repaired)
 
 
 def check_on_bad(on_bad: str) -> None:

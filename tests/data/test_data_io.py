@@ -113,3 +113,28 @@ def test_16_bit_files_are_scaled_by_the_bit_depth_they_use(tmp_path: Path) -> No
     assert (full == ramp).all()
     mask = _outline(thickness=-1).astype(np.uint16) // 255  # a 16-bit 0/1 mask
     assert load_mask(_write(tmp_path / "mask16.png", mask), SHAPE).sum() == mask.sum()
+
+
+def test_a_mask_of_two_regions_is_refused_or_cut_to_the_largest(tmp_path: Path) -> None:
+    two = np.zeros(SHAPE, np.uint8)
+    cv2.ellipse(two, (50, 60), (30, 20), 0, 0, 360, 255, -1)  # the head
+    cv2.circle(two, (140, 20), 6, 255, -1)  # a second blob
+    path = _write(tmp_path / "two.png", two)
+    with pytest.raises(DataError, match="two.png: mask has 2 separate regions"):
+        load_mask(path, SHAPE)
+    repaired: list[Path] = []
+    kept = load_mask(path, SHAPE, regions="largest", repaired=repaired)
+    assert repaired == [path] and not kept[20, 140] and kept[60, 50]
+    assert kept.sum() == pytest.approx(math.pi * 30 * 20, rel=0.05)
+
+
+def test_pair_dataset_counts_the_masks_it_cut(tmp_path: Path) -> None:
+    from fetalgen.data.dataset import PairDataset
+
+    image = _write(tmp_path / "img.png", np.full(SHAPE, 80, np.uint8))
+    two = _outline(thickness=-1)
+    cv2.circle(two, (150, 10), 5, 255, -1)
+    case = Case("c", image, _write(tmp_path / "m.png", two), "s")
+    with pytest.warns(UserWarning, match="1 mask\\(s\\) had several regions; kept the largest"):
+        data = PairDataset([case], 32, mask_regions="largest")
+    assert len(data) == 1 and data.repaired == [case.mask_path]
