@@ -58,14 +58,27 @@ def pair_name(index: int) -> str:
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Atomically write a uint8 image (HxW grayscale or HxWx3 RGB) as PNG."""
+    """Atomically write a uint8 image (HxW grayscale or HxWx3 RGB) as PNG, verified by reading it back.
+
+    Raises:
+        OSError: the file could not be written whole (a full disk leaves a short or empty file).
+    """
 
     def _write(tmp: Path) -> None:
-        data = array[..., ::-1] if array.ndim == 3 else array
-        if not cv2.imwrite(str(tmp), np.ascontiguousarray(data)):
-            raise OSError(f"could not write {path}")
+        data = np.ascontiguousarray(array[..., ::-1] if array.ndim == 3 else array)
+        if not cv2.imwrite(str(tmp), data) or not png_intact(tmp, data.shape):
+            raise OSError(f"could not write {path} whole (disk full?)")
 
     return atomic_write(path, _write)
+
+
+def png_intact(path: str | Path, shape: tuple[int, ...] | None = None) -> bool:
+    """Whether ``path`` is a non-empty, decodable image (of ``shape`` if given)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return array is not None and (shape is None or array.shape == tuple(shape))
 
 
 def append_line(path: Path, line: str) -> None:
@@ -163,7 +176,8 @@ def blocks(todo: Sequence[int], batch_size: int) -> Iterator[list[int]]:
 
 
 def repair_manifest(root: Path) -> list[ManifestEntry]:
-    """Read the manifest, first dropping a last line cut short by a crash (no final newline)."""
+    """Read the manifest, first dropping a last line cut short by a crash (no final newline), then the lines of
+    pairs whose files are missing, empty or undecodable (e.g. written on a full disk): those are sampled again."""
     path = root / MANIFEST
     if not path.is_file():
         return []
@@ -171,7 +185,20 @@ def repair_manifest(root: Path) -> list[ManifestEntry]:
     if text and not text.endswith("\n"):
         log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
         atomic_write(path, lambda p: p.write_text(text[: text.rfind("\n") + 1]))
-    return read_manifest(root)
+    entries = read_manifest(root)
+    broken = {e.index for e in entries if not (png_intact(root / e.image) and png_intact(root / e.mask))}
+    if broken:
+        log.warning(
+            "%s: %d pair(s) listed with missing or broken files (indices %s); they are sampled again",
+            path, len(broken), sorted(broken)[:20],
+        )  # fmt: skip
+        listed = [
+            line for line in path.read_text().splitlines() if line.strip()
+        ]  # as read_manifest reads them
+        lines = [line for line, e in zip(listed, entries, strict=True) if e.index not in broken]
+        atomic_write(path, lambda p: p.write_text("".join(f"{line}\n" for line in lines)))
+        entries = [e for e in entries if e.index not in broken]
+    return entries
 
 
 def check_resumable(root: Path, entries: list[ManifestEntry], expected: dict[str, Any]) -> None:

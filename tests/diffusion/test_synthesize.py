@@ -197,3 +197,23 @@ def test_memorised_pairs_are_flagged(generator, reference_run, tmp_path):
     assert all(e.pixel_size_mm == 0.5 for e in entries)
     assert summary["memorisation"]["count"] == 1
     assert summary["head_size_px"]["train"]["n"] == 2
+
+
+def test_pairs_left_broken_by_a_full_disk_are_sampled_again(generator, reference_run, tmp_path):
+    run(generator, tmp_path, 4)
+    (tmp_path / "images" / "syn_000001.png").write_bytes(b"")  # what a full disk leaves
+    data = (tmp_path / "masks" / "syn_000002.png").read_bytes()
+    (tmp_path / "masks" / "syn_000002.png").write_bytes(data[: len(data) // 3])
+    run(generator, tmp_path, 6)  # resumes: repairs 1 and 2, adds 4 and 5
+    ours, ref = snapshot(tmp_path), snapshot(reference_run)
+    lines = {k: sorted(d.pop("manifest.jsonl").splitlines()) for k, d in (("ours", ours), ("ref", ref))}
+    assert ours == ref and lines["ours"] == lines["ref"]  # the same pairs, bit for bit (lines in another order)
+
+
+def test_a_png_that_cannot_be_written_whole_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        synth.cv2, "imwrite", lambda path, data: Path(path).write_bytes(b"\x89PNG") is not None
+    )
+    with pytest.raises(OSError, match="could not write .*x.png whole"):
+        synth.write_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+    assert not (tmp_path / "x.png").exists()
