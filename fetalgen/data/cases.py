@@ -15,6 +15,14 @@ class DataError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+class CaseList(list):
+    """The cases a reader returns, with the bad files it skipped (``on_bad="skip"``), so they can be counted."""
+
+    def __init__(self, cases: list = (), skipped: list[DataError] | None = None) -> None:
+        super().__init__(cases)
+        self.skipped: list[DataError] = list(skipped or [])
+
+
 @dataclass(frozen=True)
 class Case:
     """One labelled image on disk.

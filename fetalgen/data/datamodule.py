@@ -112,6 +112,7 @@ class PairDataModule(pl.LightningDataModule):
         self.on_bad_pair = on_bad_pair
         self.keep_memorised = bool(keep_memorised)
         self.mask_regions = mask_regions
+        self.reader_skipped: list = list(getattr(source, "skipped", []))  # bad files the reader skipped
         source = list(source)
         choose = choose_per_trimester if balance_trimesters else choose_subjects
         if split_file is not None:
@@ -210,6 +211,13 @@ class PairDataModule(pl.LightningDataModule):
             held = {"on_bad_pair": self.on_bad_pair, "mask_regions": self.mask_regions}
             self.val_set = PairDataset(self.val_cases, self.image_size, "none", **held)
             self.test_set = PairDataset(self.test_cases, self.image_size, "none", **held)
+
+    def skipped(self) -> list[str]:
+        """Every bad file skipped (``on_bad_pair=skip``) by the reader and, once loaded, by the datasets."""
+        errors = list(self.reader_skipped)
+        for dataset in (self.train_set, self.val_set, self.test_set):
+            errors += dataset.skipped if dataset is not None else []
+        return [str(e) for e in errors]
 
     def _loader(self, dataset: PairDataset, shuffle: bool, offset: int) -> DataLoader:
         return DataLoader(

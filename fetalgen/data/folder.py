@@ -17,7 +17,7 @@ import csv
 import re
 from pathlib import Path
 
-from fetalgen.data.cases import Case, DataError
+from fetalgen.data.cases import Case, CaseList, DataError
 from fetalgen.data.io import check_on_bad, warn_skipped
 from fetalgen.data.splits import read_case_list
 
@@ -159,4 +159,4 @@ def read_folder(
     warn_skipped(bad, f"read_folder({root})")
     if not cases:
         raise DataError(images_dir, "no usable image/mask pairs found")
-    return cases if list_file is not None else sorted(cases, key=lambda c: c.name)
+    return CaseList(cases if list_file is not None else sorted(cases, key=lambda c: c.name), bad)

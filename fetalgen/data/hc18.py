@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from fetalgen.data.cases import Case, DataError
+from fetalgen.data.cases import Case, CaseList, DataError
 from fetalgen.data.folder import read_column_csv
 from fetalgen.data.io import check_on_bad, warn_skipped
 from fetalgen.data.splits import read_case_list
@@ -112,4 +112,4 @@ def read_hc18(root: str | Path, list_file: str | Path | None = None, on_bad: str
     warn_skipped(bad, f"read_hc18({root})")
     if not cases:
         raise DataError(folder, f"no HC18 image/annotation pairs found: {HOW_TO_GET}")
-    return cases
+    return CaseList(cases, bad)

@@ -69,10 +69,11 @@ def read_cases(spec: Mapping[str, Any]) -> list[Case]:
     from fetalgen.data.synthetic import read_synthetic
 
     kind, root, list_file = spec["kind"], spec["root"], spec.get("list_file")
+    on_bad = spec.get("on_bad_pair") or "raise"  # one setting: a missing mask or CSV row is a bad pair too
     if kind == "hc18":
-        return read_hc18(root, list_file=list_file)
+        return read_hc18(root, list_file=list_file, on_bad=on_bad)
     if kind == "folder":
-        return read_folder(root, list_file=list_file, cohort=spec.get("name") or "folder")
+        return read_folder(root, list_file=list_file, cohort=spec.get("name") or "folder", on_bad=on_bad)
     if kind == "synthetic":
         cases, counts = read_synthetic(root)
         log.info("synthetic set %s: %s (QC-failed pairs excluded)", root, counts)
@@ -408,9 +409,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     spec = cfg.eval_data
     name = spec.get("name") or spec.kind
     image_size = spec.get("image_size") or (train_cfg or {}).get("data", {}).get("image_size") or 256
-    dataset = PairDataset(
-        read_cases(spec), int(image_size), "none", on_bad_pair=spec.get("on_bad_pair", "raise")
-    )
+    cases = read_cases(spec)
+    dataset = PairDataset(cases, int(image_size), "none", on_bad_pair=spec.get("on_bad_pair", "raise"))
+    skipped = [str(e) for e in [*getattr(cases, "skipped", []), *dataset.skipped]]
     check_lineage(module, cfg.get("ckpt_path"), name, dataset.cases)
     hp = module.hparams
     summary = run_evaluation(
@@ -419,7 +420,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         output_dir(cfg),
         name,
         figure=cfg.eval.figure,
-        info={"root": str(spec.root), "image_size": int(image_size), "checkpoint": _describe(cfg)},
+        info={
+            "root": str(spec.root),
+            "image_size": int(image_size),
+            "checkpoint": _describe(cfg),
+            "skipped": skipped,
+        },  # fmt: skip
         prompt_mode=cfg.eval.prompt_mode or hp.eval_prompt,
         repetitions=cfg.eval.repetitions,
         seed=cfg.eval.seed,
@@ -428,7 +434,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         batch_size=cfg.eval.batch_size,
         progress=cfg.eval.progress,
     )
-    metrics = flat_metrics(summary, f"eval/{name}")
+    metrics = flat_metrics(summary, f"eval/{name}") | {f"eval/{name}/n_skipped": float(len(skipped))}
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
 

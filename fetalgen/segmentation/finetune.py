@@ -77,8 +77,9 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics |= {k: float(v) for k, v in counts.items()}
+    metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out
     metrics |= seen_counts(model.seen_names, datamodule)
+    write_skipped(output_dir(cfg), datamodule.skipped())
     metrics["train/steps"] = float(trainer.global_step)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
@@ -140,13 +141,22 @@ def data_counts(datamodule: Any) -> dict[str, int]:
     """Training data of a ``PairDataModule``: real and synthetic pairs (with what was excluded and why), and the
     labelled real pairs behind them: those SAM sees, those the generator saw, and both together."""
     syn = getattr(datamodule, "synthetic_counts", {}) or {}
-    sam = {c.name for c in datamodule.train_cases}
+    train, val, test = (
+        datamodule.train_cases + datamodule.synthetic_cases,
+        datamodule.val_cases,
+        datamodule.test_cases,
+    )
+    if datamodule.train_set is not None:  # loaded: the pairs actually used
+        train, val, test = datamodule.train_set.cases, datamodule.val_set.cases, datamodule.test_set.cases
+    real = [c for c in train if c.cohort != "synthetic"]
+    sam = {c.name for c in real}
     generator = {r["name"] for r in (getattr(datamodule, "generator_cases", None) or [])}
     return {
-        "data/num_real": len(datamodule.train_cases),
-        "data/num_val": len(datamodule.val_cases),
-        "data/num_test": len(datamodule.test_cases),
-        "data/num_synthetic": int(syn.get("used", 0)),
+        "data/num_real": len(real),
+        "data/num_val": len(val),
+        "data/num_test": len(test),
+        "data/num_synthetic": len(train) - len(real),
+        "data/skipped": len(datamodule.skipped()),
         "data/synthetic_qc_failed": int(syn.get("qc_failed", 0)),
         "data/synthetic_memorised_excluded": int(syn.get("memorised_excluded", 0)),
         "data/synthetic_available": int(syn.get("kept", 0)),
@@ -154,6 +164,13 @@ def data_counts(datamodule: Any) -> dict[str, int]:
         "labels/generator": len(generator),
         "labels/total": len(sam | generator),
     }
+
+
+def write_skipped(folder: Path, skipped: list[str]) -> None:
+    """``<folder>/skipped.txt``: one skipped file and its problem a line (only when something was skipped)."""
+    if skipped:
+        (folder / "skipped.txt").write_text("".join(f"{line}\n" for line in skipped))
+        log.warning("%d bad file(s) skipped, listed in %s", len(skipped), folder / "skipped.txt")
 
 
 def seen_counts(seen: set[str], datamodule: Any) -> dict[str, float]:

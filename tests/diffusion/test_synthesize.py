@@ -207,7 +207,9 @@ def test_pairs_left_broken_by_a_full_disk_are_sampled_again(generator, reference
     run(generator, tmp_path, 6)  # resumes: repairs 1 and 2, adds 4 and 5
     ours, ref = snapshot(tmp_path), snapshot(reference_run)
     lines = {k: sorted(d.pop("manifest.jsonl").splitlines()) for k, d in (("ours", ours), ("ref", ref))}
-    assert ours == ref and lines["ours"] == lines["ref"]  # the same pairs, bit for bit (lines in another order)
+    assert (
+        ours == ref and lines["ours"] == lines["ref"]
+    )  # the same pairs, bit for bit (lines in another order)
 
 
 def test_a_png_that_cannot_be_written_whole_is_an_error(tmp_path, monkeypatch):

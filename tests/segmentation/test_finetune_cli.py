@@ -271,3 +271,28 @@ def test_settings_that_would_fail_after_training_fail_before_it(compose_cfg, tmp
     cfg = compose_cfg("finetune", ["logger=none", f"callbacks.model_checkpoint.dirpath={blocked}/ckpt"])
     with pytest.raises(PermissionError, match="ModelCheckpoint cannot write to .*a_file/ckpt"):
         finetune(cfg)
+
+
+@pytest.mark.slow
+def test_skipped_pairs_are_counted_and_listed(compose_cfg, phantom_dir: Path, tmp_path: Path):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    masks = sorted((data / "masks").iterdir())
+    masks[0].unlink()  # an image without mask: the reader skips it
+    masks[1].write_bytes(b"not a png")  # a corrupt mask: the dataset skips it
+    cfg = compose_cfg("finetune", [
+        "data=folder", f"data.source.root={data}", "data.on_bad_pair=skip", "data.num_real=21", "data.num_val=2",
+        "data.num_test=0", "data.image_size=32", "model.sam.image_size=64", "trainer.max_steps=2",
+        "trainer.val_check_interval=1", "logger=none", "test_split=false",
+    ])  # fmt: skip
+    with pytest.warns(UserWarning, match="skipped 1 bad file"):
+        metrics = finetune(cfg)
+    assert metrics["data/skipped"] == 2
+    assert metrics["data/num_real"] + metrics["data/num_val"] == 24 - 2  # the pairs actually used
+    listed = (Path(cfg.paths.output_dir) / "skipped.txt").read_text().splitlines()
+    assert len(listed) == 2 and any(masks[1].name in line for line in listed)
+    ecfg = compose_cfg("evaluate", ["eval_data.kind=folder", f"eval_data.root={data}", "eval_data.on_bad_pair=skip",
+                                    "eval.repetitions=1", "eval.progress=false", "eval.figure=false"])  # fmt: skip
+    with pytest.warns(UserWarning):
+        emetrics = evaluate(ecfg)
+    assert emetrics["eval/folder/n_skipped"] == 2 and emetrics["eval/folder/n_images"] == 22
