@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from fetalgen.data.hc18 import trimester_from_hc
 from fetalgen.data.provenance import Record, check_no_leak, read_synthetic_provenance
 from fetalgen.data.splits import holdout_split, read_split_file, select_cases, split_by_subject
 from fetalgen.data.synthetic import read_synthetic
+
+log = logging.getLogger(__name__)
 
 
 def choose_subjects(cases: list[Case], n: int, seed: int) -> list[Case]:
@@ -171,6 +174,11 @@ class PairDataModule(pl.LightningDataModule):
         self._check_generator(root)
         cases, counts = read_synthetic(root, include_memorised=self.keep_memorised)
         counts["memorised_excluded"] = 0 if self.keep_memorised else counts["memorised"]
+        if self.keep_memorised and counts["memorised"]:
+            log.warning(
+                "data.keep_memorised=true: %d synthetic pair(s) flagged as near-copies of a generator training "
+                "image are kept for training", counts["memorised"],
+            )  # fmt: skip
         if wanted is None:
             return cases, {**counts, "used": len(cases)}
         if wanted > len(cases):

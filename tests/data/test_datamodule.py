@@ -258,6 +258,7 @@ def test_memorised_pairs_are_excluded_by_default_and_counted(
         keep_memorised=True,
     )
     assert len(kept.synthetic_cases) == 7 and kept.synthetic_counts["memorised_excluded"] == 0
+    assert kept.synthetic_counts["memorised"] == 2  # kept, and said so in the log
 
 
 def test_a_generator_that_saw_a_held_out_subject_is_refused(
