@@ -35,3 +35,23 @@ def test_finetune_preset_and_arm_compose(compose_cfg, preset: str, arm: str) -> 
     assert (cfg.data.num_synthetic == "all") == (arm == "synthetic")
     assert cfg.model.sam.model_type == ("vit_b" if preset == "paper" else "tiny")
     assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/dice"
+
+
+def test_local_settings_are_picked_up_and_chosen_by_name(tmp_path: Path) -> None:
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from fetalgen.cli import CONFIG_DIR
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf)
+    (conf / "local" / "default.yaml").write_text("# @package _global_\nseed: 7\n")
+    (conf / "local" / "other.yaml").write_text("# @package _global_\nseed: 9\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for name in ("finetune", "train_diffusion", "sample", "evaluate", "split"):
+            assert compose(name).seed == 7, name
+        assert compose("finetune", overrides=["local=other"]).seed == 9
+    GlobalHydra.instance().clear()
