@@ -192,8 +192,8 @@ def build_test_sets(cfg: DictConfig, datamodule: Any) -> list[tuple[str, PairDat
     sets: list[tuple[str, PairDataset]] = []
     image_size = int(cfg.data.image_size)
     if cfg.get("test_split", True) and datamodule.test_cases:
-        name = datamodule.test_cases[0].cohort or "test"
-        sets.append((name, PairDataset(datamodule.test_cases, image_size, "none", datamodule.on_bad_pair)))
+        datamodule.setup("test")  # loads the splits once; fit reuses them
+        sets.append((datamodule.test_cases[0].cohort or "test", datamodule.test_set))
     for name, spec in (cfg.get("test_sets") or {}).items():
         if spec is None:
             continue
