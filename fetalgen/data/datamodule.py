@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from fetalgen.data.cases import Case
 from fetalgen.data.dataset import PairDataset, seed_worker
 from fetalgen.data.hc18 import trimester_from_hc
+from fetalgen.data.order import EpochShuffle, ResumableLoader
 from fetalgen.data.provenance import Record, check_no_leak, read_synthetic_provenance
 from fetalgen.data.splits import holdout_split, read_split_file, select_cases, split_by_subject
 from fetalgen.data.synthetic import read_synthetic
@@ -228,10 +229,11 @@ class PairDataModule(pl.LightningDataModule):
         return [str(e) for e in errors]
 
     def _loader(self, dataset: PairDataset, shuffle: bool, offset: int) -> DataLoader:
-        return DataLoader(
+        """Training (``shuffle``): ordered by ``(seed, epoch)`` and resumable mid-epoch (:mod:`~fetalgen.data.order`)."""
+        return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed + offset),
             worker_init_fn=seed_worker,

@@ -77,6 +77,9 @@ def fit_ellipse(mask: np.ndarray) -> Ellipse | None:
     points = max(contours, key=len)
     if len(points) < 5:
         return None
+    # OpenCV perturbs near-degenerate point sets with its global random generator: reseed it so the fit depends
+    # on the mask alone, not on the fits that ran before it in this process (the generator is per thread).
+    cv2.setRNGSeed(0)
     (cx, cy), (w, h), angle = cv2.fitEllipse(points)
     if not all(math.isfinite(v) for v in (cx, cy, w, h, angle)) or min(w, h) < 1.0:
         return None  # no area: the boundary points lie on a line (a one-pixel-thin mask)

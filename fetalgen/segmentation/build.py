@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from fetalgen.segmentation.lora import add_lora
+from fetalgen.segmentation.lora import add_lora, merge_lora
+from fetalgen.utils.checkpoints import WRITERS, checkpoint_kind, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,14 @@ def load_sam_weights(sam: Sam, checkpoint: str | Path, name: str = "SAM") -> Non
     """
     path = Path(checkpoint)
     _require_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_weights(path)
+    kind = checkpoint_kind(state)
+    if kind == "diffusion":
+        raise CheckpointMismatchError(
+            f"{path}: a {WRITERS[kind]} checkpoint (the generator), but SAM weights are needed here"
+        )
+    if kind == "finetune":  # a fetalgen-finetune checkpoint: its SAM, LoRA adapters merged if any
+        state = sam_state_from_finetune(state)
     for wrapper in ("model", "state_dict"):  # training checkpoints that wrap the state dict
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -164,6 +172,14 @@ def load_sam_weights(sam: Sam, checkpoint: str | Path, name: str = "SAM") -> Non
     check_state_dict(sam, state, source=f"{path} ({name})")
     sam.load_state_dict(state)
     log.info("Loaded %s weights from %s (image_size %d)", name, path, sam.image_encoder.img_size)
+
+
+def sam_state_from_finetune(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The SAM of a ``fetalgen-finetune`` checkpoint as a plain ``segment-anything`` state dict (LoRA merged)."""
+    state = {k[len("sam.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("sam.")}
+    if any(k.endswith(".lora_a") for k in state):
+        state = merge_lora(state, checkpoint.get("hyper_parameters", {}).get("lora_alpha"))
+    return state
 
 
 def _require_file(path: Path) -> None:

@@ -90,7 +90,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         model.load_state_dict(checkpoint["state_dict"])
         if ckpt.monitor == "val/dice":
             # Read from the file: spawned DDP processes hand back the best path but not its score.
-            metrics["val/dice"] = best_score(checkpoint)
+            metrics["val/dice"] = best_score(checkpoint, ckpt.monitor)
         log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
     test_metrics = evaluate_test_sets(
         cfg, model, test_sets, trainer.strategy.root_device, best or "last weights"
@@ -111,12 +111,12 @@ def check_validation_schedule(trainer_cfg: DictConfig) -> None:
         )
 
 
-def best_score(checkpoint: dict[str, Any]) -> float:
-    """The ``best_model_score`` that the ModelCheckpoint callback stored in a Lightning checkpoint."""
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
+def best_score(checkpoint: dict[str, Any], monitor: str = "val/dice") -> float:
+    """The ``best_model_score`` of ``monitor`` that a ModelCheckpoint callback stored in a Lightning checkpoint."""
+    for state in checkpoint.get("callbacks", {}).values():
+        if state.get("monitor") == monitor and state.get("best_model_score") is not None:
             return float(state["best_model_score"])
-    raise KeyError("the checkpoint holds no ModelCheckpoint best_model_score")
+    raise KeyError(f"the checkpoint holds no ModelCheckpoint best_model_score of {monitor}")
 
 
 def log_evaluation(loggers: list[Logger], eval_dir: Path, metrics: dict[str, float], step: int) -> None:

@@ -42,3 +42,25 @@ def add_lora(encoder: nn.Module, rank: int = 4, alpha: float | None = None) -> i
             block.attn.qkv = LoRALinear(block.attn.qkv, rank=rank, alpha=alpha)
             count += 1
     return count
+
+
+def merge_lora(state: dict[str, torch.Tensor], alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """A state dict with :class:`LoRALinear` entries folded back into plain ``nn.Linear`` weights.
+
+    ``...qkv.base.weight + (alpha / rank) * lora_b @ lora_a`` becomes ``...qkv.weight`` (``base.bias`` becomes
+    ``bias``; ``alpha`` None means ``rank``, as in :class:`LoRALinear`), so the result has the keys of the
+    unadapted model: what ``segment-anything`` loads.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith((".lora_a", ".lora_b")):
+            continue
+        if ".base." in key:
+            prefix, name = key.rsplit(".base.", 1)
+            if name == "weight":
+                a, b = state[f"{prefix}.lora_a"], state[f"{prefix}.lora_b"]
+                scaling = (alpha if alpha is not None else a.shape[0]) / a.shape[0]
+                value = value + (scaling * (b.float() @ a.float())).to(value.dtype)
+            key = f"{prefix}.{name}"
+        out[key] = value
+    return out

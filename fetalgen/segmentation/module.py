@@ -93,7 +93,6 @@ class SamFinetuneModule(LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_dice, self.val_iou = MeanMetric(), MeanMetric()
         self.test_dice, self.test_iou = MeanMetric(), MeanMetric()
-        self.train_rng = np.random.default_rng(seed)
         self.run_config: dict[str, Any] | None = None  # the resolved run config, saved in every checkpoint
         # {"training_cases": [...], "generator_cases": [...]} (fetalgen.data.provenance), saved likewise
         self.provenance: dict[str, Any] | None = None
@@ -159,14 +158,19 @@ class SamFinetuneModule(LightningModule):
             "SAM fine-tuning: trainable=%s, %d of %d parameters trained; embedding cache %s%s",
             self.hparams.trainable, n_train, n_all, cache, views,
         )  # fmt: skip
-        self.train_rng = np.random.default_rng([self.hparams.seed, self.global_rank])
+
+    def train_rng(self, batch_idx: int) -> np.random.Generator:
+        """The random state of one training batch (views, box jitter): fixed by the seed, the rank and the
+        position in training, so a resumed run draws what an uninterrupted one would."""
+        return np.random.default_rng([self.hparams.seed, self.global_rank, self.global_step, batch_idx])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
         self.seen_names.update(batch["name"])
+        rng = self.train_rng(batch_idx)
         if self.views is not None:
-            images, masks = self.views(images, masks, list(batch["name"]), self.train_rng)
-        boxes = self.boxes(masks, self.hparams.train_prompt, [self.train_rng] * len(images))
+            images, masks = self.views(images, masks, list(batch["name"]), rng)
+        boxes = self.boxes(masks, self.hparams.train_prompt, [rng] * len(images))
         loss, _ = self.loss_fn(self(images, boxes), masks)
         self.train_loss.update(loss, weight=len(images))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)

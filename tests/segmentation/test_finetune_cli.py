@@ -269,7 +269,7 @@ def test_settings_that_would_fail_after_training_fail_before_it(compose_cfg, tmp
     blocked = tmp_path / "a_file"  # a folder below a file cannot be made, whoever runs the test (root too)
     blocked.write_text("")
     cfg = compose_cfg("finetune", ["logger=none", f"callbacks.model_checkpoint.dirpath={blocked}/ckpt"])
-    with pytest.raises(PermissionError, match="ModelCheckpoint cannot write to .*a_file/ckpt"):
+    with pytest.raises(PermissionError, match="KeepBestOnResume cannot write to .*a_file/ckpt"):
         finetune(cfg)
 
 

@@ -20,6 +20,7 @@ from fetalgen.segmentation.build import (
 from fetalgen.segmentation.lora import LoRALinear
 from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou, resize_masks
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
+from fetalgen.utils.checkpoints import CheckpointError
 
 
 def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -194,6 +195,39 @@ def test_lora_keys_after_loading(tmp_path: Path):
     load_sam_weights(sam, path)
     set_trainable(sam, "lora")
     assert "image_encoder.blocks.0.attn.qkv.base.weight" in sam.state_dict()
+
+
+def test_truncated_and_generator_checkpoints_get_one_line_naming_the_file(tmp_path: Path):
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(build_sam("tiny", image_size=64, seed=0).state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        CheckpointError, match=r"sam_tiny.pth: cannot be read as a checkpoint with weights_only"
+    ):
+        build_sam("tiny", checkpoint=path, image_size=64)
+    generator = tmp_path / "step_000010.ckpt"
+    torch.save({"state_dict": {"unet.w": torch.zeros(2)}, "fetalgen": {"image_size": 32}}, generator)
+    with pytest.raises(
+        CheckpointMismatchError, match=r"step_000010.ckpt: a fetalgen-train-diffusion checkpoint"
+    ):
+        build_sam("tiny", checkpoint=generator, image_size=64)
+
+
+def test_a_finetune_checkpoint_loads_as_sam_weights_with_lora_merged(tmp_path: Path):
+    torch.manual_seed(0)
+    tuned = build_sam("tiny", image_size=64, seed=0)
+    set_trainable(tuned, "lora", lora_rank=2, lora_alpha=4.0)
+    with torch.no_grad():
+        for block in tuned.image_encoder.blocks:
+            block.attn.qkv.lora_b.normal_()  # trained adapters
+    state = {f"sam.{k}": v for k, v in tuned.state_dict().items()}
+    path = tmp_path / "best.ckpt"
+    torch.save({"state_dict": state, "fetalgen_config": {}, "hyper_parameters": {"lora_alpha": 4.0}}, path)
+    plain = build_sam("tiny", checkpoint=path, image_size=64)  # no adapters: the merged weights
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(plain.image_encoder(x), tuned.image_encoder(x), atol=1e-4)
 
 
 def test_encoder_input_pipeline():

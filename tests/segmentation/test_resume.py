@@ -1,0 +1,102 @@
+"""Resuming fetalgen-finetune: last.ckpt is the latest state, the best survives, a resumed run equals an
+uninterrupted one (kill -9 mid-epoch, resume into a new run folder)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fetalgen.utils.checkpoints import KeepBestOnResume
+
+CRASH_CALLBACK = '''
+import os, signal
+import pytorch_lightning as pl
+
+class KillAtStep(pl.Callback):
+    """SIGKILL this process once training reached ``step`` (no clean-up, as a crash or an OOM kill)."""
+    def __init__(self, step):
+        self.step = step
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def run_finetune(phantom_dir: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> int:
+    """``fetalgen-finetune`` in its own process: 8 pairs in batches of 4 (2 steps an epoch), validation and
+    last.ckpt every 3 steps (mid-epoch), 9 steps."""
+    args = [
+        sys.executable, "-m", "fetalgen.cli.finetune", f"hydra.run.dir={out}", f"paths.log_dir={out.parent / 'logs'}",
+        "logger=none", "trainer.max_steps=9", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
+        f"data.source.root={phantom_dir}", "data.source.n=24", "data.source.shape=[135,200]", "data.num_real=8",
+        "data.num_val=4", "data.num_test=0", "data.batch_size=4", "data.image_size=64", "model.sam.image_size=64",
+        "model.train_prompt=jitter", "test_split=false", *extra,
+    ]  # fmt: skip
+    return subprocess.run(args, env=env, capture_output=True, text=True).returncode
+
+
+def trained_weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if "mask_decoder" in k}
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_and_resumed_elsewhere_ends_as_an_uninterrupted_run(
+    phantom_dir: Path, tmp_path
+):
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "crash_at.py").write_text(CRASH_CALLBACK)
+
+    assert run_finetune(phantom_dir, tmp_path / "whole") == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    last = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 9  # the latest validation, whether or not it improved
+
+    crash = ["+callbacks.crash._target_=crash_at.KillAtStep", "+callbacks.crash.step=5"]
+    assert run_finetune(phantom_dir, tmp_path / "killed", *crash, env=env) == -9  # SIGKILL at step 5
+    killed_last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(killed_last, map_location="cpu", weights_only=True)["global_step"] == 3
+
+    assert run_finetune(phantom_dir, tmp_path / "resumed", f"ckpt_path={killed_last}") == 0
+    resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert resumed["val/dice"] == whole["val/dice"] and resumed["train/steps"] == whole["train/steps"] == 9
+    (best_whole,) = (tmp_path / "whole" / "checkpoints").glob("best_*.ckpt")
+    (best_resumed,) = (tmp_path / "resumed" / "checkpoints").glob("best_*.ckpt")  # copied here if from step 3
+    assert best_resumed.name == best_whole.name
+    last_whole, last_resumed = (tmp_path / run / "checkpoints" / "last.ckpt" for run in ("whole", "resumed"))
+    for first, second in (
+        (best_whole, best_resumed),
+        (last_whole, last_resumed),
+    ):  # the last: trained after the kill
+        a, b = trained_weights(first), trained_weights(second)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (first, second)
+
+
+def test_the_best_checkpoint_and_score_follow_a_resume_into_another_folder(tmp_path: Path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    (old / "best_step_000003.ckpt").write_bytes(b"weights")
+    state = {
+        "monitor": "val/dice", "best_model_score": torch.tensor(0.73), "best_model_path": str(old / "best_step_000003.ckpt"),
+        "current_score": torch.tensor(0.70), "dirpath": str(old), "kth_best_model_path": str(old / "best_step_000003.ckpt"),
+        "best_k_models": {str(old / "best_step_000003.ckpt"): torch.tensor(0.73)}, "kth_value": torch.tensor(0.73),
+        "last_model_path": "",
+    }  # fmt: skip
+    callback = KeepBestOnResume(dirpath=new, monitor="val/dice", mode="max")
+    callback.load_state_dict(state)
+    copied = new / "best_step_000003.ckpt"
+    assert copied.read_bytes() == b"weights"
+    assert float(callback.best_model_score) == pytest.approx(0.73) and callback.best_model_path == str(copied)
+    assert list(callback.best_k_models) == [str(copied)] and callback.kth_best_model_path == str(copied)
+
+    # Plain Lightning forgets the score in a new folder: the reason for the subclass.
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    plain = ModelCheckpoint(dirpath=tmp_path / "other", monitor="val/dice", mode="max")
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        plain.load_state_dict(state)
+    assert plain.best_model_score is None
