@@ -31,10 +31,10 @@ from fetalgen.diffusion.channels import unpack
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.postprocess import clean_mask
 from fetalgen.diffusion.sampling import make_sampler, pair_seed, sample_pairs
-from fetalgen.diffusion.synthesize import resolve_device
 from fetalgen.diffusion.train import train_diffusion
 from fetalgen.metrics.synthesis import qc_mask
 from fetalgen.utils.files import write_json
+from fetalgen.utils.task import resolve_device
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

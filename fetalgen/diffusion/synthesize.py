@@ -44,7 +44,7 @@ from fetalgen.diffusion.sampling import (
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
 from fetalgen.utils.files import atomic_write, write_json
-from fetalgen.utils.task import task_wrapper
+from fetalgen.utils.task import resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -367,13 +367,6 @@ def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainRe
             meta["path"], "checkpoint lists no training cases (older fetalgen); set memorisation.train_dir"
         )
     return TrainReference.from_dataset(PairDataset(cases, size))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first CUDA device if there is one, else the CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @task_wrapper

@@ -12,46 +12,58 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import hydra
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.data.cases import Case
 from fetalgen.data.dataset import PairDataset
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.provenance import check_no_leak
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.overlap import dice_score, iou_score
 from fetalgen.metrics.surface import assd, hd95
 from fetalgen.segmentation.cache import stable_id
 from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
-from fetalgen.segmentation.prompts import make_box
-from fetalgen.utils.checkpoints import load_checkpoint
+from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
+from fetalgen.segmentation.prompts import PROMPT_MODES, make_box
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import output_dir, task_wrapper
+from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
 
-# (images [B, 1, S, S] in [0, 1], boxes [R, B, 4] XYXY working pixels) -> bool masks [R, B, S, S]
-Predictor = Callable[[torch.Tensor, torch.Tensor], np.ndarray]
+
+class Predictor(Protocol):
+    """What evaluation needs of a segmenter (:class:`~fetalgen.segmentation.predictor.SamBoxPredictor`)."""
+
+    def embed(self, images: torch.Tensor) -> Any:
+        """Working images ``[B, 1, S, S]`` in [0, 1] -> whatever :meth:`predict` and :meth:`auto` start from."""
+
+    def predict(self, embedded: Any, boxes: torch.Tensor) -> np.ndarray:
+        """Boxes ``[R, B, 4]`` XYXY in working pixels -> bool masks ``[R, B, S, S]``."""
+
+    def auto(self, embedded: Any, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+        """No prompt given: bool masks ``[B, S, S]`` and the boxes ``[B, 4]`` the predictor chose."""
+
 
 SUMMARY_METRICS = (
     "dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_err_px", "hc_abs_err_mm", "hc_abs_err_csv_mm",
 )  # fmt: skip
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
+# Prompt-free results are the ones comparable with the HC18 literature: the best published fully automatic method
+# on the HC18 test set (figures as quoted in fetalgen's issue 13; HC error against the reference HC, i.e. our
+# ``hc_abs_err_csv_mm``). Shown beside ``auto`` and ``full`` results.
+HC18_BEST_AUTOMATIC = {"dice": 0.9775, "hc_abs_err_csv_mm": 1.90}
 DATA_KINDS = ("hc18", "folder", "synthetic", "phantom")
 
 
@@ -146,68 +158,87 @@ def prompt_boxes(
 
 
 def evaluate_dataset(
-    predict: Predictor,
+    predictor: Predictor,
     dataset: Dataset,
     name: str = "eval",
-    prompt_mode: str = "jitter",
+    prompt_modes: Sequence[str] = ("jitter",),
     repetitions: int = 5,
     seed: int = 0,
     max_jitter_px: int = 20,
     ref_size: int = 256,
     batch_size: int = 8,
     progress: bool = True,
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Score ``predict`` and the box-ellipse baseline on every image of ``dataset`` for R box repetitions.
+    auto_rounds: int = AUTO_ROUNDS,
+) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """Score ``predictor`` and the box-ellipse baseline on every image of ``dataset``, for each prompt mode.
 
-    Deterministic prompt modes (``tight``, ``full``) give the same box every time: they run once. ``predict``
-    gets each batch of images once, with all its boxes.
+    Each batch of images is encoded once; every mode decodes from those embeddings. ``jitter`` draws
+    ``repetitions`` seeded boxes per image from the true mask; ``tight`` and ``full`` are deterministic (one
+    repetition); ``auto`` asks the predictor for its own boxes (no ground truth involved). The baseline is scored
+    on the very boxes the predictor got.
 
     Returns:
-        One row per image x repetition x method: ``dataset, name, index, repetition, method, prompt_mode,
-        box_x0, box_y0, box_x1, box_y1, pixel_size_mm, hc_csv_mm`` and the :func:`case_metrics` columns; and
-        the predicted bool mask of repetition 0 per case name (for the case figure).
+        One row per mode x image x repetition x method: ``dataset, name, index, repetition, method, prompt_mode,
+        box_x0, box_y0, box_x1, box_y1, pixel_size_mm, hc_csv_mm`` and the :func:`case_metrics` columns; and per
+        mode, the predicted bool mask of repetition 0 per case name (for the case figure).
     """
-    reps = repetitions if prompt_mode == "jitter" else 1
-    if reps != repetitions:
-        log.info("prompt mode %r is deterministic: 1 repetition instead of %d", prompt_mode, repetitions)
+    for mode in prompt_modes:
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"unknown prompt mode {mode!r}; choose from {', '.join(PROMPT_MODES)}")
+    reps = {mode: repetitions if mode == "jitter" else 1 for mode in prompt_modes}
     rows: list[dict[str, Any]] = []
-    first: dict[str, np.ndarray] = {}
+    first: dict[str, dict[str, np.ndarray]] = {mode: {} for mode in prompt_modes}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with tqdm(total=len(dataset), desc=f"evaluate {name}", unit="img", disable=not progress) as bar:
         for batch in loader:
             masks = batch["mask"][:, 0].numpy() > 0.5
             names = list(batch["name"])
-            per_image = [
-                prompt_boxes(m, n, prompt_mode, reps, seed, max_jitter_px, ref_size)
-                for m, n in zip(masks, names, strict=True)
-            ]
-            boxes = np.stack(per_image, axis=1)  # [R, B, 4]
-            preds = np.asarray(predict(batch["image"], torch.from_numpy(boxes)), dtype=bool)
-            for i, (target, case) in enumerate(zip(masks, names, strict=True)):
-                ps, hc_csv = float(batch["pixel_size_mm"][i]), float(batch["hc_mm"][i])
-                hc_true_px = _hc_px(target)
-                first[case] = preds[0, i]
-                for r in range(reps):
-                    box = boxes[r, i]
-                    base = {
-                        "dataset": name,
-                        "name": case,
-                        "index": int(batch["index"][i]),
-                        "repetition": r,
-                        "prompt_mode": prompt_mode,
-                        **dict(zip(BOX_COLUMNS, box.tolist(), strict=True)),
-                        "pixel_size_mm": ps,
-                        "hc_csv_mm": hc_csv,
-                    }
-                    for method, pred in (
-                        ("sam", preds[r, i]),
-                        ("box_ellipse", box_ellipse_mask(box, target.shape)),
-                    ):
-                        rows.append(
-                            {**base, "method": method, **case_metrics(pred, target, ps, hc_true_px, hc_csv)}
-                        )
+            embedded = predictor.embed(batch["image"])
+            for mode in prompt_modes:
+                if mode == "auto":
+                    auto_masks, auto_boxes = predictor.auto(embedded, auto_rounds)
+                    preds, boxes = auto_masks[None], auto_boxes[None]
+                else:
+                    per_image = [
+                        prompt_boxes(m, n, mode, reps[mode], seed, max_jitter_px, ref_size)
+                        for m, n in zip(masks, names, strict=True)
+                    ]
+                    boxes = np.stack(per_image, axis=1)  # [R, B, 4]
+                    preds = np.asarray(predictor.predict(embedded, torch.from_numpy(boxes)), dtype=bool)
+                for i, (target, case) in enumerate(zip(masks, names, strict=True)):
+                    ps, hc_csv = float(batch["pixel_size_mm"][i]), float(batch["hc_mm"][i])
+                    hc_true_px = _hc_px(target)
+                    first[mode][case] = preds[0, i]
+                    for r in range(reps[mode]):
+                        box = boxes[r, i]
+                        base = {
+                            "dataset": name,
+                            "name": case,
+                            "index": int(batch["index"][i]),
+                            "repetition": r,
+                            "prompt_mode": mode,
+                            **dict(zip(BOX_COLUMNS, box.tolist(), strict=True)),
+                            "pixel_size_mm": ps,
+                            "hc_csv_mm": hc_csv,
+                        }
+                        for method, pred in (
+                            ("sam", preds[r, i]),
+                            ("box_ellipse", box_ellipse_mask(box, target.shape)),
+                        ):
+                            rows.append(
+                                {
+                                    **base,
+                                    "method": method,
+                                    **case_metrics(pred, target, ps, hc_true_px, hc_csv),
+                                }
+                            )
             bar.update(len(names))
     return pd.DataFrame(rows), first
+
+
+def mode_label(name: str, mode: str, primary: str) -> str:
+    """The label of a set's results under one prompt mode: ``name`` for the primary mode, else ``name@mode``."""
+    return name if mode == primary else f"{name}@{mode}"
 
 
 def summarise(rows: pd.DataFrame, **info: Any) -> dict[str, Any]:
@@ -273,6 +304,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines = [head, f"{'metric':<18} {'SAM':>20} {'box-ellipse':>20}"]
     lines += [f"{m:<18} {cell(sam.get(m)):>20} {cell(base.get(m)):>20}" for m in SUMMARY_METRICS]
+    if summary.get("prompt_mode") in ("auto", "full"):
+        best = HC18_BEST_AUTOMATIC
+        lines.append(
+            f"no human prompt: compare with the best published fully automatic HC18 method, Dice {best['dice']:.4f}, "
+            f"HC error {best['hc_abs_err_csv_mm']:.2f} mm (hc_abs_err_csv_mm)"
+        )
     return "\n".join(lines)
 
 
@@ -308,96 +345,36 @@ def save_case_figure(
 
 
 def run_evaluation(
-    predict: Predictor,
+    predictor: Predictor,
     dataset: Dataset,
     out_dir: str | Path,
     name: str,
+    prompt_modes: Sequence[str] = ("jitter",),
     figure: bool = True,
     info: Mapping[str, Any] | None = None,
     **kwargs: Any,
-) -> dict[str, Any]:
-    """Evaluate, then write ``<out_dir>/<name>/{per_image.csv, summary.json, cases.png}``; returns the summary.
+) -> dict[str, dict[str, Any]]:
+    """Evaluate under each prompt mode, then write ``<out_dir>/<label>/{per_image.csv, summary.json, cases.png}``
+    per mode (label: :func:`mode_label`, the first mode being the primary one); returns the summaries by label.
 
-    ``kwargs`` go to :func:`evaluate_dataset`; ``info`` (checkpoint, image size, ...) into the summary.
+    ``kwargs`` go to :func:`evaluate_dataset`; ``info`` (checkpoint, image size, ...) into every summary.
     """
-    folder = Path(out_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    rows, first = evaluate_dataset(predict, dataset, name=name, **kwargs)
-    rows.to_csv(folder / "per_image.csv", index=False)
-    settings = {k: kwargs[k] for k in ("prompt_mode", "seed", "max_jitter_px", "ref_size") if k in kwargs}
-    summary = summarise(rows, dataset=name, **settings, **dict(info or {}))
-    write_json(folder / "summary.json", summary)
-    if figure:
-        save_case_figure(rows, dataset, first, folder / "cases.png")
-    log.info("Evaluation of %s written to %s\n%s", name, folder, format_summary(summary))
-    return summary
-
-
-# --------------------------------------------------------------------------------------- SAM predictor
-class SamBoxPredictor:
-    """A :data:`Predictor` for a fine-tuning module: one encoder pass per image, and one batched decoder call
-    for all its boxes (every repetition of every image of the batch).
-
-    The embedding cache is bypassed (evaluation images are seen once); ``encoded`` counts encoded images.
-    """
-
-    def __init__(self, module: SamFinetuneModule, device: torch.device | str | None = None) -> None:
-        self.module = module.eval()
-        if device is not None:
-            self.module.to(device)
-        self.encoded = 0
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
-        sam = self.module.sam
-        images = images.to(self.module.device)
-        hw = tuple(images.shape[-2:])
-        embeddings = sam.image_encoder(to_encoder_input(sam, images))
-        self.encoded += len(images)
-        reps, batch = boxes.shape[:2]
-        flat = boxes.reshape(reps * batch, 4).to(images.device)  # repetition-major, as embeddings.repeat
-        logits = self.module.decode(embeddings.repeat(reps, 1, 1, 1), flat, hw)
-        masks = logits_to_working(sam, logits, hw) > sam.mask_threshold
-        return masks[:, 0].reshape(reps, batch, *hw).cpu().numpy()
-
-
-def load_module(
-    model_cfg: DictConfig | None, ckpt_path: str | Path | None = None
-) -> tuple[SamFinetuneModule, dict[str, Any] | None]:
-    """The module to evaluate, and the training run's config when it comes from a checkpoint.
-
-    ``ckpt_path``: a ``fetalgen-finetune`` checkpoint (``.ckpt``); the model is rebuilt from the config saved
-    in it (else from ``model_cfg``) with random init and no cache, then its weights loaded. Without
-    ``ckpt_path``, ``model_cfg`` is built as is (raw SAM/MedSAM weights via ``model.sam.checkpoint``, or a
-    random ``sam/tiny``).
-    """
-    if ckpt_path is None:
-        if model_cfg is None:
-            raise ValueError("nothing to evaluate: give ckpt_path or a model config")
-        return hydra.utils.instantiate(model_cfg), None
-    path = Path(ckpt_path)
-    checkpoint = load_checkpoint(path, "finetune")
-    train_cfg = checkpoint.get("fetalgen_config")
-    if train_cfg is None and model_cfg is None:
-        raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")
-    cfg = OmegaConf.create(
-        train_cfg["model"] if train_cfg else OmegaConf.to_container(model_cfg, resolve=True)
-    )
-    with open_dict(cfg):
-        cfg.sam.checkpoint = None  # the weights come from the checkpoint
-        cfg.cache = None
-    module = hydra.utils.instantiate(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
-    module.provenance = checkpoint.get(PROVENANCE_KEY)
-    log.info("Loaded fine-tuned SAM from %s", path)
-    return module, train_cfg
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto``/None: CUDA when available, else CPU; otherwise the named device."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    rows, first = evaluate_dataset(predictor, dataset, name=name, prompt_modes=prompt_modes, **kwargs)
+    settings = {k: kwargs[k] for k in ("seed", "max_jitter_px", "ref_size") if k in kwargs}
+    summaries: dict[str, dict[str, Any]] = {}
+    for mode in prompt_modes:
+        label = mode_label(name, mode, prompt_modes[0])
+        folder = Path(out_dir) / label
+        folder.mkdir(parents=True, exist_ok=True)
+        mode_rows = rows[rows["prompt_mode"] == mode] if len(rows) else rows
+        mode_rows.to_csv(folder / "per_image.csv", index=False)
+        summary = summarise(mode_rows, dataset=label, prompt_mode=mode, **settings, **dict(info or {}))
+        write_json(folder / "summary.json", summary)
+        if figure:
+            save_case_figure(mode_rows, dataset, first[mode], folder / "cases.png")
+        log.info("Evaluation of %s written to %s\n%s", label, folder, format_summary(summary))
+        summaries[label] = summary
+    return summaries
 
 
 @task_wrapper
@@ -414,11 +391,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     skipped = [str(e) for e in [*getattr(cases, "skipped", []), *dataset.skipped]]
     check_lineage(module, cfg.get("ckpt_path"), name, dataset.cases)
     hp = module.hparams
-    summary = run_evaluation(
+    summaries = run_evaluation(
         SamBoxPredictor(module, resolve_device(cfg.get("device"))),
         dataset,
         output_dir(cfg),
         name,
+        prompt_modes=eval_prompt_modes(cfg.eval, hp.eval_prompt),
         figure=cfg.eval.figure,
         info={
             "root": str(spec.root),
@@ -426,17 +404,32 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "checkpoint": _describe(cfg),
             "skipped": skipped,
         },  # fmt: skip
-        prompt_mode=cfg.eval.prompt_mode or hp.eval_prompt,
         repetitions=cfg.eval.repetitions,
         seed=cfg.eval.seed,
         max_jitter_px=hp.max_jitter_px,
         ref_size=hp.jitter_ref_size,
         batch_size=cfg.eval.batch_size,
         progress=cfg.eval.progress,
+        auto_rounds=cfg.eval.get("auto_rounds", AUTO_ROUNDS),
     )
-    metrics = flat_metrics(summary, f"eval/{name}") | {f"eval/{name}/n_skipped": float(len(skipped))}
+    metrics = {f"eval/{name}/n_skipped": float(len(skipped))}
+    for label, summary in summaries.items():
+        metrics |= flat_metrics(summary, f"eval/{label}")
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
+
+
+def eval_prompt_modes(eval_cfg: Mapping[str, Any], model_prompt: str) -> list[str]:
+    """``[eval.prompt_mode (None: the model's eval prompt), *eval.more_prompt_modes]`` without repeats.
+
+    Raises:
+        ValueError: an unknown mode (before anything is trained or read).
+    """
+    modes = [eval_cfg.get("prompt_mode") or model_prompt, *(eval_cfg.get("more_prompt_modes") or [])]
+    for mode in modes:
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"eval prompt mode {mode!r} is unknown; choose from {', '.join(PROMPT_MODES)}")
+    return list(dict.fromkeys(modes))
 
 
 def check_lineage(module: SamFinetuneModule, ckpt_path: str | None, name: str, cases: list[Case]) -> None:

@@ -16,9 +16,9 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
-from fetalgen.segmentation.evaluate import SamBoxPredictor, flat_metrics, read_cases, run_evaluation
+from fetalgen.segmentation.evaluate import eval_prompt_modes, flat_metrics, read_cases, run_evaluation
 from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.prompts import BOX_MODES
+from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor
 from fetalgen.utils.checkpoints import load_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
@@ -39,10 +39,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         test set ``test/<set>/<metric>``, ``test/<set>/<metric>_std`` and ``test/<set>/baseline_<metric>``.
     """
     check_validation_schedule(cfg.trainer)
-    if cfg.eval.get("prompt_mode") is not None and cfg.eval.prompt_mode not in BOX_MODES:
-        raise ValueError(
-            f"eval.prompt_mode={cfg.eval.prompt_mode!r} is unknown; choose one of {', '.join(BOX_MODES)}"
-        )
+    eval_prompt_modes(cfg.eval, cfg.model.get("eval_prompt", "jitter"))  # fails now, not after training
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
@@ -225,20 +222,22 @@ def evaluate_test_sets(
     hp, ev = model.hparams, cfg.eval
     metrics: dict[str, float] = {}
     for name, dataset in sets:
-        summary = run_evaluation(
+        summaries = run_evaluation(
             predictor,
             dataset,
             output_dir(cfg) / "eval",
             name,
+            prompt_modes=eval_prompt_modes(ev, hp.eval_prompt),
             figure=ev.figure,
             info={"checkpoint": checkpoint, "image_size": dataset.image_size},
-            prompt_mode=ev.prompt_mode or hp.eval_prompt,
             repetitions=ev.repetitions,
             seed=ev.seed,
             max_jitter_px=hp.max_jitter_px,
             ref_size=hp.jitter_ref_size,
             batch_size=ev.batch_size,
             progress=ev.progress,
+            auto_rounds=ev.get("auto_rounds", AUTO_ROUNDS),
         )
-        metrics |= flat_metrics(summary, f"test/{name}")
+        for label, summary in summaries.items():
+            metrics |= flat_metrics(summary, f"test/{label}")
     return metrics

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-BOX_MODES = ("jitter", "tight", "full")
+BOX_MODES = ("jitter", "tight", "full")  # boxes made from the true mask (or the image size)
+# Evaluation also takes ``auto``: the model finds its own box (fetalgen.segmentation.predictor).
+PROMPT_MODES = (*BOX_MODES, "auto")
 
 
 def tight_box(mask: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -135,6 +136,13 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
         lg.log_hyperparams(resolved)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (or None) -> the first CUDA device if there is one, else the CPU; anything else as given."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def output_dir(cfg: DictConfig) -> Path:

@@ -47,24 +47,40 @@ class Constructed(Dataset):
         }
 
 
-def fake_predictor(images: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
-    """Repetition r: the true square shifted right by r px; image 2 (brightness 0.3): an empty mask."""
-    reps, batch = boxes.shape[:2]
-    out = np.zeros((reps, batch, S, S), bool)
-    for r in range(reps):
-        for b in range(batch):
-            if images[b, 0, 0, 0] < 0.25:
-                out[r, b] = np.roll(SQUARE, r, axis=1)
-    return out
+class FakePredictor:
+    """Repetition r: the true square shifted right by r px; image 2 (brightness 0.3): an empty mask. The automatic
+    prompt finds the square shifted down by 2 px (image 2: nothing) with its tight box."""
+
+    def __init__(self) -> None:
+        self.embedded = 0
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        self.embedded += len(images)
+        return images
+
+    def predict(self, images: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
+        reps, batch = boxes.shape[:2]
+        out = np.zeros((reps, batch, S, S), bool)
+        for r in range(reps):
+            for b in range(batch):
+                if images[b, 0, 0, 0] < 0.25:
+                    out[r, b] = np.roll(SQUARE, r, axis=1)
+        return out
+
+    def auto(self, images: torch.Tensor, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+        found = np.roll(SQUARE, 2, axis=0)
+        masks = np.stack([found if image[0, 0, 0] < 0.25 else np.zeros_like(found) for image in images])
+        boxes = np.tile(np.array([12, 12, 31, 31], np.float32), (len(images), 1))
+        return masks, boxes
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, dict, Path]:
     out = tmp_path_factory.mktemp("eval")
     summary = run_evaluation(
-        fake_predictor, Constructed(), out, "constructed", info={"checkpoint": "fake"},
-        prompt_mode="jitter", repetitions=3, seed=7, batch_size=2, progress=False,
-    )  # fmt: skip
+        FakePredictor(), Constructed(), out, "constructed", info={"checkpoint": "fake"},
+        prompt_modes=["jitter"], repetitions=3, seed=7, batch_size=2, progress=False,
+    )["constructed"]  # fmt: skip
     return pd.read_csv(out / "constructed" / "per_image.csv"), summary, out / "constructed"
 
 
@@ -153,9 +169,9 @@ def test_summary_is_mean_and_std_over_repetitions(evaluated):
 
 def test_deterministic_prompts_run_once(tmp_path: Path):
     summary = run_evaluation(
-        fake_predictor, Constructed(), tmp_path, "tight", figure=False, prompt_mode="tight", repetitions=5,
+        FakePredictor(), Constructed(), tmp_path, "tight", figure=False, prompt_modes=["tight"], repetitions=5,
         progress=False,
-    )  # fmt: skip
+    )["tight"]  # fmt: skip
     rows = pd.read_csv(tmp_path / "tight" / "per_image.csv")
     assert (
         summary["repetitions"] == 1 and len(rows) == 3 * 2 and summary["methods"]["sam"]["dice"]["std"] == 0
@@ -166,14 +182,39 @@ def test_deterministic_prompts_run_once(tmp_path: Path):
     assert rows[rows["method"] == "sam"]["dice"].tolist() == [1.0, 1.0, 0.0]
 
 
+def test_every_prompt_mode_from_one_embedding_each_under_its_own_label(tmp_path: Path):
+    predictor = FakePredictor()
+    summaries = run_evaluation(
+        predictor, Constructed(), tmp_path, "c", prompt_modes=["jitter", "tight", "full", "auto"], figure=False,
+        repetitions=2, seed=0, progress=False,
+    )  # fmt: skip
+    assert list(summaries) == ["c", "c@tight", "c@full", "c@auto"] and predictor.embedded == 3
+    for label, mode in (("c", "jitter"), ("c@tight", "tight"), ("c@full", "full"), ("c@auto", "auto")):
+        rows = pd.read_csv(tmp_path / label / "per_image.csv")
+        assert set(rows["prompt_mode"]) == {mode} and summaries[label]["prompt_mode"] == mode
+        assert summaries[label]["repetitions"] == (2 if mode == "jitter" else 1)
+    auto = pd.read_csv(tmp_path / "c@auto" / "per_image.csv")
+    sam = auto[auto["method"] == "sam"].set_index("name")
+    assert sam.loc["case_0", "dice"] == pytest.approx(18 / 20)  # shifted down by 2 rows
+    np.testing.assert_array_equal(
+        sam.loc["case_0", ["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(), [12, 12, 31, 31]
+    )
+    assert "best published fully automatic HC18 method, Dice 0.9775" in format_summary(summaries["c@auto"])
+    assert "fully automatic" not in format_summary(summaries["c@tight"])
+    flat = flat_metrics(summaries["c@auto"], "eval/c@auto")
+    assert flat["eval/c@auto/dice"] == pytest.approx((18 / 20 * 2) / 3)
+    with pytest.raises(ValueError, match="unknown prompt mode 'points'"):
+        run_evaluation(predictor, Constructed(), tmp_path, "c", prompt_modes=["points"], progress=False)
+
+
 def test_sam_predictor_encodes_each_image_once(phantom_dir, tmp_path: Path) -> None:
     from functools import partial
 
     from fetalgen.data.dataset import PairDataset
     from fetalgen.data.folder import read_folder
     from fetalgen.segmentation.build import build_sam
-    from fetalgen.segmentation.evaluate import SamBoxPredictor
     from fetalgen.segmentation.module import SamFinetuneModule
+    from fetalgen.segmentation.predictor import SamBoxPredictor
 
     module = SamFinetuneModule(build_sam("tiny", image_size=64, seed=0), optimizer=partial(torch.optim.AdamW))
     calls = []
@@ -181,9 +222,13 @@ def test_sam_predictor_encodes_each_image_once(phantom_dir, tmp_path: Path) -> N
     dataset = PairDataset(read_folder(phantom_dir)[:5], 32)
     predictor = SamBoxPredictor(module, "cpu")
     run_evaluation(
-        predictor, dataset, tmp_path, "p", figure=True, repetitions=4, batch_size=2, progress=False
-    )
-    assert sum(calls) == predictor.encoded == 5  # 4 repetitions, the baseline and the figure: one pass each
+        predictor, dataset, tmp_path, "p", prompt_modes=["jitter", "tight", "auto"], figure=True, repetitions=4,
+        batch_size=2, progress=False,
+    )  # fmt: skip
+    assert (
+        sum(calls) == predictor.encoded == 5
+    )  # 3 modes, 4 repetitions, auto rounds, baseline, figures: one pass
+    assert (tmp_path / "p@auto" / "cases.png").is_file()
     assert (tmp_path / "p" / "cases.png").is_file()
 
     # The batched decoder gives the masks of decoding each box on its own.

@@ -96,6 +96,9 @@ def test_finetune_then_evaluate_the_checkpoint(compose_cfg, phantom_dir: Path, t
         ecfg.paths.output_dir = str(tmp_path / "evaluate")
     emetrics = evaluate(ecfg)
     assert emetrics["eval/phantom/dice"] == pytest.approx(metrics["test/phantom/dice"])
+    for mode in ("tight", "full", "auto"):  # the other prompt modes, the automatic one included
+        assert emetrics[f"eval/phantom@{mode}/dice"] == pytest.approx(metrics[f"test/phantom@{mode}/dice"])
+        assert f"test/phantom@{mode}/hc_abs_err_mm" in metrics
     again = pd.read_csv(tmp_path / "evaluate" / "phantom" / "per_image.csv")
     key = ["name", "repetition", "method"]
     a, b = trained.sort_values(key).reset_index(drop=True), again.sort_values(key).reset_index(drop=True)
@@ -171,6 +174,13 @@ def test_evaluate_on_real_hc18_cases(compose_cfg, hc18_dir: Path, tmp_path: Path
     assert metrics["eval/hc18/n_images"] == 2 and not np.isnan(
         metrics["eval/hc18/baseline_hc_abs_err_csv_mm"]
     )
+    # Every prompt mode, the prompt-free one (auto) included, with Dice, HD95 and the HC error in mm.
+    for label in ("hc18@tight", "hc18@full", "hc18@auto"):
+        assert {f"eval/{label}/dice", f"eval/{label}/hd95_mm", f"eval/{label}/hc_abs_err_csv_mm"} <= set(
+            metrics
+        )
+    auto = pd.read_csv(Path(cfg.paths.output_dir) / "hc18@auto" / "per_image.csv")
+    assert set(auto["prompt_mode"]) == {"auto"} and len(auto) == 2 * 2  # one repetition, two methods
 
 
 @pytest.mark.slow
@@ -264,7 +274,7 @@ def test_a_budget_shorter_than_the_validation_interval_is_refused_before_trainin
 
 def test_settings_that_would_fail_after_training_fail_before_it(compose_cfg, tmp_path: Path):
     cfg = compose_cfg("finetune", ["logger=none", "eval.prompt_mode=boxes"])
-    with pytest.raises(ValueError, match="eval.prompt_mode='boxes' is unknown"):
+    with pytest.raises(ValueError, match="eval prompt mode 'boxes' is unknown"):
         finetune(cfg)
     blocked = tmp_path / "a_file"  # a folder below a file cannot be made, whoever runs the test (root too)
     blocked.write_text("")
