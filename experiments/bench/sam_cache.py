@@ -32,8 +32,8 @@ from fetalgen.data.phantom import make_phantom
 from fetalgen.data.transforms import pad_resize
 from fetalgen.segmentation.build import SAM_ARCHS, build_sam, count_parameters
 from fetalgen.segmentation.cache import EmbeddingCache
-from fetalgen.segmentation.evaluate import SamBoxPredictor
 from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
 
 
