@@ -33,6 +33,7 @@ from pipeline import StepFailed, run_step
 from fetalgen.data.protocol import restrict_pool
 from fetalgen.data.provenance import TRAINING_CASES, read_training_cases
 from fetalgen.report.paper import ARMS, write_paper_results
+from fetalgen.report.synthetic import synthetic_set_markdown
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Preset:
     matched_num_real: tuple[int, ...] = ()  # N_real of the label-matched arm (one generator per N_real, seed)
     matched_seeds: tuple[int, ...] | None = None  # None: every seed
     diffusion: tuple[str, ...] = ()  # further overrides of each step
+    sample: tuple[str, ...] = ()
     finetune: tuple[str, ...] = ()
     arms: tuple[str, ...] = ARMS
     logger: str = "wandb"
@@ -65,12 +67,14 @@ PRESETS = {
     "cpu": Preset(
         "cpu", (5, 20, 50), (0, 1, 2), 120, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
         matched_num_real=(5, 20), matched_seeds=(0,), arms=("real", "synthetic"),
+        sample=("fidelity/features=sam_tiny",),  # no SAM weights here; ViT-B takes seconds per image on a CPU
     ),
     # A shrunken run of every step for the tests (minutes): few steps, one N_real, no W&B.
     "smoke": Preset(
         "cpu", (3,), (0,), 6, 4, needs_weights=False, split=("num_val=4", "num_test=8"),
         matched_num_real=(3,), logger="csv",
         diffusion=("trainer.max_steps=10", "callbacks.sample_grid.every_n_steps=0"),
+        sample=("fidelity/features=sam_tiny", "fidelity.segmenter_steps=20"),
         finetune=("trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=2"),
     ),
 }  # fmt: skip
@@ -204,7 +208,11 @@ def main(argv: list[str] | None = None) -> Path:
             f"2/5 sample {preset.n_synthetic} synthetic pairs with QC",
             "fetalgen-sample",
             [f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
-             f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}", *common],
+             f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}",
+             # held-out real images for realism and the agreement ceiling: the split's validation subjects
+             # (read for measurement only; no model trains on them)
+             f"fidelity.heldout={{kind:hc18,root:'${{paths.hc18_dir}}',list_file:'{splits['hc18'] / 'val.txt'}'}}",
+             *preset.sample, *common],
             logs,
         )  # fmt: skip
 
@@ -255,6 +263,18 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"    some runs failed: {str(err).splitlines()[0]}", flush=True)
     print("==> 5/5 results", flush=True)
     report = write_paper_results(out / "sweep", args.results)
+    sets = [synthetic, *sorted((out / "synthetic-matched").glob("*"))]
+    described = []
+    for root in sets:
+        if (root / "summary.json").is_file():
+            title = (
+                "The paper arm's synthetic pairs"
+                if root == synthetic
+                else f"Label-matched generator {root.name}"
+            )
+            described += synthetic_set_markdown(root, report.parent, title)
+    if described:
+        report.write_text(report.read_text() + "\n" + "\n".join(described) + "\n")
     notes = "\n".join(f"- {n}" for n in found.notes)
     if notes:
         report.write_text(report.read_text() + f"\n## Data notes\n\n{notes}\n")

@@ -126,3 +126,31 @@ def phantom_synthetic(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactor
         lines.append(entry.to_json())
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def judged_synthetic(
+    phantom_synthetic: Path, phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of ``phantom_synthetic`` judged against 8 phantom training pairs (tiny random-init SAM features, a
+    briefly trained agreement segmenter), with the ``summary.json`` fetalgen-sample would write."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from fetalgen.data.dataset import PairDataset
+    from fetalgen.data.folder import read_folder
+    from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
+    from fetalgen.metrics.features import build_features
+
+    root = tmp_path_factory.mktemp("judged") / "synthetic"
+    shutil.copytree(phantom_synthetic, root)
+    data = PairDataset(read_folder(phantom_dir)[:8], 64)
+    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
+    features = build_features({"kind": "sam", "model_type": "tiny", "checkpoint": None, "image_size": 64})
+    names = [c.name for c in data.cases]
+    settings = JudgeSettings(segmenter_steps=30, kid_subsets=10)
+    fidelity = judge_synthetic(root, train, names, names, features, settings)
+    (root / "summary.json").write_text(json.dumps({"n": 9, "fidelity": fidelity}))
+    return root

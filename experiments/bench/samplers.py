@@ -2,7 +2,10 @@
 
 Trains a model briefly (or loads ``--ckpt``), then samples the same N pairs (same per-pair seeds) with each
 sampler, side by side in one run, and prints wall time per pair, the speed-up against DDPM-1000, the QC pass
-rate (with its binomial standard error) and the median ellipse-fit IoU of the masks.
+rate (with its binomial standard error), the median ellipse-fit IoU of the masks, and the image-side figures:
+KID against the generator's training images (features: ``--features``, named in the output) and the image-mask
+agreement of a reference segmenter trained on those training pairs (fetalgen.metrics.agreement), so "faster at
+equal quality" is judged on the images too, not on the masks alone.
 
     python experiments/bench/samplers.py                       # small model, phantom data, ~5 min on 2 CPUs
     python experiments/bench/samplers.py --ckpt run/checkpoints/last.ckpt --n 64
@@ -58,6 +61,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of training and of the sampled pairs")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
+    p.add_argument(
+        "--features",
+        default="sam_tiny",
+        help="fidelity feature config (conf/fidelity/features/): sam_tiny | sam_vit_b | inception",
+    )
+    p.add_argument(
+        "--segmenter-steps", type=int, default=300, help="training steps of the agreement segmenter"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (unset: a new temporary folder)")
     return p.parse_args()
 
@@ -99,8 +110,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_sampler(unet, scheduler_config, name: str, steps: int, seeds: list[int], batch_size: int) -> dict:
-    """Sample the pairs of ``seeds`` with one sampler; wall time and mask QC."""
+def bench_sampler(
+    unet, scheduler_config, name: str, steps: int, seeds: list[int], batch_size: int
+) -> tuple[torch.Tensor, np.ndarray, dict]:
+    """Sample the pairs of ``seeds`` with one sampler: the images ``[N, 1, S, S]`` in [0, 1], the cleaned masks,
+    and the wall time and mask QC."""
     scheduler, steps = make_sampler(name, scheduler_config, steps)
     device = unet.device
     sample_pairs(unet, scheduler, seeds[:1], min(steps, 2))  # warm-up (kernels, allocator)
@@ -112,32 +126,72 @@ def bench_sampler(unet, scheduler_config, name: str, steps: int, seeds: list[int
     ]
     sync(device)
     seconds = time.perf_counter() - t0
-    _, channels = unpack(torch.cat(chunks).float().cpu())
-    qc = [qc_mask(clean_mask(c[0].numpy())) for c in channels]
+    images, channels = unpack(torch.cat(chunks).float().cpu())
+    masks = np.stack([clean_mask(c[0].numpy()) for c in channels])
+    qc = [qc_mask(m) for m in masks]
     passed = np.array([r.passed for r in qc], dtype=float)
-    return {
-        "sampler": name,
-        "steps": steps,
-        "seconds": seconds,
-        "seconds_per_pair": seconds / len(seeds),
-        "qc_pass_rate": float(passed.mean()),
-        "qc_pass_se": float(np.sqrt(passed.mean() * (1 - passed.mean()) / len(seeds))),
-        "ellipse_iou_median": float(np.median([r.ellipse_iou for r in qc])),
-    }
+    return (
+        images,
+        masks,
+        {
+            "sampler": name,
+            "steps": steps,
+            "seconds": seconds,
+            "seconds_per_pair": seconds / len(seeds),
+            "qc_pass_rate": float(passed.mean()),
+            "qc_pass_se": float(np.sqrt(passed.mean() * (1 - passed.mean()) / len(seeds))),
+            "ellipse_iou_median": float(np.median([r.ellipse_iou for r in qc])),
+        },
+    )
+
+
+class ImageJudge:
+    """KID against the generator's training images and the reference segmenter's image-mask agreement."""
+
+    def __init__(self, meta: dict, features_name: str, segmenter_steps: int, seed: int) -> None:
+        from fetalgen.data.dataset import PairDataset
+        from fetalgen.data.provenance import record_case
+        from fetalgen.metrics.agreement import ReferenceSegmenter
+        from fetalgen.metrics.features import build_features
+
+        if not meta.get("training_cases"):
+            raise SystemExit("the checkpoint lists no training cases: KID and agreement need them")
+        data = PairDataset([record_case(r) for r in meta["training_cases"]], meta["image_size"])
+        images = torch.from_numpy(np.stack(data.images).astype(np.float32) / 255)[:, None]
+        masks = torch.from_numpy(np.stack(data.masks) > 0).float()[:, None]
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            spec = compose(
+                "sample", overrides=["ckpt_path=-", f"fidelity/features={features_name}"]
+            ).fidelity.features
+        self.features = build_features(dict(spec))
+        self.train_features = self.features(images)
+        self.segmenter = ReferenceSegmenter(meta["image_size"], seed=seed)
+        self.segmenter.fit(images, masks, steps=segmenter_steps)
+
+    def __call__(self, images: torch.Tensor, masks: np.ndarray) -> dict:
+        from fetalgen.metrics.agreement import pair_dice
+        from fetalgen.metrics.fidelity import kid_fid
+
+        kid = kid_fid(self.train_features, self.features(images), subset_size=50)
+        agreement = pair_dice(self.segmenter.predict(images), masks)
+        return {"kid": kid["kid"], "kid_std": kid["kid_std"], "pair_agreement": float(agreement.mean())}
 
 
 def table(rows: list[dict]) -> str:
     ref = rows[0]
     lines = [
-        f"{'sampler':<14}{'steps':>6}{'s/pair':>10}{'speed-up':>10}{'QC pass':>14}{'ellipse IoU':>13}",
-        f"{'':<14}{'':>6}{'':>10}{'vs ' + ref['sampler']:>10}{'(+- s.e.)':>14}{'median':>13}",
+        f"{'sampler':<14}{'steps':>6}{'s/pair':>10}{'speed-up':>10}{'QC pass':>14}{'ellipse IoU':>13}"
+        f"{'KID vs train':>18}{'agreement':>11}",
+        f"{'':<14}{'':>6}{'':>10}{'vs ' + ref['sampler']:>10}{'(+- s.e.)':>14}{'median':>13}{'(+- std)':>18}"
+        f"{'(Dice)':>11}",
     ]
     for r in rows:
         speedup = ref["seconds_per_pair"] / r["seconds_per_pair"]
         qc = f"{r['qc_pass_rate']:.2f}+-{r['qc_pass_se']:.2f}"
+        kid = f"{r['kid']:.4f}+-{r['kid_std']:.4f}"
         lines.append(
             f"{r['sampler']:<14}{r['steps']:>6}{r['seconds_per_pair']:>10.3f}{speedup:>9.1f}x{qc:>14}"
-            f"{r['ellipse_iou_median']:>13.3f}"
+            f"{r['ellipse_iou_median']:>13.3f}{kid:>18}{r['pair_agreement']:>11.3f}"
         )
     return "\n".join(lines)
 
@@ -157,17 +211,27 @@ def main() -> None:
         f"checkpoint {ckpt} (step {meta['global_step']}, {meta['image_size']} px), {args.n} pairs, "
         f"batch {args.batch_size}, device {device}, {torch.get_num_threads()} CPU threads"
     )
+    judge = ImageJudge(meta, args.features, args.segmenter_steps, args.seed)
+    print(f"KID features: {judge.features.name}; agreement segmenter: {args.segmenter_steps} steps on the "
+          f"{len(judge.train_features)} training pairs")  # fmt: skip
     rows = []
     for spec in args.samplers.split(","):
         name, _, steps = spec.partition(":")
-        rows.append(
-            bench_sampler(unet, scheduler_config, name, int(steps) if steps else None, seeds, args.batch_size)
+        images, masks, row = bench_sampler(
+            unet, scheduler_config, name, int(steps) if steps else None, seeds, args.batch_size
         )
+        rows.append(row | judge(images, masks))
         print(f"  {name}-{rows[-1]['steps']}: {rows[-1]['seconds']:.1f} s")
     print(table(rows))
     write_json(
         out / "bench_samplers.json",
-        {"checkpoint": str(ckpt), "n": args.n, "device": str(device), "rows": rows},
+        {
+            "checkpoint": str(ckpt),
+            "n": args.n,
+            "device": str(device),
+            "features": judge.features.name,
+            "rows": rows,
+        },
     )
     print(f"results: {out / 'bench_samplers.json'}")
 

@@ -43,6 +43,11 @@ class ManifestEntry:
         max_train_similarity: highest similarity to any training image (memorisation check).
         memorised: whether that similarity is above the configured threshold.
         pixel_size_mm: nominal pixel size of the synthetic image, if known.
+        pair_agreement: Dice between a reference segmenter's mask of the image and the generated mask
+            (:mod:`fetalgen.metrics.agreement`); None until the set is judged.
+        feature_similarity: highest feature-space cosine similarity to a training image, mirror included
+            (:mod:`fetalgen.metrics.fidelity`); None until judged.
+        nearest_train: the name of that training image.
     """
 
     index: int
@@ -61,6 +66,9 @@ class ManifestEntry:
     max_train_similarity: float | None = None
     memorised: bool = False
     pixel_size_mm: float | None = None
+    pair_agreement: float | None = None
+    feature_similarity: float | None = None
+    nearest_train: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

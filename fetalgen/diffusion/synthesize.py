@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,29 +144,42 @@ class SynthesisSpec:
 
 @dataclass
 class TrainReference:
-    """Training images for the memorisation check and training head sizes for the summary.
+    """The generator's training pairs, for the memorisation check, the fidelity figures and the summary.
 
     Attributes:
         images: float [M,S,S] in [0, 1] (M may be 0: no memorisation check).
         hc_px: head circumference (px, at S) of each training mask (nan where no ellipse fits).
         pixel_size_mm: median pixel size at S (None if unknown), recorded for the synthetic pairs.
+        masks: bool [M,S,S] training masks.
+        names, subjects: case name and subject of each training pair.
     """
 
     images: np.ndarray
     hc_px: np.ndarray
     pixel_size_mm: float | None = None
+    masks: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dataset(cls, dataset: PairDataset) -> TrainReference:
         images = np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in dataset.images])
-        hc = [m.hc if (m := measure_head(np.asarray(mask) > 0)) else math.nan for mask in dataset.masks]
+        masks = np.stack([np.asarray(m) > 0 for m in dataset.masks])
+        hc = [m.hc if (m := measure_head(mask)) else math.nan for mask in masks]
         sizes = np.asarray(dataset.pixel_sizes, dtype=np.float64)
         sizes = sizes[np.isfinite(sizes)]
-        return cls(images, np.asarray(hc, dtype=np.float64), float(np.median(sizes)) if sizes.size else None)
+        return cls(
+            images,
+            np.asarray(hc, dtype=np.float64),
+            float(np.median(sizes)) if sizes.size else None,
+            masks,
+            [c.name for c in dataset.cases],
+            [c.subject for c in dataset.cases],
+        )
 
     @classmethod
     def empty(cls, size: int) -> TrainReference:
-        return cls(np.zeros((0, size, size), np.float32), np.zeros(0))
+        return cls(np.zeros((0, size, size), np.float32), np.zeros(0), None, np.zeros((0, size, size), bool))
 
 
 def blocks(todo: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -237,8 +250,9 @@ def write_synthetic(
     similarity_size: int = 64,
     qc: dict[str, Any] | None = None,
     progress: bool = True,
+    judge: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Sample pairs ``0..n-1`` into ``out`` (resuming), then write and return the dataset summary.
+    """Sample pairs ``0..n-1`` into ``out`` (resuming), judge the set, then write and return its summary.
 
     Args:
         out: dataset root (created).
@@ -253,9 +267,12 @@ def write_synthetic(
         similarity_size: thumbnail side of the similarity check.
         qc: keyword arguments of :func:`fetalgen.metrics.synthesis.qc_mask`.
         progress: show a tqdm progress bar.
+        judge: called with the dataset root once every pair is written (:func:`fetalgen.diffusion.judge.
+            judge_synthetic`): it may update the manifest and returns the ``fidelity`` figures of the summary.
 
     Returns:
-        The summary (``summarise_synthetic`` figures plus ``settings``), also written to ``summary.json``.
+        The summary (``summarise_synthetic`` figures, ``fidelity`` and ``settings``), also written to
+        ``summary.json``.
     """
     root = Path(out)
     (root / IMAGES).mkdir(parents=True, exist_ok=True)
@@ -325,11 +342,16 @@ def write_synthetic(
             bar.update(1)
     bar.close()
     settings = {**asdict(spec), "steps": steps, "n": n, "checkpoint_sha256": checkpoint_sha256}
-    return summarise_dataset(root, reference, similarity_threshold, settings)
+    fidelity = judge(root) if judge is not None else None
+    return summarise_dataset(root, reference, similarity_threshold, settings, fidelity)
 
 
 def summarise_dataset(
-    root: Path, reference: TrainReference, threshold: float, settings: dict[str, Any] | None = None
+    root: Path,
+    reference: TrainReference,
+    threshold: float,
+    settings: dict[str, Any] | None = None,
+    fidelity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Summary of every pair in ``root``'s manifest; printed as a table and written to ``summary.json``."""
     entries = sorted(read_manifest(root), key=lambda e: e.index)
@@ -343,6 +365,8 @@ def summarise_dataset(
         m = measure_head(mask > 0)
         hc.append(m.hc if m else math.nan)
     summary = summarise_synthetic(results, sims, threshold, np.asarray(hc), reference.hc_px)
+    if fidelity is not None:
+        summary["fidelity"] = fidelity
     summary["settings"] = settings or {}
     write_json(root / SUMMARY, summary)
     print(f"Synthetic dataset {root}\n{format_summary(summary)}")
@@ -369,6 +393,47 @@ def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainRe
     return TrainReference.from_dataset(PairDataset(cases, size))
 
 
+def build_judge(
+    cfg: DictConfig, reference: TrainReference, size: int, device: torch.device
+) -> Callable[[Path], dict[str, Any]] | None:
+    """The fidelity judge of ``cfg.fidelity`` (None when switched off or without training pairs to judge by)."""
+    from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
+    from fetalgen.metrics.features import build_features
+
+    fid = cfg.get("fidelity")
+    if not fid or not fid.enabled:
+        log.warning("fidelity figures switched off (fidelity.enabled=false)")
+        return None
+    if len(reference.images) < 2:
+        log.warning("fidelity figures need the generator's training pairs (memorisation.enabled): skipped")
+        return None
+    features = build_features(OmegaConf.to_container(fid.features, resolve=True), device)
+    heldout = None
+    if fid.get("heldout"):
+        from fetalgen.segmentation.evaluate import read_cases
+
+        data = PairDataset(read_cases(fid.heldout), size)
+        heldout = RealPairs(
+            np.stack([np.asarray(i, np.float32) / 255.0 for i in data.images]),
+            np.stack([np.asarray(m) > 0 for m in data.masks]),
+        )
+    settings = JudgeSettings(
+        kid_subset_size=int(fid.kid_subset_size),
+        kid_subsets=int(fid.kid_subsets),
+        diversity_pairs=int(fid.diversity_pairs),
+        gallery=int(fid.gallery),
+        segmenter_steps=int(fid.segmenter_steps),
+        min_agreement=fid.get("min_agreement"),
+        seed=int(cfg.seed),
+    )
+    train = RealPairs(reference.images, reference.masks)
+
+    def judge(root: Path) -> dict[str, Any]:
+        return judge_synthetic(root, train, reference.names, reference.subjects, features, settings, heldout)
+
+    return judge
+
+
 @task_wrapper
 def synthesize(cfg: DictConfig) -> dict[str, Any]:
     """Load the checkpoint, sample ``cfg.n`` pairs into ``cfg.out`` with QC and memorisation flags, summarise.
@@ -391,6 +456,9 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         heads=OmegaConf.to_container(cfg.heads, resolve=True),
     )
     reference = train_reference(cfg, meta, size)
+    judge = build_judge(
+        cfg, reference, size, device
+    )  # before sampling: a missing feature checkpoint fails now
     generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
     if meta.get("training_cases") is None:
         log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
@@ -409,10 +477,14 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         similarity_size=int(cfg.memorisation.size),
         qc=OmegaConf.to_container(cfg.qc, resolve=True),
         progress=bool(cfg.progress),
+        judge=judge,
     )
+    from fetalgen.metrics.fidelity import summary_row
+
     return {
         "n": summary["n"],
         "qc_pass_rate": summary["qc_pass_rate"],
         "memorisation_rate": summary["memorisation"]["rate"],
+        **(summary_row(summary["fidelity"]) if "fidelity" in summary else {}),
         "out": str(Path(cfg.out).resolve()),
     }

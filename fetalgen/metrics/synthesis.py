@@ -262,4 +262,26 @@ def format_summary(summary: dict[str, Any]) -> str:
     for key in ("n", "mean", "std", "p5", "median", "p95"):
         lines.append(f"{'  ' + key:<34}{_fmt(head['synthetic'][key])}{_fmt(head['train'][key])}")
     lines.append(f"{'  KS statistic / p-value':<34}{_fmt(head['ks_statistic'])}{_fmt(head['ks_pvalue'])}")
+    if "fidelity" in summary:
+        lines += format_fidelity(summary["fidelity"])
     return "\n".join(lines)
+
+
+def format_fidelity(fidelity: dict[str, Any]) -> list[str]:
+    """Table lines of :func:`fetalgen.diffusion.judge.judge_synthetic`'s figures."""
+    agree, spread = fidelity["agreement"], fidelity["diversity"]
+    lines = [f"{'fidelity features':<36}{fidelity['features']}", f"{'over':<36}{fidelity['over']}"]
+    for ref, kid in fidelity["realism"].items():
+        lines.append(
+            f"{'KID ± std / FID vs ' + ref:<34}{_fmt(kid['kid'])}{_fmt(kid['kid_std'])}{_fmt(kid['fid'])}"
+        )
+    lines.append(f"{'pair agreement: synthetic':<34}{_fmt(agree['synthetic'])}")
+    lines.append(f"{'  ceiling (real) / floor (shuffled)':<34}{_fmt(agree['ceiling'])}{_fmt(agree['floor'])}")
+    lines.append(f"{'MS-SSIM within set (lower=diverse)':<34}" + "".join(
+        f"{k:>10}" for k in spread))  # fmt: skip
+    lines.append(f"{'':<34}" + "".join(_fmt(v["ms_ssim"]) for v in spread.values()))
+    nn = fidelity["nearest_neighbours"]
+    lines.append(
+        f"{'feature NN cosine median/max':<34}{_fmt(nn['median_similarity'])}{_fmt(nn['max_similarity'])}"
+    )
+    return lines

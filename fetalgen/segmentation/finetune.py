@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -69,6 +70,8 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     trainer, loggers = build_trainer(cfg)
     for lg in loggers:
         lg.log_hyperparams(counts)
+    if cfg.data.get("synthetic_dir"):
+        log_synthetic_set(loggers, Path(cfg.data.synthetic_dir))
     if cfg.get("ckpt_path"):
         load_checkpoint(cfg.ckpt_path, "finetune")  # safe (weights_only) and the right kind, before Lightning
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -114,6 +117,23 @@ def best_score(checkpoint: dict[str, Any], monitor: str = "val/dice") -> float:
         if state.get("monitor") == monitor and state.get("best_model_score") is not None:
             return float(state["best_model_score"])
     raise KeyError(f"the checkpoint holds no ModelCheckpoint best_model_score of {monitor}")
+
+
+def log_synthetic_set(loggers: list[Logger], root: Path) -> None:
+    """The synthetic set's fidelity figures (``synthetic/*``) to every logger, and its nearest-neighbour gallery
+    to W&B (sets without ``summary.json`` or without fidelity figures are left out)."""
+    from fetalgen.metrics.fidelity import summary_row
+
+    path = root / "summary.json"
+    fidelity = json.loads(path.read_text()).get("fidelity") if path.is_file() else None
+    if not fidelity:
+        return
+    figures = {f"synthetic/{k}": v for k, v in summary_row(fidelity).items() if v is not None}
+    for lg in loggers:
+        lg.log_hyperparams(figures | {"synthetic/features": fidelity["features"]})
+        gallery = Path(fidelity["nearest_neighbours"]["gallery"])
+        if isinstance(lg, WandbLogger) and gallery.is_file():
+            lg.log_image(key="synthetic/nearest_neighbours", images=[str(gallery)])
 
 
 def log_evaluation(loggers: list[Logger], eval_dir: Path, metrics: dict[str, float], step: int) -> None:

@@ -40,7 +40,7 @@ def test_every_preset_composes_and_wires_the_image_size(compose_cfg, preset, siz
     assert size // 2 ** (len(unet.config.block_out_channels) - 1) >= 4
 
 
-def test_train_then_sample_through_the_configs(compose_cfg, tmp_path):
+def test_train_then_sample_through_the_configs(compose_cfg, tmp_path, capsys):
     cfg = compose_cfg("train_diffusion", [*TINY, "logger=csv"])
     metrics = train_diffusion(cfg)
     out = Path(cfg.paths.output_dir)
@@ -63,6 +63,8 @@ def test_train_then_sample_through_the_configs(compose_cfg, tmp_path):
             "steps=4",
             f"out={tmp_path / 'synthetic'}",
             "progress=false",
+            "fidelity/features=sam_tiny",
+            "fidelity.segmenter_steps=20",
         ],
     )
     result = synthesize(sample)
@@ -73,6 +75,17 @@ def test_train_then_sample_through_the_configs(compose_cfg, tmp_path):
     assert all(e.sampler == "sde-dpmsolver++" and e.steps == 4 for e in entries)
     summary = json.loads((root / "summary.json").read_text())
     assert summary["head_size_px"]["train"]["n"] == 8  # the training split of the checkpoint's data config
+    # The set is judged: per pair in the manifest, per set in the summary, the extractor named.
+    train_names = {r["name"] for r in json.loads((root / "provenance.json").read_text())["training_cases"]}
+    assert all(0 <= e.pair_agreement <= 1 and -1 <= e.feature_similarity <= 1 for e in entries)
+    assert {e.nearest_train for e in entries} <= train_names
+    fidelity = summary["fidelity"]
+    assert fidelity["features"].startswith("sam-tiny encoder (random init")
+    assert {"synthetic", "ceiling", "floor"} <= set(fidelity["agreement"]) and "train" in fidelity[
+        "diversity"
+    ]
+    assert (root / "nearest_neighbours.png").stat().st_size > 1000
+    assert "pair agreement" in capsys.readouterr().out  # the printed table
 
 
 def test_sample_grid_is_logged_to_wandb_offline(compose_cfg, monkeypatch):

@@ -32,3 +32,18 @@ def test_gpu_benchmark_rows_run_on_a_cpu(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 7 and all(r["rate"] > 0 for r in rows)
     assert "batched / image-by-image decoder training" in done.stdout
+
+
+@pytest.mark.slow
+def test_sampler_benchmark_judges_the_images_too(tmp_path: Path) -> None:
+    script = GPU.with_name("samplers.py")
+    args = ["--preset", "tiny", "--train-steps", "4", "--num-real", "12", "--n", "4", "--samplers", "ddim:3,dpmsolver++:2",
+            "--segmenter-steps", "5", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "KID vs train" in done.stdout and "agreement" in done.stdout and "sam-tiny encoder" in done.stdout
+    import json
+
+    result = json.loads((tmp_path / "bench_samplers.json").read_text())
+    assert result["features"].startswith("sam-tiny") and len(result["rows"]) == 2
+    assert all(0 <= r["pair_agreement"] <= 1 and r["kid_std"] >= 0 for r in result["rows"])

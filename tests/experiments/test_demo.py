@@ -17,7 +17,7 @@ def test_demo_pipeline_writes_its_report(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable, str(EXPERIMENTS / "demo.py"), "--out", str(out), "--diffusion-steps", "20",
-            "--n-synthetic", "8", "--ratios", "0", "--sam-steps", "4", "--logger", "csv",
+            "--n-synthetic", "8", "--ratios", "0", "--sam-steps", "4", "--logger", "csv", "--segmenter-steps", "10",
         ],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -27,6 +27,7 @@ def test_demo_pipeline_writes_its_report(tmp_path: Path) -> None:
     text = report.read_text()
     assert "| synthetic / real | SAM Dice (%) | box-ellipse Dice (%) | runs |" in text
     assert "| 0 | " in text
+    assert "image-mask agreement" in text and "Features: sam-tiny encoder" in text  # the set's fidelity
     for name in ("synthetic_pairs.png", "dice_vs_ratio.png"):
         assert (out / "report" / name).stat().st_size > 1000
     assert len((out / "synthetic" / "manifest.jsonl").read_text().splitlines()) == 8

@@ -59,6 +59,11 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     assert (results / "dice_vs_nreal.png").stat().st_size > 1000
     manifest = (tmp_path / "out" / "synthetic" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 6
+    # Each generator's set is described with its fidelity figures; the held-out reference is the validation split.
+    assert "## The paper arm's synthetic pairs" in text and "## Label-matched generator" in text
+    summary = json.loads((tmp_path / "out" / "synthetic" / "summary.json").read_text())
+    assert summary["fidelity"]["agreement"]["ceiling_source"] == "held-out real pairs"
+    assert summary["fidelity"]["agreement"]["n_ceiling"] == 4  # num_val=4
     _assert_no_overlap(tmp_path / "out")
 
 

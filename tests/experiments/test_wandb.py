@@ -25,16 +25,17 @@ def _records(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_offline_run_holds_config_losses_and_evaluation(
-    compose_cfg, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+    compose_cfg, phantom_dir: Path, judged_synthetic: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline must come from the config itself
+    synthetic = judged_synthetic
     cfg = compose_cfg(
         "finetune",
         [
             "experiment=demo/finetune", "logger=wandb", "trainer.max_steps=2", "trainer.val_check_interval=1", "data=folder",
             f"data.source.root={phantom_dir}", "data.num_real=4", "data.num_val=4", "data.num_test=4",
-            "eval.repetitions=2",
+            "eval.repetitions=2", f"data.synthetic_dir={synthetic}", "data.num_synthetic=2",
         ],
     )  # fmt: skip
     assert cfg.logger.wandb.offline is True
@@ -49,6 +50,9 @@ def test_offline_run_holds_config_losses_and_evaluation(
         if r["type"] in ("config", "run"):
             config |= (r.get("config") or r["run"].get("config") or {}).get("update", {})
     assert config["data"]["num_real"] == 4 and config["model"]["sam"]["model_type"] == "tiny"
+    # The synthetic set's fidelity figures and its nearest-neighbour gallery.
+    assert 0 <= config["synthetic/pair_agreement"] <= 1 and config["synthetic/kid_train_std"] > 0
+    assert config["synthetic/features"].startswith("sam-tiny")
     summary = {}
     for r in records:
         if r["type"] == "summary":
@@ -57,6 +61,7 @@ def test_offline_run_holds_config_losses_and_evaluation(
     media = runs[0] / "files" / "media"
     assert list(media.glob("table/test/folder/per_image_*.table.json"))
     assert list(media.glob("images/test/folder/cases_*.png"))
+    assert list(media.glob("images/synthetic/nearest_neighbours_*.png"))
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ NOTEBOOKS = Path(__file__).parents[2] / "notebooks"
 
 
 @pytest.mark.slow
-def test_explore_notebook_runs(phantom_synthetic: Path, sweep_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    synthetic = phantom_synthetic
+def test_explore_notebook_runs(judged_synthetic: Path, sweep_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    synthetic = judged_synthetic
     figures = tmp_path / "figures"
     monkeypatch.setenv("FETALGEN_SYNTHETIC_DIR", str(synthetic))
     monkeypatch.setenv("FETALGEN_SWEEP_DIR", str(sweep_dir))
@@ -27,5 +27,7 @@ def test_explore_notebook_runs(phantom_synthetic: Path, sweep_dir: Path, tmp_pat
     )
     assert "'total': 9, 'kept': 6, 'qc_failed': 3" in text
     assert "QC pass rate: 66.7%" in text
+    assert "pair agreement: synthetic" in text and "KID" in text  # the fidelity figures, printed
+    assert (figures / "pair_agreement.png").stat().st_size > 0
     assert (figures / "val_dice.png").stat().st_size > 0
     assert (figures / "test_hc18_dice.png").stat().st_size > 0

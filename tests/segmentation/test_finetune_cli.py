@@ -220,7 +220,8 @@ def test_leakage_through_the_generator_is_refused(compose_cfg, phantom_dir: Path
     generator_cases = read_training_cases(tmp_path / "diffusion" / "training_cases.csv")
     assert len(generator_cases) == 16
     scfg = compose_cfg("sample", [f"ckpt_path={ckpt}", "n=2", "sampler=ddim", "steps=2", f"out={tmp_path / 'syn'}",
-                                  "progress=false", "qc.min_ellipse_iou=0.0", "qc.area_range=[0.0,1.0]"])  # fmt: skip
+                                  "progress=false", "qc.min_ellipse_iou=0.0", "qc.area_range=[0.0,1.0]",
+                                  "fidelity/features=sam_tiny", "fidelity.segmenter_steps=5"])  # fmt: skip
     synthesize(scfg)
     provenance = json.loads((tmp_path / "syn" / "provenance.json").read_text())
     assert [r["name"] for r in provenance["training_cases"]] == [r["name"] for r in generator_cases]
