@@ -4,7 +4,20 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def config_dir() -> Path:
+    """``conf/`` beside the package in a source checkout (or an editable install), else the copy a wheel ships
+    inside the package (``fetalgen/conf``, see ``pyproject.toml``)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / "conf", package / "conf"):
+        if (candidate / "finetune.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"fetalgen's configs are neither in {package.parent / 'conf'} nor in {package / 'conf'}"
+    )
+
+
+CONFIG_DIR = str(config_dir())
 
 # ${fetalgen_dir:} in configs: the installed package's folder (for the files it ships, e.g. the paper's lists).
 OmegaConf.register_new_resolver(

@@ -1,0 +1,28 @@
+"""``fetalgen-evaluate``: score a fine-tuned SAM (or raw SAM/MedSAM weights) beside the box-ellipse baseline.
+
+Examples::
+
+    fetalgen-evaluate ckpt_path=logs/finetune/runs/<run>/checkpoints/best.ckpt eval_data.kind=folder \\
+        eval_data.root=/data/spanish eval_data.name=spanish
+    fetalgen-evaluate model=sam/vit_b eval_data.kind=hc18 eval_data.list_file=splits/test.txt
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from fetalgen.cli import CONFIG_DIR
+from fetalgen.utils.task import metric_value
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    from fetalgen.segmentation.evaluate import evaluate
+
+    metrics = evaluate(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The LightningDataModule: subject-wise real splits, synthetic pairs mixed into training only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from fetalgen.data.cases import Case
+from fetalgen.data.dataset import PairDataset, seed_worker
+from fetalgen.data.hc18 import trimester_from_hc
+from fetalgen.data.order import EpochShuffle, ResumableLoader
+from fetalgen.data.provenance import Record, check_no_leak, read_synthetic_provenance
+from fetalgen.data.splits import holdout_split, read_split_file, select_cases, split_by_subject
+from fetalgen.data.synthetic import read_synthetic
+
+log = logging.getLogger(__name__)
+
+
+def choose_subjects(cases: list[Case], n: int, seed: int) -> list[Case]:
+    """``n`` images out of ``cases`` taken as whole subjects, chosen by ``seed`` (sorted by name)."""
+    return split_by_subject(cases, {"chosen": n}, seed)["chosen"]
+
+
+def choose_per_trimester(cases: list[Case], n: int, seed: int) -> list[Case]:
+    """``n`` images, ``n / 3`` from each trimester (from the head circumference), as whole subjects.
+
+    This is the paper's selection for the diffusion model (20 HC18 pairs per trimester, 60 in all).
+    """
+    if n % 3:
+        raise ValueError(f"num_real={n} cannot be split evenly over 3 trimesters")
+    groups: dict[int, list[Case]] = {0: [], 1: [], 2: []}
+    unknown = []
+    for case in cases:
+        trimester = trimester_from_hc(case.hc_mm)
+        groups.get(trimester, unknown).append(case)
+    if unknown:
+        raise ValueError(
+            f"balance_trimesters needs the head circumference of every case; {len(unknown)} have none "
+            f"(e.g. {unknown[0].name})"
+        )
+    chosen: list[Case] = []
+    for trimester, group in groups.items():
+        if len(group) < n // 3:
+            raise ValueError(f"trimester {trimester} has {len(group)} images, fewer than {n // 3} asked for")
+        chosen += choose_subjects(group, n // 3, seed)
+    return sorted(chosen, key=lambda c: c.name)
+
+
+class PairDataModule(pl.LightningDataModule):
+    """Real train/val/test splits of ``source`` plus synthetic pairs for training.
+
+    The split is made at construction (``train_cases``, ``val_cases``, ``test_cases``, ``synthetic_cases``,
+    ``synthetic_counts`` are there at once); images are loaded in :meth:`setup`.
+
+    Args:
+        source: all real cases (e.g. from ``read_hc18``).
+        image_size: working side ``S`` in pixels.
+        num_real: real training images.
+        num_val: validation images.
+        num_test: test images (0: no test split).
+        split_file: YAML/JSON file or directory of ``train.txt``/``val.txt``/``test.txt`` case lists; used
+            instead of the seeded split (``num_real`` then picks a seeded subset of its train list).
+        seed: split, subset, synthetic choice and loader seed.
+        augment: ``none``, ``weak`` or ``strong`` (training only).
+        synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded). Its
+            ``provenance.json`` must show that its generator never saw a validation or test case or subject
+            (else :class:`~fetalgen.data.provenance.LeakageError`); a set without one gets a loud warning.
+        synthetic_ratio: synthetic pairs per real training image (``round(ratio * num_real)``).
+        num_synthetic: number of synthetic pairs (overrides ``synthetic_ratio``); ``"all"``: every pair
+            that passed QC (the paper's "w/ synthesis" arm).
+        batch_size: batch size of every loader.
+        num_workers: DataLoader workers.
+        on_bad_pair: ``raise`` or ``skip`` (with a warning) for bad files.
+        balance_trimesters: take ``num_real / 3`` training images from each trimester.
+        load_holdout: load the validation and test images (False: they are still held out of ``train``, but
+            never read; for the generator, which is not evaluated on them).
+        keep_memorised: keep synthetic pairs flagged as near-copies of a generator training image (default:
+            excluded and counted in ``synthetic_counts["memorised_excluded"]``).
+        mask_regions: a mask of several separate regions: ``raise`` or keep the ``largest`` (with a warning).
+
+    Batches are dicts as in :class:`~fetalgen.data.dataset.PairDataset`.
+    """
+
+    def __init__(
+        self,
+        source: list[Case],
+        image_size: int,
+        num_real: int,
+        num_val: int,
+        num_test: int = 0,
+        split_file: str | Path | None = None,
+        seed: int = 0,
+        augment: str = "none",
+        synthetic_dir: str | Path | None = None,
+        synthetic_ratio: float = 0.0,
+        num_synthetic: int | str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        on_bad_pair: str = "raise",
+        balance_trimesters: bool = False,
+        load_holdout: bool = True,
+        keep_memorised: bool = False,
+        mask_regions: str = "raise",
+    ) -> None:
+        super().__init__()
+        self.image_size = int(image_size)
+        self.seed = int(seed)
+        self.augment = augment
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.on_bad_pair = on_bad_pair
+        self.keep_memorised = bool(keep_memorised)
+        self.mask_regions = mask_regions
+        self.reader_skipped: list = list(getattr(source, "skipped", []))  # bad files the reader skipped
+        source = list(source)
+        choose = choose_per_trimester if balance_trimesters else choose_subjects
+        if split_file is not None:
+            lists = read_split_file(split_file)
+            train = select_cases(source, lists["train"], split_file)
+            if num_real > len(train):
+                raise ValueError(
+                    f"num_real={num_real} but the split file {split_file} lists only "
+                    f"{len(train)} training cases"
+                )
+            self.train_cases = train if num_real == len(train) else choose(train, num_real, self.seed)
+            self.val_cases = select_cases(source, lists["val"], split_file)
+            self.test_cases = select_cases(source, lists["test"], split_file)
+        else:
+            # Test and val first, train from the rest: changing num_real leaves val/test unchanged.
+            parts = holdout_split(source, num_val, num_test, self.seed)
+            if num_real > len(parts["train"]):
+                raise ValueError(
+                    f"num_real={num_real} + num_val={num_val} + num_test={num_test} exceed the "
+                    f"{len(source)} real images"
+                )
+            self.train_cases = choose(parts["train"], num_real, self.seed)
+            self.val_cases, self.test_cases = parts["val"], parts["test"]
+        if not load_holdout:
+            self.val_cases, self.test_cases = [], []
+        self.generator_cases: list[Record] | None = None  # what the synthetic pairs' generator saw
+        self.synthetic_cases, self.synthetic_counts = self._choose_synthetic(
+            synthetic_dir, synthetic_ratio, num_synthetic, len(self.train_cases)
+        )
+        self.train_set: PairDataset | None = None
+        self.val_set: PairDataset | None = None
+        self.test_set: PairDataset | None = None
+
+    def _choose_synthetic(
+        self, root: str | Path | None, ratio: float, num: int | str | None, num_real: int
+    ) -> tuple[list[Case], dict[str, int]]:
+        wanted = None if num == "all" else int(num) if num is not None else int(round(ratio * num_real))
+        if wanted is not None and wanted < 0:
+            raise ValueError(f"the number of synthetic pairs must be >= 0, got {wanted}")
+        if root is None or wanted == 0:
+            if wanted is None:
+                raise ValueError("num_synthetic=all but synthetic_dir is not set")
+            if wanted:
+                raise ValueError(
+                    f"{wanted} synthetic pairs asked for (synthetic_ratio={ratio}, num_synthetic={num}) "
+                    "but synthetic_dir is not set"
+                )
+            return [], {
+                "total": 0,
+                "kept": 0,
+                "qc_failed": 0,
+                "memorised": 0,
+                "memorised_excluded": 0,
+                "used": 0,
+            }
+        self._check_generator(root)
+        cases, counts = read_synthetic(root, include_memorised=self.keep_memorised)
+        counts["memorised_excluded"] = 0 if self.keep_memorised else counts["memorised"]
+        if self.keep_memorised and counts["memorised"]:
+            log.warning(
+                "data.keep_memorised=true: %d synthetic pair(s) flagged as near-copies of a generator training "
+                "image are kept for training", counts["memorised"],
+            )  # fmt: skip
+        if wanted is None:
+            return cases, {**counts, "used": len(cases)}
+        if wanted > len(cases):
+            raise ValueError(
+                f"{wanted} synthetic pairs asked for but {root} has only {len(cases)} that passed QC "
+                f"and the memorisation check ({counts['qc_failed']} failed QC, "
+                f"{counts['memorised_excluded']} memorised excluded, of {counts['total']})"
+            )
+        rng = np.random.default_rng([self.seed, 1])
+        chosen = sorted((cases[i] for i in rng.permutation(len(cases))[:wanted]), key=lambda c: c.name)
+        return chosen, {**counts, "used": len(chosen)}
+
+    def _check_generator(self, root: str | Path) -> None:
+        """Refuse a synthetic set whose generator saw a validation or test case (or subject) of this split."""
+        provenance = read_synthetic_provenance(root)
+        if provenance is None:
+            return
+        self.generator_cases = provenance["training_cases"]
+        check_no_leak(
+            self.generator_cases,
+            {"validation": self.val_cases, "test": self.test_cases},
+            model=f"the generator of the synthetic set {root}",
+            fix="split once (fetalgen-split) and give the same data.split_file to fetalgen-train-diffusion "
+            "and fetalgen-finetune, then re-train the generator and re-sample",
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, validate and resize the pairs (once)."""
+        if self.train_set is None:
+            self.train_set = PairDataset(
+                self.train_cases + self.synthetic_cases,
+                self.image_size,
+                self.augment,
+                self.on_bad_pair,
+                seed=self.seed,
+                mask_regions=self.mask_regions,
+            )
+            held = {"on_bad_pair": self.on_bad_pair, "mask_regions": self.mask_regions}
+            self.val_set = PairDataset(self.val_cases, self.image_size, "none", **held)
+            self.test_set = PairDataset(self.test_cases, self.image_size, "none", **held)
+
+    def skipped(self) -> list[str]:
+        """Every bad file skipped (``on_bad_pair=skip``) by the reader and, once loaded, by the datasets."""
+        errors = list(self.reader_skipped)
+        for dataset in (self.train_set, self.val_set, self.test_set):
+            errors += dataset.skipped if dataset is not None else []
+        return [str(e) for e in errors]
+
+    def _loader(self, dataset: PairDataset, shuffle: bool, offset: int) -> DataLoader:
+        """Training (``shuffle``): ordered by ``(seed, epoch)`` and resumable mid-epoch (:mod:`~fetalgen.data.order`)."""
+        return ResumableLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed + offset),
+            worker_init_fn=seed_worker,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, shuffle=True, offset=0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        return self._loader(self.val_set, shuffle=False, offset=1) if len(self.val_set) else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        self.setup("test")
+        return self._loader(self.test_set, shuffle=False, offset=2) if len(self.test_set) else []

@@ -1,0 +1,132 @@
+"""A torch Dataset of image/mask pairs at a square working resolution, cached in memory."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from fetalgen.data.cases import Case, DataError
+from fetalgen.data.hc18 import trimester_from_hc
+from fetalgen.data.io import check_on_bad, load_pair, warn_skipped
+from fetalgen.data.transforms import build_augmentation, pad_resize
+
+
+class PairDataset(Dataset):
+    """Image/mask pairs, validated and resized once (``pad_resize``), augmented on every access.
+
+    Every pair is loaded and checked when the dataset is built, so a bad file fails at once, not mid-epoch.
+
+    Args:
+        cases: the pairs.
+        image_size: working side ``S`` in pixels.
+        augment: ``none``, ``weak`` or ``strong`` (see :func:`~fetalgen.data.transforms.build_augmentation`).
+        on_bad_pair: ``"raise"`` the first :class:`DataError`, or ``"skip"`` bad pairs with one warning giving
+            their count and files (kept cases in ``self.cases``, errors in ``self.skipped``).
+        seed: seed of the augmentation's random state (DataLoader workers reseed it, see :func:`seed_worker`).
+        mask_regions: a mask of several separate regions: ``raise``, or keep the ``largest`` (counted in
+            ``self.repaired`` and one warning).
+
+    Items are dicts: ``image`` float32 [1,S,S] in [0,1]; ``mask`` float32 [1,S,S] in {0,1}; ``name`` str;
+    ``pixel_size_mm`` float at working resolution (nan if unknown); ``hc_mm`` float (nan if unknown);
+    ``trimester`` int (-1 if unknown); ``index`` int (position in ``self.cases``).
+    """
+
+    def __init__(
+        self,
+        cases: list[Case],
+        image_size: int,
+        augment: str = "none",
+        on_bad_pair: str = "raise",
+        seed: int = 0,
+        mask_regions: str = "raise",
+    ) -> None:
+        check_on_bad(on_bad_pair)
+        self.image_size = int(image_size)
+        self.augment_name = augment
+        self.augment = build_augmentation(augment, seed=seed)
+        self.cases: list[Case] = []
+        self.skipped: list[DataError] = []
+        self.repaired: list[Path] = []
+        images, masks, pixel_sizes = [], [], []
+        for case in cases:
+            try:
+                image, mask = load_pair(case, mask_regions, self.repaired)
+            except DataError as err:
+                if on_bad_pair == "raise":
+                    raise
+                self.skipped.append(err)
+                continue
+            image, mask, scale = pad_resize(image, mask, self.image_size)
+            if not mask.any():
+                err = DataError(
+                    case.mask_path, f"mask vanishes when resized to {self.image_size}x{self.image_size}"
+                )
+                if on_bad_pair == "raise":
+                    raise err
+                self.skipped.append(err)
+                continue
+            self.cases.append(case)
+            images.append(image)
+            masks.append(mask.astype(np.uint8))
+            pixel_sizes.append(math.nan if case.pixel_size_mm is None else case.pixel_size_mm * scale)
+        warn_skipped(self.skipped, f"PairDataset ({len(cases)} cases)")
+        if self.repaired:
+            listing = "\n  ".join(map(str, self.repaired))
+            warnings.warn(
+                f"PairDataset: {len(self.repaired)} mask(s) had several regions; kept the largest of each:\n  {listing}",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.images = images
+        self.masks = masks
+        self.pixel_sizes = pixel_sizes
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def reseed(self, seed: int) -> None:
+        """Reset the augmentation's random state (used per DataLoader worker)."""
+        if self.augment is not None:
+            self.augment.set_random_seed(seed)
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.images[index], self.masks[index]
+        if self.augment is not None:
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        case = self.cases[index]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / 255.0)[None],
+            "mask": torch.from_numpy((mask > 0).astype(np.float32))[None],
+            "name": case.name,
+            "pixel_size_mm": float(self.pixel_sizes[index]),
+            "hc_mm": math.nan if case.hc_mm is None else float(case.hc_mm),
+            "trimester": trimester_from_hc(case.hc_mm),
+            "index": index,
+        }
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker's augmentation its own seed from torch's worker seed.
+
+    Torch derives the worker seed from the DataLoader's generator, so runs with the same seed match.
+    """
+    info = get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    dataset = info.dataset if info is not None else None
+    while dataset is not None:
+        if isinstance(dataset, PairDataset):
+            dataset.reseed(seed)
+            return
+        if hasattr(dataset, "datasets"):  # ConcatDataset
+            for i, d in enumerate(dataset.datasets):
+                if isinstance(d, PairDataset):
+                    d.reseed((seed + i) % 2**32)
+            return
+        dataset = getattr(dataset, "dataset", None)  # Subset

@@ -1,0 +1,135 @@
+"""Unlabelled images to segment (``fetalgen-predict``): any of the supported layouts, masks not needed.
+
+Layouts of ``root``:
+
+* ``<root>/images/*`` (the folder layout; ``masks/`` beside it is ignored), pixel sizes from
+  ``<root>/pixel_sizes.csv`` when present;
+* image files directly in ``root`` (e.g. HC18's ``test_set/`` or ``training_set/``; ``*_Annotation.*`` files are
+  left out), pixel sizes from ``<root>.name + _pixel_size*.csv`` beside the folder (HC18's
+  ``test_set_pixel_size.csv``) or ``pixel_sizes.csv`` inside it.
+
+A CSV given explicitly (``filename`` and ``pixel size(mm)`` columns) wins over the detected one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from fetalgen.data.cases import CaseList, DataError
+from fetalgen.data.folder import ANNOTATION_SUFFIX, IMAGE_EXTS, PIXEL_SIZES_CSV, read_column_csv
+from fetalgen.data.io import check_on_bad, warn_skipped
+
+PIXEL_COLUMN = "pixel size(mm)"
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image to segment: its name (file stem), path and pixel size in mm (nan when unknown)."""
+
+    name: str
+    path: Path
+    pixel_size_mm: float = math.nan
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files of ``folder`` (sorted), annotations (``*_Annotation.*``) left out; duplicate stems refused."""
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.stem.endswith(ANNOTATION_SUFFIX)
+    )
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise DataError(
+                p, f"a second image named {p.stem} (the first: {seen[p.stem].name}); names must be unique"
+            )
+        seen[p.stem] = p
+    return files
+
+
+def detect_pixel_csv(root: Path, folder: Path) -> Path | None:
+    """The pixel-size CSV of a layout: ``pixel_sizes.csv`` in ``root``, or HC18's ``<folder>_pixel_size*.csv``."""
+    if (root / PIXEL_SIZES_CSV).is_file():
+        return root / PIXEL_SIZES_CSV
+    found = sorted(folder.parent.glob(f"{folder.name}_pixel_size*.csv"))
+    return found[0] if found else None
+
+
+def read_images(root: str | Path, pixel_sizes: str | Path | None = None, on_bad: str = "raise") -> CaseList:
+    """The images under ``root`` (see the module doc) with their pixel sizes, as a :class:`CaseList` of
+    :class:`ImageFile` sorted by name.
+
+    Args:
+        root: the folder.
+        pixel_sizes: a CSV (``filename``, ``pixel size(mm)``); None: the layout's own CSV, if any.
+        on_bad: an image without a CSV row (when a CSV is used): ``raise`` or ``skip`` (counted, listed).
+
+    Raises:
+        DataError: no such folder, no image in it, a CSV without the columns or with two rows for one file, an
+            image without a CSV row (unless skipped).
+    """
+    check_on_bad(on_bad)
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "folder of images not found")
+    folder = root / "images" if (root / "images").is_dir() else root
+    files = image_files(folder)
+    if not files:
+        subfolders = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "none"
+        raise DataError(
+            folder,
+            f"no image files ({', '.join(IMAGE_EXTS)}); sub-folders: {subfolders} (point at one of them?)",
+        )
+    csv_path = Path(pixel_sizes) if pixel_sizes else detect_pixel_csv(root, folder)
+    if csv_path is not None and not csv_path.is_file():
+        raise DataError(csv_path, "pixel-size CSV not found")
+    table = read_column_csv(csv_path, PIXEL_COLUMN) if csv_path is not None else None
+    items, skipped = [], []
+    for p in files:
+        size = math.nan
+        if table is not None:
+            if p.stem not in table:
+                error = DataError(p, f"no row in {csv_path}")
+                if on_bad == "raise":
+                    raise error
+                skipped.append(error)
+                continue
+            size = table[p.stem]
+        items.append(ImageFile(p.stem, p, size))
+    warn_skipped(skipped, f"images in {folder}")
+    return CaseList(items, skipped)
+
+
+def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]:
+    """``{file stem: (x0, y0, x1, y1)}`` in image pixels from a CSV with columns ``name, x0, y0, x1, y1``.
+
+    Raises:
+        DataError: a missing column, a value that is not a number, a box with x1 <= x0 or y1 <= y0, or a name
+            with two rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "box CSV not found")
+    out: dict[str, tuple[float, float, float, float]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [h.strip() for h in reader.fieldnames or []]
+        if not {"name", "x0", "y0", "x1", "y1"} <= set(fields):
+            raise DataError(path, f"box CSV needs columns name, x0, y0, x1, y1; found {fields}")
+        for lineno, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            stem = Path(row["name"]).stem
+            if stem in out:
+                raise DataError(path, f"line {lineno}: a second box for {row['name']}")
+            try:
+                box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+            except ValueError as err:
+                raise DataError(path, f"line {lineno}: a box coordinate is not a number") from err
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise DataError(path, f"line {lineno}: box {box} needs x1 > x0 and y1 > y0")
+            out[stem] = box  # type: ignore[assignment]
+    return out

@@ -1,0 +1,135 @@
+"""Synthetic datasets written by ``fetalgen-sample``: the generic folder layout plus ``manifest.jsonl``.
+
+Layout::
+
+    <root>/images/syn_000042.png     grayscale uint8
+    <root>/masks/syn_000042.png      filled binary mask (0/255)
+    <root>/manifest.jsonl            one JSON object a line, written last for each pair
+    <root>/summary.json              QC summary (see fetalgen.metrics.synthesis)
+
+A manifest line (:class:`ManifestEntry`) records everything needed to reproduce and to judge the pair.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fetalgen.data.cases import Case, DataError
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class ManifestEntry:
+    """One synthetic pair: provenance and quality figures.
+
+    Attributes:
+        index: position in the dataset (0..N-1); the pair's seed derives from it.
+        name: file stem (``syn_000042``).
+        image: image path relative to the dataset root.
+        mask: mask path relative to the dataset root.
+        seed: the seed of this pair's noise (same seed, same pair).
+        checkpoint_sha256: hash of the diffusion checkpoint that made it.
+        sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
+        steps: number of sampling steps.
+        mode: ``joint`` or ``mask_conditioned``.
+        class_label: the class the sample was conditioned on (``None``: unconditional).
+        guidance_scale: classifier-free guidance scale (1.0: none).
+        qc_pass: whether the pair passed quality control (failed pairs stay on disk, marked here).
+        qc: QC figures (ellipse-fit IoU, area fraction, centroid, reasons for failure).
+        max_train_similarity: highest similarity to any training image (memorisation check).
+        memorised: whether that similarity is above the configured threshold.
+        pixel_size_mm: nominal pixel size of the synthetic image, if known.
+        pair_agreement: Dice between a reference segmenter's mask of the image and the generated mask
+            (:mod:`fetalgen.metrics.agreement`); None until the set is judged.
+        feature_similarity: highest feature-space cosine similarity to a training image, mirror included
+            (:mod:`fetalgen.metrics.fidelity`); None until judged.
+        nearest_train: the name of that training image.
+    """
+
+    index: int
+    name: str
+    image: str
+    mask: str
+    seed: int
+    checkpoint_sha256: str
+    sampler: str
+    steps: int
+    mode: str = "joint"
+    class_label: int | None = None
+    guidance_scale: float = 1.0
+    qc_pass: bool = True
+    qc: dict[str, Any] = field(default_factory=dict)
+    max_train_similarity: float | None = None
+    memorised: bool = False
+    pixel_size_mm: float | None = None
+    pair_agreement: float | None = None
+    feature_similarity: float | None = None
+    nearest_train: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def read_manifest(root: str | Path) -> list[ManifestEntry]:
+    """Read ``<root>/manifest.jsonl``; a malformed line raises :class:`DataError` naming its line number."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DataError(path, "no manifest.jsonl: not a synthetic dataset written by fetalgen-sample")
+    entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(ManifestEntry(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise DataError(path, f"line {lineno} is not a manifest entry: {err}") from err
+    return entries
+
+
+def read_synthetic(
+    root: str | Path, include_failed: bool = False, include_memorised: bool = False
+) -> tuple[list[Case], dict[str, int]]:
+    """The cases of a synthetic dataset, and counts of what was excluded.
+
+    Args:
+        root: dataset root (with ``manifest.jsonl``).
+        include_failed: keep pairs that failed QC (default: exclude them).
+        include_memorised: keep pairs flagged as near-copies of a generator training image (default: exclude).
+
+    Returns:
+        ``(cases, counts)`` with ``counts = {"total", "kept", "qc_failed", "memorised"}``; excluded pairs
+        are counted, never silently dropped.
+    """
+    root = Path(root)
+    entries = read_manifest(root)
+    cases: list[Case] = []
+    counts = {"total": len(entries), "kept": 0, "qc_failed": 0, "memorised": 0}
+    for e in entries:
+        if not e.qc_pass:
+            counts["qc_failed"] += 1
+            if not include_failed:
+                continue
+        if e.memorised:
+            counts["memorised"] += 1
+            if not include_memorised:
+                continue
+        image, mask = root / e.image, root / e.mask
+        for p in (image, mask):
+            if not p.is_file():
+                raise DataError(p, f"listed in {root / MANIFEST} (index {e.index}) but missing")
+        cases.append(
+            Case(
+                name=e.name,
+                image_path=image,
+                mask_path=mask,
+                subject=e.name,
+                pixel_size_mm=e.pixel_size_mm,
+                cohort="synthetic",
+            )
+        )
+    counts["kept"] = len(cases)
+    return cases, counts

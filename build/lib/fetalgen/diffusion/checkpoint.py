@@ -1,0 +1,86 @@
+"""Rebuild a trained generator from a Lightning checkpoint file alone (nanoGPT-style self-contained checkpoints).
+
+A checkpoint written by :class:`fetalgen.diffusion.module.JointDiffusionModule` carries the UNet config, the
+noise-scheduler config, the EMA state and the resolved run config (``hyper_parameters["config"]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DModel
+
+from fetalgen.data.cases import DataError
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
+from fetalgen.diffusion.module import CHECKPOINT_KEY, EMA_KEY
+from fetalgen.utils.files import sha256_file
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a diffusion checkpoint on the CPU; a file that is not one raises :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or truncated file
+        raise DataError(path, f"cannot read checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise DataError(
+            path,
+            "not a fetalgen diffusion checkpoint (no 'fetalgen' entry); train with fetalgen-train-diffusion",
+        )
+    return ckpt
+
+
+def load_generator(
+    path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[UNet2DModel, dict[str, Any], dict[str, Any]]:
+    """The trained UNet (EMA weights), the training noise-scheduler config and metadata, from the file alone.
+
+    Args:
+        path: Lightning checkpoint (``last.ckpt`` or a step checkpoint).
+        device: where to put the UNet.
+        use_ema: load the EMA weights (the default; the raw training weights otherwise).
+
+    Returns:
+        ``(unet, noise_scheduler_config, meta)``: the UNet in eval mode without gradients;
+        ``meta`` holds ``config`` (the resolved run config or None), ``global_step``, ``epoch``, ``image_size``,
+        ``num_classes``, ``class_key``, ``training_cases`` (provenance records, None for older checkpoints), ``ema`` (whether EMA weights were loaded), ``sha256`` and ``path``.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    extra = ckpt[CHECKPOINT_KEY]
+    unet = UNet2DModel.from_config(extra["unet_config"])
+    prefix = "unet."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        unet.load_state_dict(state)
+    except RuntimeError as err:
+        raise DataError(path, f"UNet weights do not fit the stored UNet config: {err}") from err
+    ema_loaded = False
+    if use_ema and EMA_KEY in ckpt:
+        shadow = ckpt[EMA_KEY]["shadow_params"]
+        params = list(unet.parameters())
+        if len(shadow) != len(params):
+            raise DataError(path, f"EMA holds {len(shadow)} tensors for a UNet with {len(params)} parameters")
+        with torch.no_grad():
+            for p, s in zip(params, shadow, strict=True):
+                p.copy_(s)
+        ema_loaded = True
+    unet.to(device).eval().requires_grad_(False)
+    meta = {
+        "config": (ckpt.get("hyper_parameters") or {}).get("config"),
+        "global_step": int(ckpt.get("global_step", 0)),
+        "epoch": int(ckpt.get("epoch", 0)),
+        "image_size": int(extra["image_size"]),
+        "num_classes": int(extra["num_classes"]),
+        "class_key": extra["class_key"],
+        "ema": ema_loaded,
+        "training_cases": (ckpt.get(PROVENANCE_KEY) or {}).get("training_cases"),
+        "sha256": sha256_file(path),
+        "path": str(path.resolve()),
+    }
+    return unet, dict(extra["noise_scheduler_config"]), meta

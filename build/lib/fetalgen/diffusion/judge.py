@@ -1,0 +1,207 @@
+"""Judge a written synthetic set as the generative-augmentation field does (``fetalgen-sample``, the sampler bench).
+
+Per pair, into ``manifest.jsonl``: ``pair_agreement`` (does the mask outline the head drawn in the image?),
+``feature_similarity`` and ``nearest_train`` (feature-space nearest training image, mirror included). For the set,
+into ``summary.json["fidelity"]``: realism (KID, FID against the generator's training images and, when given,
+held-out real images), diversity (mean pairwise MS-SSIM beside the real sets'), agreement with its ceiling and
+floor, and the nearest-neighbour figures with a gallery PNG (``nearest_neighbours.png``). Set-level figures are over
+the *kept* pairs (QC passed, not memorised): the ones fine-tuning uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from fetalgen.data.cases import DataError
+from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
+from fetalgen.data.transforms import pad_resize
+from fetalgen.metrics.agreement import ReferenceSegmenter, calibrated_agreement
+from fetalgen.metrics.features import Features
+from fetalgen.metrics.fidelity import diversity, kid_fid, nearest_neighbours, save_gallery
+from fetalgen.utils.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+GALLERY = "nearest_neighbours.png"
+
+
+@dataclass(frozen=True)
+class RealPairs:
+    """Real images ``[N, S, S]`` float in [0, 1] with bool masks, at the synthetic set's size."""
+
+    images: np.ndarray
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """How a set is judged (``fidelity.*`` of ``conf/sample.yaml``)."""
+
+    kid_subset_size: int = 50
+    kid_subsets: int = 100
+    diversity_pairs: int = 500
+    gallery: int = 8
+    segmenter_steps: int = 300
+    min_agreement: float | None = None  # a pair below it fails QC (reason ``agreement``)
+    seed: int = 0
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """``[N, S, S]`` float images -> ``[N, 1, S, S]`` float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+
+
+def read_pairs(root: Path, entries: list[ManifestEntry], size: int) -> RealPairs:
+    """The images and masks of ``entries`` (float [0, 1] and bool) at ``size`` px (padded and resized as the data
+    layer does when they are not square at that size), read from ``root``."""
+    images, masks = (
+        np.zeros((len(entries), size, size), np.float32),
+        np.zeros((len(entries), size, size), bool),
+    )
+    for k, e in enumerate(entries):
+        image = cv2.imread(str(root / e.image), cv2.IMREAD_GRAYSCALE)
+        mask = cv2.imread(str(root / e.mask), cv2.IMREAD_GRAYSCALE)
+        for array, path in ((image, root / e.image), (mask, root / e.mask)):
+            if array is None:
+                raise DataError(path, f"listed in the manifest (index {e.index}) but unreadable")
+        if image.shape != mask.shape:
+            raise DataError(root / e.mask, f"mask {mask.shape} and image {image.shape} differ in size")
+        image, mask = (
+            pad_resize(image, mask > 127, size)[:2] if image.shape != (size, size) else (image, mask > 127)
+        )
+        images[k], masks[k] = image.astype(np.float32) / 255.0, mask
+    return RealPairs(images, masks)
+
+
+def ceiling_split(subjects: list[str], seed: int) -> tuple[list[int], list[int]]:
+    """Indices of the training pairs to fit the segmenter on, and of those held out for its ceiling (whole
+    subjects, drawn by ``seed``, until a fifth of the pairs, at least one, is held out); used when no held-out
+    real pairs are given."""
+    names = sorted(set(subjects))
+    if len(names) < 2:
+        raise ValueError("an agreement ceiling from the training pairs needs at least 2 subjects")
+    target, held = max(1, len(subjects) // 5), set()
+    for k in np.random.default_rng(seed).permutation(len(names)):
+        if sum(s in held for s in subjects) >= target:
+            break
+        held.add(names[k])
+    return [i for i, s in enumerate(subjects) if s not in held], [
+        i for i, s in enumerate(subjects) if s in held
+    ]
+
+
+def judge_synthetic(
+    root: str | Path,
+    train: RealPairs,
+    train_names: list[str],
+    train_subjects: list[str],
+    features: Features,
+    settings: JudgeSettings,
+    heldout: RealPairs | None = None,
+) -> dict[str, Any]:
+    """Judge the set at ``root`` (module doc): update its manifest, write the gallery, return the figures."""
+    root = Path(root)
+    entries = sorted(read_manifest(root), key=lambda e: e.index)
+    if len(train) < 2 or not entries:
+        raise ValueError(f"judging {root} needs at least 2 training pairs and 1 synthetic pair")
+    size = int(train.images.shape[-1])
+    pairs = read_pairs(root, entries, size)
+
+    # Agreement: a segmenter fitted on real training pairs only.
+    if heldout is not None and len(heldout):
+        fit, ceiling, ceiling_source = list(range(len(train))), heldout, "held-out real pairs"
+    else:
+        fit, held = ceiling_split(train_subjects, settings.seed)
+        ceiling = RealPairs(train.images[held], train.masks[held])
+        ceiling_source = f"{len(held)} training pair(s) held out from the segmenter (no held-out set given)"
+    segmenter = ReferenceSegmenter(size, seed=settings.seed)
+    losses = segmenter.fit(
+        as_tensor(train.images[fit]), as_tensor(train.masks[fit]), steps=settings.segmenter_steps
+    )
+    agreement = calibrated_agreement(
+        segmenter,
+        as_tensor(pairs.images),
+        pairs.masks,
+        as_tensor(ceiling.images),
+        ceiling.masks,
+        settings.seed,
+    )
+
+    # Features: synthetic (and mirrored), training, held-out.
+    syn_feats = features(as_tensor(pairs.images))
+    syn_mirror = features(as_tensor(pairs.images[:, :, ::-1]))
+    train_feats = features(as_tensor(train.images))
+    similarity, nearest = nearest_neighbours(syn_feats, syn_mirror, train_feats)
+
+    for e, agree, sim, near in zip(entries, agreement["per_pair"], similarity, nearest, strict=True):
+        e.pair_agreement, e.feature_similarity, e.nearest_train = (
+            float(agree),
+            float(sim),
+            train_names[int(near)],
+        )
+        if settings.min_agreement is not None and agree < settings.min_agreement:
+            reason = f"agreement: {agree:.3f} < {settings.min_agreement}"
+            e.qc = {
+                **e.qc,
+                "reasons": [*[r for r in e.qc.get("reasons", []) if not r.startswith("agreement")], reason],
+            }
+            e.qc_pass = False
+    atomic_write(root / MANIFEST, lambda tmp: tmp.write_text("".join(e.to_json() + "\n" for e in entries)))
+
+    kept = np.array([e.qc_pass and not e.memorised for e in entries])
+    if kept.sum() < 2:
+        log.warning("%s: %d kept pair(s): realism and diversity need 2", root, int(kept.sum()))
+    realism: dict[str, Any] = {}
+    if kept.sum() >= 2:
+        realism["train"] = kid_fid(
+            train_feats, syn_feats[kept], settings.kid_subset_size, settings.kid_subsets, settings.seed
+        )
+        if heldout is not None and len(heldout) >= 2:
+            held_feats = features(as_tensor(heldout.images))
+            realism["heldout"] = kid_fid(
+                held_feats, syn_feats[kept], settings.kid_subset_size, settings.kid_subsets, settings.seed
+            )
+    spread = {"synthetic": diversity(as_tensor(pairs.images[kept]), settings.diversity_pairs, settings.seed),
+              "train": diversity(as_tensor(train.images), settings.diversity_pairs, settings.seed)}  # fmt: skip
+    if heldout is not None and len(heldout) >= 2:
+        spread["heldout"] = diversity(as_tensor(heldout.images), settings.diversity_pairs, settings.seed)
+    gallery = save_gallery(
+        pairs.images, train.images, similarity, nearest, [e.name for e in entries], root / GALLERY,
+        k=settings.gallery, feature_name=features.name,
+    )  # fmt: skip
+    kept_agreement = agreement["per_pair"][kept]
+    return {
+        "features": features.name,
+        "over": f"{int(kept.sum())} kept pairs (QC passed, not memorised) of {len(entries)}",
+        "realism": realism,
+        "diversity": spread,
+        "agreement": {
+            "synthetic": float(kept_agreement.mean()) if kept_agreement.size else None,
+            "synthetic_all": agreement["synthetic"],
+            "ceiling": agreement["ceiling"],
+            "floor": agreement["floor"],
+            "n_ceiling": agreement["n_ceiling"],
+            "ceiling_source": ceiling_source,
+            "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on {len(fit)} real pairs "
+            f"(final loss {losses[-1]:.3f})",
+            "min_agreement": settings.min_agreement,
+            "qc_failed": int(
+                sum(1 for e in entries if any(r.startswith("agreement") for r in e.qc.get("reasons", [])))
+            ),
+        },
+        "nearest_neighbours": {
+            "median_similarity": float(np.median(similarity)),
+            "max_similarity": float(similarity.max()),
+            "gallery": str(gallery),
+        },
+    }

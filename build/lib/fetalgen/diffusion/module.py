@@ -1,0 +1,274 @@
+"""LightningModule for the joint two-channel (image, mask) diffusion model.
+
+Training follows diffusers' ``train_unconditional.py``: draw noise and timesteps, ``noise_scheduler.add_noise``,
+regress the target given by ``prediction_type`` (the noise for ``epsilon``, ``get_velocity`` for
+``v_prediction``). EMA weights (``diffusers.training_utils.EMAModel``) are swapped in for validation and
+sampling, then restored, and travel in the Lightning checkpoint with the UNet and scheduler configs, so that
+:func:`fetalgen.diffusion.checkpoint.load_generator` rebuilds the generator from the file alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import LightningModule
+
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
+from fetalgen.diffusion.channels import pack
+from fetalgen.diffusion.sampling import make_sampler, pair_seed, sample_pairs
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+CHECKPOINT_KEY = "fetalgen"  # our extra entry in the Lightning checkpoint
+EMA_KEY = "ema"
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    """Return ``prediction_type`` if supported, else raise ``ValueError``."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"Unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+    return prediction_type
+
+
+class JointDiffusionModule(LightningModule):
+    """DDPM training of a ``UNet2DModel`` over [B,2,S,S] (image, mask) in [-1, 1], optionally class-conditional.
+
+    Logs ``train/loss`` every step and ``val/loss`` on the validation split, computed with the EMA weights and
+    a fixed noise/timestep draw per batch (``val_seed``), so that it is comparable between evaluations.
+
+    Args:
+        unet: built ``diffusers.UNet2DModel`` with 2 input and 2 output channels. Class conditioning is on when
+            ``unet.config.num_class_embeds`` is set: it must be ``num_classes + 1``, the last index being the
+            null class (unconditional; used for label dropout and classifier-free guidance).
+        noise_scheduler: built diffusers scheduler for training (``DDPMScheduler``); its config also seeds the
+            samplers (``sampling.make_sampler``).
+        optimizer: partial optimizer (``_partial_: true``), finished with the UNet's parameters.
+        lr_scheduler: partial LR scheduler taking ``optimizer`` (and ``num_training_steps``, filled from the
+            trainer when absent), stepped every step; ``None`` for a constant LR.
+        ema: partial ``EMAModel`` finished with the UNet's parameters; ``None`` for no EMA.
+        image_size: side S of the square training images.
+        class_key: batch key holding the class index (int, -1 = unknown -> null class).
+        p_uncond: probability of replacing a label by the null class during training (classifier-free guidance).
+        val_seed: seed of the fixed noise and timesteps of the validation loss (comparable across epochs).
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        noise_scheduler: SchedulerMixin,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., Any] | None = None,
+        ema: Callable[..., EMAModel] | None = None,
+        image_size: int = 64,
+        class_key: str = "trimester",
+        p_uncond: float = 0.1,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if unet.config.in_channels != 2 or unet.config.out_channels != 2:
+            raise ValueError(
+                "the joint model needs a UNet with in_channels=2 and out_channels=2 (image, mask)"
+            )
+        if unet.config.num_class_embeds is not None and unet.config.num_class_embeds < 2:
+            raise ValueError(
+                "num_class_embeds must be num_classes + 1 >= 2 (the last is the null class), or null"
+            )
+        check_prediction_type(noise_scheduler.config.prediction_type)
+        factor = 2 ** (
+            len(unet.config.block_out_channels) - 1
+        )  # each down block but the last halves the side
+        if int(image_size) % factor:
+            raise ValueError(
+                f"image_size={image_size} does not fit this UNet: its {len(unet.config.block_out_channels)} "
+                f"levels need a multiple of {factor} (e.g. {factor * max(1, round(int(image_size) / factor))})"
+            )
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.ema = ema(self.unet.parameters()) if ema is not None else None
+        self.image_size = int(image_size)
+        self.class_key = class_key
+        self.p_uncond = float(p_uncond)
+        self.val_seed = int(val_seed)
+        # {"training_cases": [...]} (fetalgen.data.provenance), set by the task and saved in every checkpoint
+        self.provenance: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------------------- conditioning
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes (0: unconditional model)."""
+        n = self.unet.config.num_class_embeds
+        return 0 if n is None else int(n) - 1
+
+    def class_labels(self, batch: dict[str, Any], drop: bool) -> torch.Tensor | None:
+        """Class indices [B] for the UNet from ``batch[class_key]``; unknown (<0) and dropped labels -> null.
+
+        Returns ``None`` for an unconditional model.
+        """
+        if self.num_classes == 0:
+            return None
+        if self.class_key not in batch:
+            raise KeyError(f"class-conditional model, but the batch has no {self.class_key!r} key")
+        labels = torch.as_tensor(batch[self.class_key], device=self.device).long().reshape(-1)
+        if (labels >= self.num_classes).any():
+            raise ValueError(
+                f"{self.class_key} labels {labels.tolist()} exceed num_classes={self.num_classes}"
+            )
+        null = torch.full_like(labels, self.num_classes)
+        labels = torch.where(labels < 0, null, labels)
+        if drop and self.p_uncond > 0:
+            dropped = torch.rand(labels.shape, device=self.device) < self.p_uncond
+            labels = torch.where(dropped, null, labels)
+        return labels
+
+    # ----------------------------------------------------------------------------------------------- loss
+    def loss_target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The regression target for ``noise_scheduler.config.prediction_type``."""
+        kind = check_prediction_type(self.noise_scheduler.config.prediction_type)
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(x0, noise, timesteps)
+        return x0
+
+    def diffusion_loss(
+        self,
+        batch: dict[str, Any],
+        drop_labels: bool,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """MSE between the UNet output on noised pairs and the target.
+
+        Args:
+            batch: ``image`` [B,1,S,S] in [0,1], ``mask`` [B,1,S,S] in {0,1}, and the class key if conditional.
+            drop_labels: apply label dropout (training only).
+            generator: CPU generator for noise and timesteps (fixed validation noise); ``None``: global RNG.
+        """
+        x0 = pack(batch["image"], batch["mask"])
+        b = x0.shape[0]
+        num_t = int(self.noise_scheduler.config.num_train_timesteps)
+        if generator is None:
+            noise = torch.randn_like(x0)
+            timesteps = torch.randint(0, num_t, (b,), device=self.device)
+        else:
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            timesteps = torch.randint(0, num_t, (b,), generator=generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
+        target = self.loss_target(x0, noise, timesteps)
+        pred = self.unet(noisy, timesteps, class_labels=self.class_labels(batch, drop=drop_labels)).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch, drop_labels=True)
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=batch["image"].shape[0],
+        )
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        generator = torch.Generator("cpu").manual_seed(pair_seed(self.val_seed, batch_idx))
+        with self.ema_weights():
+            loss = self.diffusion_loss(batch, drop_labels=False, generator=generator)
+        self.log(
+            "val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True
+        )
+        return loss
+
+    # ------------------------------------------------------------------------------------------------- EMA
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(device=self.device)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then one EMA update (so EMA steps = optimizer steps, under accumulation too)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.step(self.unet.parameters())
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[UNet2DModel]:
+        """Swap the EMA weights into the UNet (eval mode) for the ``with`` block, then restore weights and mode."""
+        was_training = self.unet.training
+        params = list(self.unet.parameters())
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        self.unet.eval()
+        try:
+            yield self.unet
+        finally:
+            if self.ema is not None:
+                self.ema.restore(params)
+            self.unet.train(was_training)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        n: int,
+        seed: int = 0,
+        sampler: str = "sde-dpmsolver++",
+        steps: int | None = None,
+        class_labels: Sequence[int | None] | None = None,
+        guidance_scale: float = 1.0,
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``n`` pairs [n,2,S,S] in [-1,1] with the EMA weights; sample ``i`` uses ``pair_seed(seed, i)``."""
+        scheduler, steps = make_sampler(sampler, self.noise_scheduler.config, steps)
+        seeds = [pair_seed(seed, i) for i in range(n)]
+        with self.ema_weights() as unet:
+            return sample_pairs(
+                unet, scheduler, seeds, steps, self.image_size, class_labels, guidance_scale, masks
+            )
+
+    # ----------------------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.unet.parameters())
+        if self.lr_scheduler_factory is None:
+            return {"optimizer": optimizer}
+        kwargs: dict[str, Any] = {}
+        if getattr(self.lr_scheduler_factory, "keywords", {}).get("num_training_steps") is None:
+            kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save_run_config(self, cfg: DictConfig | dict[str, Any]) -> None:
+        """Store the resolved run config in ``hparams`` (and so in every checkpoint)."""
+        resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        self.save_hyperparameters({"config": resolved}, logger=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.provenance is not None:
+            checkpoint[PROVENANCE_KEY] = self.provenance
+        if self.ema is not None:
+            checkpoint[EMA_KEY] = self.ema.state_dict()
+        checkpoint[CHECKPOINT_KEY] = {
+            "format_version": 1,
+            "unet_config": dict(self.unet.config),
+            "noise_scheduler_config": dict(self.noise_scheduler.config),
+            "image_size": self.image_size,
+            "class_key": self.class_key,
+            "num_classes": self.num_classes,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            if EMA_KEY not in checkpoint:
+                raise KeyError(
+                    "checkpoint has no EMA state; it was not written by JointDiffusionModule with EMA"
+                )
+            self.ema.load_state_dict(checkpoint[EMA_KEY])
+            self.ema.to(device=self.device)

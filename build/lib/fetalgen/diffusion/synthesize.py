@@ -1,0 +1,490 @@
+"""Write a synthetic dataset from a trained joint diffusion model (``fetalgen-sample``).
+
+Layout (see :mod:`fetalgen.data.synthetic`): ``images/syn_XXXXXX.png``, ``masks/syn_XXXXXX.png`` (0/255),
+``manifest.jsonl`` (one :class:`~fetalgen.data.synthetic.ManifestEntry` a line) and ``summary.json``.
+
+Crash safety and resumption: each PNG is written atomically (temp file, then rename) and the pair's manifest
+line is appended (flushed and fsynced) last, so a pair counts as done only once its line exists. A restart
+reads the manifest, skips the indices done and recomputes the others; an image or mask left without a
+manifest line is overwritten with the same content, since pair ``i`` depends only on ``(seed, i)``. Pairs are
+computed in fixed blocks ``[k*B, (k+1)*B)`` of the batch size ``B`` (padded past ``n``), so every pair is
+computed in the same batch whatever the run's history, bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from fetalgen.data.cases import DataError
+from fetalgen.data.dataset import PairDataset
+from fetalgen.data.provenance import record_case, write_synthetic_provenance
+from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
+from fetalgen.diffusion.channels import unpack
+from fetalgen.diffusion.checkpoint import load_generator
+from fetalgen.diffusion.postprocess import clean_mask
+from fetalgen.diffusion.sampling import (
+    make_sampler,
+    masks_to_tensor,
+    pair_seed,
+    random_head_mask,
+    sample_pairs,
+)
+from fetalgen.metrics.biometry import measure_head
+from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
+from fetalgen.utils.files import atomic_write, write_json
+from fetalgen.utils.task import resolve_device, task_wrapper
+
+log = logging.getLogger(__name__)
+
+IMAGES, MASKS, SUMMARY = "images", "masks", "summary.json"
+MODES = ("joint", "mask_conditioned")
+
+
+def pair_name(index: int) -> str:
+    """File stem of pair ``index`` (``syn_000042``)."""
+    return f"syn_{index:06d}"
+
+
+def write_png(path: str | Path, array: np.ndarray) -> Path:
+    """Atomically write a uint8 image (HxW grayscale or HxWx3 RGB) as PNG, verified by reading it back.
+
+    Raises:
+        OSError: the file could not be written whole (a full disk leaves a short or empty file).
+    """
+
+    def _write(tmp: Path) -> None:
+        data = np.ascontiguousarray(array[..., ::-1] if array.ndim == 3 else array)
+        if not cv2.imwrite(str(tmp), data) or not png_intact(tmp, data.shape):
+            raise OSError(f"could not write {path} whole (disk full?)")
+
+    return atomic_write(path, _write)
+
+
+def png_intact(path: str | Path, shape: tuple[int, ...] | None = None) -> bool:
+    """Whether ``path`` is a non-empty, decodable image (of ``shape`` if given)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return array is not None and (shape is None or array.shape == tuple(shape))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and make it durable (flush + fsync) before returning."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class SynthesisSpec:
+    """How the pairs are sampled (everything that, with the checkpoint, fixes pair ``i``).
+
+    Attributes:
+        sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
+        steps: sampling steps (None: the sampler's default).
+        seed: base seed; pair ``i`` uses ``pair_seed(seed, i)``.
+        mode: ``joint`` (image and mask generated together) or ``mask_conditioned`` (image generated for a
+            random elliptical head mask drawn from ``heads``).
+        class_label: ``"balanced"`` (cycle over the classes of a class-conditional model; null class for an
+            unconditional one), ``None`` (null class) or a class index.
+        guidance_scale: classifier-free guidance scale (1.0: none).
+        batch_size: pairs per forward pass (also the block size of the deterministic batching).
+        mask_threshold: threshold of the decoded mask channel in [-1, 1].
+        heads: ``random_head_mask`` ranges for ``mask_conditioned`` mode.
+    """
+
+    sampler: str = "sde-dpmsolver++"
+    steps: int | None = 20
+    seed: int = 0
+    mode: str = "joint"
+    class_label: str | int | None = "balanced"
+    guidance_scale: float = 1.0
+    batch_size: int = 16
+    mask_threshold: float = 0.0
+    heads: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.class_label, str) and self.class_label != "balanced":
+            raise ValueError(
+                f"class_label must be 'balanced', null or a class index, got {self.class_label!r}"
+            )
+
+    def label_of(self, index: int, num_classes: int) -> int | None:
+        """The class label of pair ``index`` (None: null class)."""
+        if self.class_label == "balanced":
+            return index % num_classes if num_classes else None
+        if self.class_label is not None and not num_classes:
+            raise ValueError(f"class_label={self.class_label} but the model is unconditional")
+        return None if self.class_label is None else int(self.class_label)
+
+    def mask_of(self, index: int, size: int) -> np.ndarray:
+        """The given head mask of pair ``index`` in ``mask_conditioned`` mode (bool [size, size])."""
+        rng = np.random.default_rng(pair_seed(self.seed, index))
+        heads = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in self.heads.items()}
+        return random_head_mask(size, rng, **heads)
+
+
+@dataclass
+class TrainReference:
+    """The generator's training pairs, for the memorisation check, the fidelity figures and the summary.
+
+    Attributes:
+        images: float [M,S,S] in [0, 1] (M may be 0: no memorisation check).
+        hc_px: head circumference (px, at S) of each training mask (nan where no ellipse fits).
+        pixel_size_mm: median pixel size at S (None if unknown), recorded for the synthetic pairs.
+        masks: bool [M,S,S] training masks.
+        names, subjects: case name and subject of each training pair.
+    """
+
+    images: np.ndarray
+    hc_px: np.ndarray
+    pixel_size_mm: float | None = None
+    masks: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dataset(cls, dataset: PairDataset) -> TrainReference:
+        images = np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in dataset.images])
+        masks = np.stack([np.asarray(m) > 0 for m in dataset.masks])
+        hc = [m.hc if (m := measure_head(mask)) else math.nan for mask in masks]
+        sizes = np.asarray(dataset.pixel_sizes, dtype=np.float64)
+        sizes = sizes[np.isfinite(sizes)]
+        return cls(
+            images,
+            np.asarray(hc, dtype=np.float64),
+            float(np.median(sizes)) if sizes.size else None,
+            masks,
+            [c.name for c in dataset.cases],
+            [c.subject for c in dataset.cases],
+        )
+
+    @classmethod
+    def empty(cls, size: int) -> TrainReference:
+        return cls(np.zeros((0, size, size), np.float32), np.zeros(0), None, np.zeros((0, size, size), bool))
+
+
+def blocks(todo: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """The aligned blocks ``[k*B, (k+1)*B)`` that contain at least one index of ``todo``, in order."""
+    for k in sorted({i // batch_size for i in todo}):
+        yield list(range(k * batch_size, (k + 1) * batch_size))
+
+
+def repair_manifest(root: Path) -> list[ManifestEntry]:
+    """Read the manifest, first dropping a last line cut short by a crash (no final newline), then the lines of
+    pairs whose files are missing, empty or undecodable (e.g. written on a full disk): those are sampled again."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
+        atomic_write(path, lambda p: p.write_text(text[: text.rfind("\n") + 1]))
+    entries = read_manifest(root)
+    broken = {e.index for e in entries if not (png_intact(root / e.image) and png_intact(root / e.mask))}
+    if broken:
+        log.warning(
+            "%s: %d pair(s) listed with missing or broken files (indices %s); they are sampled again",
+            path, len(broken), sorted(broken)[:20],
+        )  # fmt: skip
+        listed = [
+            line for line in path.read_text().splitlines() if line.strip()
+        ]  # as read_manifest reads them
+        lines = [line for line, e in zip(listed, entries, strict=True) if e.index not in broken]
+        atomic_write(path, lambda p: p.write_text("".join(f"{line}\n" for line in lines)))
+        entries = [e for e in entries if e.index not in broken]
+    return entries
+
+
+def check_resumable(root: Path, entries: list[ManifestEntry], expected: dict[str, Any]) -> None:
+    """Raise :class:`DataError` if the existing manifest was written with other settings or has duplicates."""
+    seen: set[int] = set()
+    for e in entries:
+        if e.index in seen:
+            raise DataError(root / MANIFEST, f"index {e.index} appears twice")
+        seen.add(e.index)
+        for key, value in expected.items():
+            if getattr(e, key) != value:
+                raise DataError(
+                    root / MANIFEST,
+                    f"index {e.index} was written with {key}={getattr(e, key)!r}, this run has {value!r}; "
+                    "write to a new folder or repeat the original settings",
+                )
+
+
+def clean_stale_temp_files(root: Path) -> None:
+    """Remove temporary files left by an atomic write that was killed (hidden ``.syn_*`` files)."""
+    for sub in (IMAGES, MASKS):
+        for p in (root / sub).glob(".syn_*"):
+            p.unlink()
+
+
+def write_synthetic(
+    out: str | Path,
+    n: int,
+    unet: torch.nn.Module,
+    noise_scheduler_config: dict[str, Any],
+    checkpoint_sha256: str,
+    spec: SynthesisSpec,
+    num_classes: int = 0,
+    reference: TrainReference | None = None,
+    similarity_threshold: float = 0.95,
+    similarity_size: int = 64,
+    qc: dict[str, Any] | None = None,
+    progress: bool = True,
+    judge: Callable[[Path], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Sample pairs ``0..n-1`` into ``out`` (resuming), judge the set, then write and return its summary.
+
+    Args:
+        out: dataset root (created).
+        n: number of pairs wanted in all (pairs already in the manifest are kept).
+        unet: the generator (EMA weights), on the device to sample on.
+        noise_scheduler_config: the training scheduler config (the sampler is built from it).
+        checkpoint_sha256: recorded in every manifest line; a resume must use the same checkpoint.
+        spec: sampling settings.
+        num_classes: classes of a class-conditional model (0: unconditional).
+        reference: training images and head sizes (None: no memorisation check, no train head sizes).
+        similarity_threshold: a pair whose max similarity exceeds it is flagged ``memorised``.
+        similarity_size: thumbnail side of the similarity check.
+        qc: keyword arguments of :func:`fetalgen.metrics.synthesis.qc_mask`.
+        progress: show a tqdm progress bar.
+        judge: called with the dataset root once every pair is written (:func:`fetalgen.diffusion.judge.
+            judge_synthetic`): it may update the manifest and returns the ``fidelity`` figures of the summary.
+
+    Returns:
+        The summary (``summarise_synthetic`` figures, ``fidelity`` and ``settings``), also written to
+        ``summary.json``.
+    """
+    root = Path(out)
+    (root / IMAGES).mkdir(parents=True, exist_ok=True)
+    (root / MASKS).mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(root)
+    scheduler, steps = make_sampler(spec.sampler, noise_scheduler_config, spec.steps)
+    size = int(unet.config.sample_size)
+    reference = reference if reference is not None else TrainReference.empty(size)
+    # Fields shared by every manifest line; a resumed run must match them.
+    common = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "sampler": spec.sampler,
+        "steps": steps,
+        "mode": spec.mode,
+        "guidance_scale": float(spec.guidance_scale),
+    }
+    entries = repair_manifest(root)
+    check_resumable(root, entries, common)
+    for e in entries:  # pair i's seed derives from the base seed: another base seed would mix two sets
+        if e.seed != pair_seed(spec.seed, e.index):
+            raise DataError(
+                root / MANIFEST,
+                f"index {e.index} was sampled with another base seed than seed={spec.seed}; "
+                "write to a new folder or repeat the original seed",
+            )
+    done = {e.index for e in entries}
+    todo = [i for i in range(n) if i not in done]
+    qc_kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (qc or {}).items()}
+    log.info("%s: %d of %d pairs done, %d to sample", root, n - len(todo), n, len(todo))
+    bar = tqdm(total=n, initial=n - len(todo), desc="sampling pairs", unit="pair", disable=not progress)
+    for block in blocks(todo, spec.batch_size):
+        labels = [spec.label_of(i, num_classes) for i in block]
+        given = None
+        if spec.mode == "mask_conditioned":
+            given = masks_to_tensor([spec.mask_of(i, size) for i in block])
+        seeds = [pair_seed(spec.seed, i) for i in block]
+        x = sample_pairs(unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
+        images, channels = unpack(x.float().cpu())
+        images, channels = images[:, 0].numpy(), channels[:, 0].numpy()
+        similarity = None
+        if len(reference.images):
+            similarity = max_similarity(images, reference.images, size=similarity_size)
+        for j, index in enumerate(block):
+            if index in done or index >= n:  # block padding: computed for bit-exact batches, not written
+                continue
+            mask = clean_mask(channels[j], spec.mask_threshold)
+            verdict = qc_mask(mask, **qc_kwargs)
+            sim = None if similarity is None else float(similarity[j])
+            name = pair_name(index)
+            write_png(root / IMAGES / f"{name}.png", np.round(images[j] * 255).astype(np.uint8))
+            write_png(root / MASKS / f"{name}.png", mask.astype(np.uint8) * 255)
+            entry = ManifestEntry(
+                index=index,
+                name=name,
+                image=f"{IMAGES}/{name}.png",
+                mask=f"{MASKS}/{name}.png",
+                seed=seeds[j],
+                class_label=labels[j],
+                qc_pass=verdict.passed,
+                qc=verdict.to_dict(),
+                max_train_similarity=sim,
+                memorised=bool(sim is not None and sim > similarity_threshold),
+                pixel_size_mm=reference.pixel_size_mm,
+                **common,
+            )
+            append_line(root / MANIFEST, entry.to_json())  # last: the pair counts as done from here on
+            bar.update(1)
+    bar.close()
+    settings = {**asdict(spec), "steps": steps, "n": n, "checkpoint_sha256": checkpoint_sha256}
+    fidelity = judge(root) if judge is not None else None
+    return summarise_dataset(root, reference, similarity_threshold, settings, fidelity)
+
+
+def summarise_dataset(
+    root: Path,
+    reference: TrainReference,
+    threshold: float,
+    settings: dict[str, Any] | None = None,
+    fidelity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Summary of every pair in ``root``'s manifest; printed as a table and written to ``summary.json``."""
+    entries = sorted(read_manifest(root), key=lambda e: e.index)
+    results = [QCResult(**e.qc) for e in entries]
+    sims = np.array([e.max_train_similarity for e in entries if e.max_train_similarity is not None])
+    hc = []
+    for e in entries:
+        mask = cv2.imread(str(root / e.mask), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise DataError(root / e.mask, f"listed in the manifest (index {e.index}) but unreadable")
+        m = measure_head(mask > 0)
+        hc.append(m.hc if m else math.nan)
+    summary = summarise_synthetic(results, sims, threshold, np.asarray(hc), reference.hc_px)
+    if fidelity is not None:
+        summary["fidelity"] = fidelity
+    summary["settings"] = settings or {}
+    write_json(root / SUMMARY, summary)
+    print(f"Synthetic dataset {root}\n{format_summary(summary)}")
+    return summary
+
+
+def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainReference:
+    """Training images for the memorisation check: ``cfg.memorisation.train_dir`` (a folder with ``images/``
+    and ``masks/``) or the training cases recorded in the checkpoint (its provenance)."""
+    mem = cfg.memorisation
+    if not mem.enabled:
+        log.warning("memorisation check switched off (memorisation.enabled=false)")
+        return TrainReference.empty(size)
+    if mem.get("train_dir"):
+        from fetalgen.data.folder import read_folder
+
+        cases = read_folder(mem.train_dir)
+    elif meta.get("training_cases"):
+        cases = [record_case(r) for r in meta["training_cases"]]
+    else:
+        raise DataError(
+            meta["path"], "checkpoint lists no training cases (older fetalgen); set memorisation.train_dir"
+        )
+    return TrainReference.from_dataset(PairDataset(cases, size))
+
+
+def build_judge(
+    cfg: DictConfig, reference: TrainReference, size: int, device: torch.device
+) -> Callable[[Path], dict[str, Any]] | None:
+    """The fidelity judge of ``cfg.fidelity`` (None when switched off or without training pairs to judge by)."""
+    from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
+    from fetalgen.metrics.features import build_features
+
+    fid = cfg.get("fidelity")
+    if not fid or not fid.enabled:
+        log.warning("fidelity figures switched off (fidelity.enabled=false)")
+        return None
+    if len(reference.images) < 2:
+        log.warning("fidelity figures need the generator's training pairs (memorisation.enabled): skipped")
+        return None
+    features = build_features(OmegaConf.to_container(fid.features, resolve=True), device)
+    heldout = None
+    if fid.get("heldout"):
+        from fetalgen.segmentation.evaluate import read_cases
+
+        data = PairDataset(read_cases(fid.heldout), size)
+        heldout = RealPairs(
+            np.stack([np.asarray(i, np.float32) / 255.0 for i in data.images]),
+            np.stack([np.asarray(m) > 0 for m in data.masks]),
+        )
+    settings = JudgeSettings(
+        kid_subset_size=int(fid.kid_subset_size),
+        kid_subsets=int(fid.kid_subsets),
+        diversity_pairs=int(fid.diversity_pairs),
+        gallery=int(fid.gallery),
+        segmenter_steps=int(fid.segmenter_steps),
+        min_agreement=fid.get("min_agreement"),
+        seed=int(cfg.seed),
+    )
+    train = RealPairs(reference.images, reference.masks)
+
+    def judge(root: Path) -> dict[str, Any]:
+        return judge_synthetic(root, train, reference.names, reference.subjects, features, settings, heldout)
+
+    return judge
+
+
+@task_wrapper
+def synthesize(cfg: DictConfig) -> dict[str, Any]:
+    """Load the checkpoint, sample ``cfg.n`` pairs into ``cfg.out`` with QC and memorisation flags, summarise.
+
+    Returns:
+        Flat metrics: ``qc_pass_rate``, ``memorisation_rate``, ``n`` and ``out``.
+    """
+    device = resolve_device(cfg.device)
+    unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
+    size = int(unet.config.sample_size)
+    spec = SynthesisSpec(
+        sampler=cfg.sampler,
+        steps=cfg.steps,
+        seed=int(cfg.seed),
+        mode=cfg.mode,
+        class_label=cfg.class_label,
+        guidance_scale=float(cfg.guidance_scale),
+        batch_size=int(cfg.batch_size),
+        mask_threshold=float(cfg.mask_threshold),
+        heads=OmegaConf.to_container(cfg.heads, resolve=True),
+    )
+    reference = train_reference(cfg, meta, size)
+    judge = build_judge(
+        cfg, reference, size, device
+    )  # before sampling: a missing feature checkpoint fails now
+    generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
+    if meta.get("training_cases") is None:
+        log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
+    else:
+        write_synthetic_provenance(cfg.out, generator, meta["training_cases"])
+    summary = write_synthetic(
+        cfg.out,
+        int(cfg.n),
+        unet,
+        scheduler_config,
+        meta["sha256"],
+        spec,
+        num_classes=meta["num_classes"],
+        reference=reference,
+        similarity_threshold=float(cfg.memorisation.threshold),
+        similarity_size=int(cfg.memorisation.size),
+        qc=OmegaConf.to_container(cfg.qc, resolve=True),
+        progress=bool(cfg.progress),
+        judge=judge,
+    )
+    from fetalgen.metrics.fidelity import summary_row
+
+    return {
+        "n": summary["n"],
+        "qc_pass_rate": summary["qc_pass_rate"],
+        "memorisation_rate": summary["memorisation"]["rate"],
+        **(summary_row(summary["fidelity"]) if "fidelity" in summary else {}),
+        "out": str(Path(cfg.out).resolve()),
+    }

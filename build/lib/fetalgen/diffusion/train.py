@@ -1,0 +1,60 @@
+"""Task function: train the joint image-and-mask diffusion model (``fetalgen-train-diffusion``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
+from fetalgen.diffusion.module import JointDiffusionModule
+from fetalgen.utils.checkpoints import load_checkpoint
+from fetalgen.utils.files import write_json
+from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+@task_wrapper
+def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
+    """Build data, model, callbacks, loggers and trainer from ``cfg``; fit (resuming from ``cfg.ckpt_path``).
+
+    The training cases go to ``<output_dir>/training_cases.csv`` and into every checkpoint (provenance).
+
+    Returns:
+        The trainer's final metrics (``train/loss``, ``val/loss`` when validated, ...) as floats, plus
+        ``global_step``, ``checkpoint`` (path of the last checkpoint, or None) and ``output_dir``; also
+        written to ``<output_dir>/metrics.json``.
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    out = output_dir(cfg)
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model: JointDiffusionModule = hydra.utils.instantiate(cfg.model)
+    model.save_run_config(cfg)
+    records = case_records(datamodule.train_cases)
+    model.provenance = {"training_cases": records}
+    write_training_cases(out / TRAINING_CASES, records)
+    log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)
+    trainer, loggers = build_trainer(cfg)
+    if cfg.get("ckpt_path"):
+        load_checkpoint(
+            cfg.ckpt_path, "diffusion"
+        )  # safe (weights_only) and the right kind, before Lightning
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt_cb = trainer.checkpoint_callback
+    checkpoint = None
+    if ckpt_cb is not None:
+        checkpoint = getattr(ckpt_cb, "last_model_path", "") or ckpt_cb.best_model_path or None
+    metrics.update(global_step=trainer.global_step, checkpoint=checkpoint, output_dir=str(out))
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
+    log.info("Diffusion training done at step %d; last checkpoint: %s", trainer.global_step, checkpoint)
+    return metrics

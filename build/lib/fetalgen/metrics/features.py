@@ -1,0 +1,107 @@
+"""Image features for realism (KID, FID) and nearest-neighbour checks: a pluggable extractor, named in every result.
+
+* ``sam`` (default): the mean-pooled image-encoder embedding of a SAM checkpoint, the network fetalgen fine-tunes,
+  run on the images as the segmenter sees them (:func:`~fetalgen.segmentation.preprocess.to_encoder_input`).
+* ``inception``: torchmetrics' Inception-v3 pool features (2048-d), the usual FID space; needs ``torch-fidelity``
+  and its weights (downloaded by torch-fidelity on first use).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+FEATURE_KINDS = ("sam", "inception")
+
+
+class Features(Protocol):
+    """Grayscale images ``[N, 1, S, S]`` in [0, 1] -> features ``[N, D]`` (float32, on the CPU)."""
+
+    name: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class SamFeatures:
+    """Mean-pooled SAM image-encoder embeddings."""
+
+    def __init__(
+        self, sam: torch.nn.Module, name: str, batch_size: int = 16, device: str | torch.device = "cpu"
+    ):
+        self.sam = sam.eval().to(device)
+        self.name, self.batch_size, self.device = name, batch_size, torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from fetalgen.segmentation.preprocess import to_encoder_input
+
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = images[start : start + self.batch_size].to(self.device)
+            out.append(self.sam.image_encoder(to_encoder_input(self.sam, x)).mean(dim=(-2, -1)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.sam.prompt_encoder.embed_dim)
+
+
+class InceptionFeatures:
+    """torchmetrics' ``NoTrainInceptionV3`` pool features of the images, replicated to RGB at 299 px."""
+
+    name = "inception-v3 (torch-fidelity, pool 2048)"
+
+    def __init__(self, batch_size: int = 32, device: str | torch.device = "cpu") -> None:
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).to(device)
+        except (ImportError, ModuleNotFoundError, RuntimeError, OSError) as err:
+            raise RuntimeError(
+                "fidelity.features kind=inception needs torch-fidelity (pip install torch-fidelity) and its "
+                f"Inception weights (downloaded on first use): {err}; or use kind=sam"
+            ) from err
+        self.batch_size, self.device = batch_size, torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = images[start : start + self.batch_size].to(self.device).expand(-1, 3, -1, -1)
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            out.append(self.net((x * 255).round().to(torch.uint8)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, 2048)
+
+
+def build_features(spec: Mapping[str, Any], device: str | torch.device = "cpu") -> Features:
+    """The extractor of a ``fidelity.features`` config: ``{kind, model_type, checkpoint, image_size, seed}``.
+
+    Raises:
+        FileNotFoundError: a SAM checkpoint that is not there (with the ways out).
+        ValueError: an unknown kind.
+    """
+    kind = spec.get("kind", "sam")
+    if kind == "inception":
+        return InceptionFeatures(device=device)
+    if kind != "sam":
+        raise ValueError(
+            f"fidelity.features.kind={kind!r} is unknown; choose one of {', '.join(FEATURE_KINDS)}"
+        )
+    from fetalgen.segmentation.build import build_sam
+
+    model_type, checkpoint = spec.get("model_type", "vit_b"), spec.get("checkpoint")
+    size = int(spec.get("image_size") or 1024)
+    if checkpoint and not Path(checkpoint).is_file():
+        raise FileNotFoundError(
+            f"fidelity.features.checkpoint {checkpoint} not found: `make weights` downloads SAM ViT-B; or "
+            "fidelity/features=sam_tiny (random init: a smoke test only), or fidelity.enabled=false"
+        )
+    sam = build_sam(model_type, checkpoint=checkpoint, image_size=size, seed=int(spec.get("seed") or 0))
+    source = Path(checkpoint).name if checkpoint else "random init"
+    name = f"sam-{model_type} encoder ({source}, {size} px, mean-pooled)"
+    if not checkpoint:
+        log.warning("fidelity features from a randomly initialised SAM (%s): only a smoke test", model_type)
+    return SamFeatures(sam, name, device=device)

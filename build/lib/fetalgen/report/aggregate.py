@@ -1,0 +1,158 @@
+"""Collect the ``metrics.json`` of every run below a directory and summarise them over seeds.
+
+A run directory is any directory holding ``metrics.json``; its Hydra ``.hydra/config.yaml`` and
+``.hydra/overrides.yaml`` (written by Hydra beside it) give the settings. Runs that started but wrote no
+metrics (a crashed job of a multirun) are kept with ``status = "failed"``, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+METRICS_FILE = "metrics.json"
+
+# Config keys every row carries (where the run's config has them), so runs can be grouped without overrides.
+SETTING_KEYS = (
+    "task_name",
+    "seed",
+    "arm",
+    "data.num_real",
+    "data.synthetic_ratio",
+    "data.num_synthetic",
+    "data.augment",
+    "trainer.precision",
+)
+
+
+def _select(cfg: Any, dotted: str) -> Any:
+    value = OmegaConf.select(cfg, dotted, default=None, throw_on_missing=False)
+    return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"run_dir": str(run_dir)}
+    hydra_dir = run_dir / ".hydra"
+    if (hydra_dir / "config.yaml").is_file():
+        cfg = OmegaConf.load(hydra_dir / "config.yaml")
+        for key in SETTING_KEYS:
+            value = _select(cfg, key)
+            if value is not None:
+                row[key] = value
+    if (hydra_dir / "overrides.yaml").is_file():
+        for item in OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml")) or []:
+            key, _, value = str(item).lstrip("+~").partition("=")
+            row.setdefault(key, _parse_scalar(value))
+    metrics_path = run_dir / METRICS_FILE
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        row.update({k: v for k, v in _flatten(metrics).items() if _is_number(v)})
+        row["status"] = "ok"
+    else:
+        row["status"] = "failed"
+    return row
+
+
+def _parse_scalar(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}/"))
+        else:
+            out[key] = v
+    return out
+
+
+def collect_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run below ``root``: its settings, its numeric metrics and ``status`` (ok | failed).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no run at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory (give a Hydra multirun directory)")
+    run_dirs = {p.parent for p in root.rglob(METRICS_FILE)}
+    run_dirs |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    if not run_dirs:
+        raise FileNotFoundError(
+            f"{root}: no run found (no {METRICS_FILE} and no .hydra/config.yaml below it)"
+        )
+    rows = [_read_run(d) for d in sorted(run_dirs)]
+    return pd.DataFrame(rows)
+
+
+def summarise(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean, standard deviation (ddof=1; 0 for one run) and count of ``metrics`` per group of ``by``.
+
+    Failed runs are left out of the statistics but counted in ``n_failed``.
+    """
+    by = [b for b in by if b in runs.columns]
+    metrics = [m for m in metrics if m in runs.columns]
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        raise ValueError("no successful run to summarise: every run failed (see the run logs)")
+    grouped = ok.groupby(by, dropna=False) if by else ok.groupby(lambda _: 0)
+    stats = grouped[metrics].agg(["mean", "std", "count"])
+    stats.columns = [f"{m}_{s}" if s != "count" else f"{m}_n" for m, s in stats.columns]
+    for m in metrics:
+        stats[f"{m}_std"] = stats[f"{m}_std"].fillna(0.0)
+    failed = runs[runs["status"] != "ok"]
+    if by:
+        n_failed = failed.groupby(by, dropna=False).size() if not failed.empty else 0
+        stats["n_failed"] = n_failed if isinstance(n_failed, int) else n_failed.reindex(stats.index).fillna(0)
+        stats["n_failed"] = stats["n_failed"].astype(int)
+        return stats.reset_index()
+    stats["n_failed"] = len(failed)
+    return stats.reset_index(drop=True)
+
+
+def spread(row: pd.Series, metric: str) -> float:
+    """The std to show beside ``<metric>_mean`` of a :func:`summarise` row: over seeds when the group has
+    several runs, else the run's own std over box-jitter repetitions (``<metric>_std`` in its metrics, which
+    :func:`summarise` turns into ``<metric>_std_mean``), else 0."""
+    if row.get(f"{metric}_n", 0) > 1:
+        return float(row[f"{metric}_std"])
+    own = row.get(f"{metric}_std_mean")
+    return 0.0 if own is None or pd.isna(own) else float(own)
+
+
+def format_mean_std(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+    """``"94.66 ± 0.31"`` (Dice as a percentage by default); ``"–"`` for a missing value."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of a small frame (no extra dependency)."""
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:.4g}"
+    return str(v)

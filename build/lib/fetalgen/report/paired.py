@@ -1,0 +1,174 @@
+"""Paired comparison of training arms: the same test images, the same jittered boxes, bootstrap intervals.
+
+All arms of one (N_real, seed) are evaluated on the same test images with the same boxes (the boxes are drawn
+from the evaluation seed and the case name only), so an arm is compared with the real-only arm image by image.
+Uncertainty covers both sources of variation: a bootstrap draw resamples the seeds (training runs) and,
+independently, the test images, then averages the per-image Dice (itself the mean over box repetitions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REFERENCE_ARM = "real"  # differences are taken against this arm at the same N_real
+BUDGET_ARM = "reference"  # real-only training on every label the paper's generator saw
+CI_LEVEL = 0.95
+
+
+def per_image_scores(
+    run_dir: str | Path, test_set: str, method: str = "sam", metric: str = "dice"
+) -> pd.Series:
+    """``metric`` per test image of one run, averaged over box repetitions (index: case name).
+
+    Raises:
+        FileNotFoundError: the run has no ``eval/<test_set>/per_image.csv``.
+    """
+    path = Path(run_dir) / "eval" / test_set / "per_image.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-image results for test set {test_set!r}")
+    rows = pd.read_csv(path)
+    rows = rows[rows["method"] == method]
+    return rows.groupby("name")[metric].mean().sort_index()
+
+
+def bootstrap_ci(
+    scores: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = CI_LEVEL
+) -> tuple[float, float, float]:
+    """Mean of a ``[seeds, images]`` score matrix and its percentile bootstrap interval.
+
+    Each draw resamples the rows (seeds) and the columns (images) with replacement; with one seed only the
+    images vary. NaN entries (no ellipse, ...) are left out of each mean.
+
+    Returns:
+        ``(mean, low, high)``.
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    n_seeds, n_images = scores.shape
+    if scores.size == 0 or np.isnan(scores).all():
+        return (np.nan, np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        rows = rng.integers(n_seeds, size=n_seeds)
+        cols = rng.integers(n_images, size=n_images)
+        draws[b] = np.nanmean(scores[np.ix_(rows, cols)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(np.nanmean(scores)), float(low), float(high)
+
+
+def score_matrix(runs: pd.DataFrame, test_set: str, method: str = "sam") -> pd.DataFrame:
+    """``[seed, image]`` Dice of the runs of one arm (rows: seeds, sorted; columns: case names)."""
+    series = {int(r["seed"]): per_image_scores(r["run_dir"], test_set, method) for _, r in runs.iterrows()}
+    return pd.DataFrame(series).T.sort_index()
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, n_boot: int) -> tuple[float, float, float, int]:
+    """Bootstrap of ``a - b`` over their common seeds and images; also returns the number of common seeds."""
+    seeds = a.index.intersection(b.index)
+    images = a.columns.intersection(b.columns)
+    if len(seeds) == 0 or len(images) == 0:
+        return (np.nan, np.nan, np.nan, 0)
+    diff = a.loc[seeds, images].to_numpy() - b.loc[seeds, images].to_numpy()
+    return (*bootstrap_ci(diff, n_boot), len(seeds))
+
+
+def paired_comparison(
+    runs: pd.DataFrame, test_set: str, cohort_key: str = "data", n_boot: int = 2000
+) -> pd.DataFrame:
+    """One row per (training cohort, N_real, arm) with Dice and its CI, and the paired differences.
+
+    Columns: ``train cohort, N_real, arm, seeds, dice, dice_low, dice_high``; ``diff_real`` (and ``_low``,
+    ``_high``, ``_seeds``): the arm minus the real-only arm at the same N_real on the same seeds and images;
+    ``diff_budget*``: the arm minus the label-budget reference (arm ``reference``) on the same seeds; the
+    labels behind the arm (``labels_sam``, ``labels_generator``, ``labels_total``, means over seeds), its
+    ``steps`` and synthetic pairs used; and one ``box-ellipse`` row per cohort (its Dice on the same boxes).
+    Runs without ``eval/<test_set>`` are left out.
+    """
+    ok = runs[(runs["status"] == "ok") & runs["run_dir"].map(
+        lambda d: (Path(d) / "eval" / test_set / "per_image.csv").is_file()
+    )].copy()  # fmt: skip
+    if ok.empty:
+        return pd.DataFrame()
+    if cohort_key not in ok.columns:
+        ok[cohort_key] = "-"
+    rows = []
+    for cohort, part in ok.groupby(cohort_key, dropna=False):
+        matrices = {
+            (int(n), arm): score_matrix(group, test_set)
+            for (n, arm), group in part.groupby(["data.num_real", "arm"])
+        }
+        budget = next((m for (_, arm), m in matrices.items() if arm == BUDGET_ARM), None)
+        for (n, arm), matrix in sorted(matrices.items()):
+            group = part[(part["data.num_real"] == n) & (part["arm"] == arm)]
+            mean, low, high = bootstrap_ci(matrix.to_numpy(), n_boot)
+            row = {"train cohort": cohort, "N_real": n, "arm": arm, "seeds": len(matrix),
+                   "dice": mean, "dice_low": low, "dice_high": high}  # fmt: skip
+            real = matrices.get((n, REFERENCE_ARM))
+            if real is not None and arm != REFERENCE_ARM:
+                d, lo, hi, k = _paired(matrix, real, n_boot)
+                row |= {"diff_real": d, "diff_real_low": lo, "diff_real_high": hi, "diff_real_seeds": k}
+            if budget is not None and arm != BUDGET_ARM:
+                d, lo, hi, k = _paired(matrix, budget, n_boot)
+                row |= {
+                    "diff_budget": d,
+                    "diff_budget_low": lo,
+                    "diff_budget_high": hi,
+                    "diff_budget_seeds": k,
+                }
+            for key in ("labels/sam", "labels/generator", "labels/total", "train/steps", "data/num_synthetic",
+                        "data/synthetic_memorised_excluded"):  # fmt: skip
+                if key in group.columns:
+                    row[key.split("/", 1)[1] if key.startswith("labels") else key] = group[key].mean()
+            rows.append(row)
+        first = part.drop_duplicates("seed")
+        base = score_matrix(first, test_set, method="box_ellipse")
+        mean, low, high = bootstrap_ci(base.to_numpy(), n_boot)
+        rows.append({"train cohort": cohort, "N_real": 0, "arm": "box-ellipse", "seeds": len(base),
+                     "dice": mean, "dice_low": low, "dice_high": high})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def format_ci(mean: float, low: float, high: float, scale: float = 100.0, signed: bool = False) -> str:
+    """``"88.51 [87.90, 89.10]"`` (percent points by default); ``"–"`` when missing."""
+    if mean is None or pd.isna(mean):
+        return "–"
+    sign = "+" if signed else ""
+    return f"{mean * scale:{sign}.2f} [{low * scale:{sign}.2f}, {high * scale:{sign}.2f}]"
+
+
+def paired_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The printable table of :func:`paired_comparison`: Dice and differences in %, 95 % CIs in brackets."""
+    out = pd.DataFrame(
+        {
+            "train cohort": comparison["train cohort"],
+            "N_real": comparison["N_real"].map(lambda n: "–" if n == 0 else int(n)),
+            "arm": comparison["arm"],
+            "labels SAM / generator / total": [
+                "–"
+                if pd.isna(r.get("sam"))
+                else f"{r['sam']:.0f} / {r.get('generator', 0):.0f} / {r['total']:.0f}"
+                for _, r in comparison.iterrows()
+            ],
+            "seeds": comparison["seeds"],
+            "Dice % [95% CI]": [format_ci(r.dice, r.dice_low, r.dice_high) for r in comparison.itertuples()],
+        }
+    )
+    for key, label in (("diff_real", "Δ vs real-only"), ("diff_budget", "Δ vs label-budget reference")):
+        if key in comparison.columns:
+            out[f"{label} [95% CI]"] = [
+                format_ci(r[key], r[f"{key}_low"], r[f"{key}_high"], signed=True)
+                for _, r in comparison.iterrows()
+            ]
+    if "train/steps" in comparison.columns:
+        out["steps"] = comparison["train/steps"].map(lambda v: "–" if pd.isna(v) else f"{v:.0f}")
+    if "data/num_synthetic" in comparison.columns:
+        out["synthetic pairs (memorised excluded)"] = [
+            "–" if pd.isna(r.get("data/num_synthetic"))
+            else f"{r['data/num_synthetic']:.0f} ({r.get('data/synthetic_memorised_excluded', 0):.0f})"
+            for _, r in comparison.iterrows()
+        ]  # fmt: skip
+    return out

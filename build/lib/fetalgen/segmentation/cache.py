@@ -1,0 +1,190 @@
+"""Image-embedding cache: the frozen encoder runs once per distinct input image, not once per step.
+
+The ViT-B encoder costs about 200x the mask decoder per image on a CPU, so with the encoder frozen every epoch
+after the first is nearly free. An entry's key is the sha256 of
+
+- the working image tensor (``[1, S, S]`` float32, before SAM's resize/normalise/pad, which are deterministic
+  given the rest of the key, so keys do not depend on the device that computed the encoder input),
+- the encoder identity: a hash of the encoder's state dict (so a checkpoint, a random init and a fine-tuned
+  encoder are told apart), the encoder input size and SAM's pixel mean/std,
+- the storage dtype.
+
+With augmentation on, :class:`AugmentedViews` makes ``K`` deterministic views per image (view ``v`` of image
+``i`` is the augmentation drawn with a seed derived from ``(seed, i, v)``, ``i`` fixed by the case name); a
+training step picks one view per image at random, so at most ``N * K`` embeddings are ever computed, each the
+first time its view is drawn (lazily: nothing is computed for a view that is never drawn).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from torch import nn
+
+from fetalgen.utils.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+STORAGES = ("memory", "disk")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _update(h: Any, tensor: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and raw bytes into a hash."""
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    h.update(f"{t.dtype}{tuple(tensor.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy())
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """sha256 of an encoder's state dict (names, dtypes, shapes, bytes): its identity for the cache."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        _update(h, tensor)
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Content-keyed store of image embeddings ``[C, h, w]``, in memory (a dict) or on disk (``.pt`` files).
+
+    Args:
+        storage: ``"memory"`` or ``"disk"``.
+        cache_dir: folder of the disk cache (shared safely between runs and ranks: keys are content hashes,
+            files are written atomically).
+        dtype: storage dtype (``float16`` halves memory and disk; ``float32`` stores the encoder output exactly).
+
+    Call :meth:`bind` with the SAM model before use.
+    """
+
+    def __init__(
+        self, storage: str = "memory", cache_dir: str | Path | None = None, dtype: str = "float16"
+    ) -> None:
+        if storage not in STORAGES:
+            raise ValueError(f"unknown cache storage {storage!r}; choose one of {', '.join(STORAGES)}")
+        if storage == "disk" and cache_dir is None:
+            raise ValueError("a disk cache needs cache_dir")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown cache dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        self.storage, self.dtype = storage, DTYPES[dtype]
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.namespace: str | None = None
+        self.hits = self.misses = 0
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def bind(self, sam: Sam) -> EmbeddingCache:
+        """Fix the encoder identity (state-dict hash, input size, pixel mean/std); returns ``self``."""
+        h = hashlib.sha256(encoder_fingerprint(sam.image_encoder).encode())
+        h.update(f"{sam.image_encoder.img_size}|{self.dtype}".encode())
+        _update(h, sam.pixel_mean.float())
+        _update(h, sam.pixel_std.float())
+        self.namespace = h.hexdigest()
+        return self
+
+    def key(self, image: torch.Tensor) -> str:
+        """Key of one working image ``[1, S, S]``."""
+        if self.namespace is None:
+            raise RuntimeError("EmbeddingCache.bind(sam) must be called before use")
+        h = hashlib.sha256(self.namespace.encode())
+        _update(h, image.float())
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        if self.storage == "memory":
+            return len(self._memory)
+        return sum(1 for _ in self.cache_dir.glob("*/*.pt")) if self.cache_dir.is_dir() else 0
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.pt"
+
+    def _get(self, key: str, device: torch.device) -> torch.Tensor | None:
+        if self.storage == "memory":
+            return self._memory.get(key)
+        path = self._path(key)
+        return torch.load(path, map_location=device, weights_only=True) if path.is_file() else None
+
+    def _put(self, key: str, embedding: torch.Tensor) -> None:
+        if self.storage == "memory":
+            self._memory[key] = embedding
+        else:
+            value = embedding.cpu().clone()
+            atomic_write(self._path(key), lambda p: torch.save(value, p))
+
+    def embed(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Embeddings of working images ``[B, 1, S, S]``: cached ones loaded, the others computed and stored.
+
+        Args:
+            images: the working images (the key's content).
+            encode: images ``[b, 1, S, S]`` -> embeddings ``[b, C, h, w]`` (run without gradient here).
+
+        Returns:
+            float32 ``[B, C, h, w]`` on ``images.device``, always the stored (dtype-rounded) value, so a hit
+            and a miss give the same result.
+        """
+        keys = [self.key(image) for image in images]
+        found = {k: self._get(k, images.device) for k in dict.fromkeys(keys)}
+        todo = [k for k, v in found.items() if v is None]
+        if todo:
+            with torch.no_grad():
+                computed = encode(images[[keys.index(k) for k in todo]])
+            for k, embedding in zip(todo, computed, strict=True):
+                found[k] = embedding.detach().to(self.dtype)
+                self._put(k, found[k])
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        # Cast before stacking: under CPU autocast (bf16-mixed), stacking float16 tensors is an error.
+        return torch.stack([found[k].to(device=images.device, dtype=torch.float32) for k in keys])
+
+
+def stable_id(name: str) -> int:
+    """A 64-bit integer fixed by a case name (image indices repeat across the real and synthetic parts)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+
+
+def view_seed(seed: int, image_id: int, view: int) -> int:
+    """Seed of view ``view`` of an image: a 32-bit integer derived from ``(seed, image_id, view)``."""
+    return int(np.random.SeedSequence([seed, image_id, view]).generate_state(1)[0])
+
+
+class AugmentedViews:
+    """``K`` deterministic augmented views per image from a seedable albumentations ``Compose``.
+
+    Args:
+        transform: ``albumentations.Compose`` called as ``transform(image=uint8 HxW, mask=uint8 HxW)``
+            (``fetalgen.data.transforms.build_augmentation``).
+        views: the number ``K`` of views per image.
+        seed: the run seed; view ``v`` of the image named ``name`` uses
+            ``view_seed(seed, stable_id(name), v)`` (``Compose.set_random_seed``, albumentations >= 2).
+    """
+
+    def __init__(self, transform: Any, views: int, seed: int = 0) -> None:
+        if views < 1:
+            raise ValueError(f"cache_views must be >= 1, got {views}")
+        self.transform, self.views, self.seed = transform, views, seed
+
+    def view(
+        self, image: np.ndarray, mask: np.ndarray, name: str, view: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """View ``view`` of one image: float32 HxW in [0, 1] and bool HxW -> the same types, augmented."""
+        self.transform.set_random_seed(view_seed(self.seed, stable_id(name), view))
+        pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)  # the dataset's uint8 pixels
+        out = self.transform(image=pixels, mask=mask.astype(np.uint8))
+        return out["image"].astype(np.float32) / 255.0, out["mask"] > 0
+
+    def __call__(
+        self, images: torch.Tensor, masks: torch.Tensor, names: list[str], rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A randomly chosen view of each image of a batch: images/masks ``[B, 1, S, S]`` -> same shapes."""
+        out_images, out_masks = [], []
+        for image, mask, name in zip(images.cpu().numpy(), masks.cpu().numpy(), names, strict=True):
+            img, msk = self.view(image[0], mask[0] > 0.5, name, int(rng.integers(self.views)))
+            out_images.append(torch.from_numpy(img)[None])
+            out_masks.append(torch.from_numpy(msk.astype(np.float32))[None])
+        return torch.stack(out_images).to(images.device), torch.stack(out_masks).to(masks.device)

@@ -1,0 +1,459 @@
+"""Evaluation of a box-prompted segmenter on any dataset the data layer reads, beside the box-ellipse baseline.
+
+Per image and box repetition: Dice, IoU, HD95 and ASSD (pixels, and mm when the pixel size is known), and the
+head-circumference error of the ellipse fitted to the predicted mask against the ground-truth mask's ellipse
+(and against the dataset's reference HC when it has one). Everything is measured at the working resolution.
+The box-ellipse baseline is scored on exactly the same boxes. Outputs, under ``<out_dir>/<name>/``:
+``per_image.csv`` (one row per image x repetition x method), ``summary.json`` (mean and std over repetitions of
+the per-repetition means) and ``cases.png`` (best, median and worst case by SAM Dice of repetition 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from fetalgen.baselines.box_ellipse import box_ellipse_mask
+from fetalgen.data.cases import Case
+from fetalgen.data.dataset import PairDataset
+from fetalgen.data.provenance import check_no_leak
+from fetalgen.metrics.biometry import measure_head
+from fetalgen.metrics.overlap import dice_score, iou_score
+from fetalgen.metrics.surface import assd, hd95
+from fetalgen.segmentation.cache import stable_id
+from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
+from fetalgen.segmentation.prompts import PROMPT_MODES, make_box
+from fetalgen.utils.files import write_json
+from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """What evaluation needs of a segmenter (:class:`~fetalgen.segmentation.predictor.SamBoxPredictor`)."""
+
+    def embed(self, images: torch.Tensor) -> Any:
+        """Working images ``[B, 1, S, S]`` in [0, 1] -> whatever :meth:`predict` and :meth:`auto` start from."""
+
+    def predict(self, embedded: Any, boxes: torch.Tensor) -> np.ndarray:
+        """Boxes ``[R, B, 4]`` XYXY in working pixels -> bool masks ``[R, B, S, S]``."""
+
+    def auto(self, embedded: Any, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+        """No prompt given: bool masks ``[B, S, S]`` and the boxes ``[B, 4]`` the predictor chose."""
+
+
+SUMMARY_METRICS = (
+    "dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_err_px", "hc_abs_err_mm", "hc_abs_err_csv_mm",
+)  # fmt: skip
+BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
+# Prompt-free results are the ones comparable with the HC18 literature: the best published fully automatic method
+# on the HC18 test set (figures as quoted in fetalgen's issue 13; HC error against the reference HC, i.e. our
+# ``hc_abs_err_csv_mm``). Shown beside ``auto`` and ``full`` results.
+HC18_BEST_AUTOMATIC = {"dice": 0.9775, "hc_abs_err_csv_mm": 1.90}
+DATA_KINDS = ("hc18", "folder", "synthetic", "phantom")
+
+
+# ------------------------------------------------------------------------------------------------- data
+def read_cases(spec: Mapping[str, Any]) -> list[Case]:
+    """The cases of an evaluation set ``{kind, root, list_file, name, n}``.
+
+    ``kind``: ``hc18`` (official layout, optionally a split through ``list_file``), ``folder`` (images/ +
+    masks/, e.g. the Spanish and African cohorts), ``synthetic`` (a ``fetalgen-sample`` output, QC-failed
+    pairs excluded and counted) or ``phantom`` (``n`` phantom pairs, written at ``root`` if absent).
+    """
+    from fetalgen.data.folder import read_folder
+    from fetalgen.data.hc18 import read_hc18
+    from fetalgen.data.phantom import phantom_cases
+    from fetalgen.data.synthetic import read_synthetic
+
+    kind, root, list_file = spec["kind"], spec["root"], spec.get("list_file")
+    on_bad = spec.get("on_bad_pair") or "raise"  # one setting: a missing mask or CSV row is a bad pair too
+    if kind == "hc18":
+        return read_hc18(root, list_file=list_file, on_bad=on_bad)
+    if kind == "folder":
+        return read_folder(root, list_file=list_file, cohort=spec.get("name") or "folder", on_bad=on_bad)
+    if kind == "synthetic":
+        cases, counts = read_synthetic(root)
+        log.info("synthetic set %s: %s (QC-failed pairs excluded)", root, counts)
+        return cases
+    if kind == "phantom":
+        return phantom_cases(root, n=int(spec.get("n") or 64), seed=int(spec.get("seed") or 0))
+    raise ValueError(f"unknown eval data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def case_metrics(
+    pred: np.ndarray,
+    target: np.ndarray,
+    pixel_size_mm: float = math.nan,
+    hc_true_px: float | None = None,
+    hc_csv_mm: float = math.nan,
+) -> dict[str, float]:
+    """Metrics of one predicted bool HxW mask against the true one.
+
+    Args:
+        pred, target: bool HxW masks.
+        pixel_size_mm: pixel size at this resolution (nan: unknown, the mm columns are nan).
+        hc_true_px: HC of the ellipse fitted to ``target`` in pixels (computed if None).
+        hc_csv_mm: the dataset's reference HC (nan: unknown).
+
+    Returns:
+        ``dice, iou, hd95_px, assd_px, hd95_mm, assd_mm, hc_pred_px, hc_true_px, hc_abs_err_px, hc_pred_mm,
+        hc_true_mm, hc_abs_err_mm, hc_abs_err_csv_mm``; surface distances are nan for an empty prediction,
+        HC values nan when no ellipse fits.
+    """
+    if hc_true_px is None:
+        hc_true_px = _hc_px(target)
+    hd, sd = hd95(pred, target), assd(pred, target)
+    hc_pred_px = _hc_px(pred)
+    ps = float(pixel_size_mm)
+    return {
+        "dice": dice_score(pred, target),
+        "iou": iou_score(pred, target),
+        "hd95_px": hd,
+        "assd_px": sd,
+        "hd95_mm": hd * ps,  # isotropic pixels: distances scale with the pixel size
+        "assd_mm": sd * ps,
+        "hc_pred_px": hc_pred_px,
+        "hc_true_px": hc_true_px,
+        "hc_abs_err_px": abs(hc_pred_px - hc_true_px),
+        "hc_pred_mm": hc_pred_px * ps,
+        "hc_true_mm": hc_true_px * ps,
+        "hc_abs_err_mm": abs(hc_pred_px - hc_true_px) * ps,
+        "hc_abs_err_csv_mm": abs(hc_pred_px * ps - float(hc_csv_mm)),
+    }
+
+
+def _hc_px(mask: np.ndarray) -> float:
+    bio = measure_head(mask)
+    return math.nan if bio is None else bio.hc
+
+
+def prompt_boxes(
+    mask: np.ndarray,
+    name: str,
+    mode: str,
+    repetitions: int,
+    seed: int,
+    max_jitter_px: int = 20,
+    ref_size: int = 256,
+) -> np.ndarray:
+    """The ``[R, 4]`` boxes of one image: repetition ``r`` draws from ``default_rng([seed, r, stable_id(name)])``."""
+    rngs = [np.random.default_rng([seed, r, stable_id(name)]) for r in range(repetitions)]
+    return np.stack([make_box(mask, mode, rng, max_jitter_px, ref_size) for rng in rngs])
+
+
+def evaluate_dataset(
+    predictor: Predictor,
+    dataset: Dataset,
+    name: str = "eval",
+    prompt_modes: Sequence[str] = ("jitter",),
+    repetitions: int = 5,
+    seed: int = 0,
+    max_jitter_px: int = 20,
+    ref_size: int = 256,
+    batch_size: int = 8,
+    progress: bool = True,
+    auto_rounds: int = AUTO_ROUNDS,
+) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """Score ``predictor`` and the box-ellipse baseline on every image of ``dataset``, for each prompt mode.
+
+    Each batch of images is encoded once; every mode decodes from those embeddings. ``jitter`` draws
+    ``repetitions`` seeded boxes per image from the true mask; ``tight`` and ``full`` are deterministic (one
+    repetition); ``auto`` asks the predictor for its own boxes (no ground truth involved). The baseline is scored
+    on the very boxes the predictor got.
+
+    Returns:
+        One row per mode x image x repetition x method: ``dataset, name, index, repetition, method, prompt_mode,
+        box_x0, box_y0, box_x1, box_y1, pixel_size_mm, hc_csv_mm`` and the :func:`case_metrics` columns; and per
+        mode, the predicted bool mask of repetition 0 per case name (for the case figure).
+    """
+    for mode in prompt_modes:
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"unknown prompt mode {mode!r}; choose from {', '.join(PROMPT_MODES)}")
+    reps = {mode: repetitions if mode == "jitter" else 1 for mode in prompt_modes}
+    rows: list[dict[str, Any]] = []
+    first: dict[str, dict[str, np.ndarray]] = {mode: {} for mode in prompt_modes}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with tqdm(total=len(dataset), desc=f"evaluate {name}", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            masks = batch["mask"][:, 0].numpy() > 0.5
+            names = list(batch["name"])
+            embedded = predictor.embed(batch["image"])
+            for mode in prompt_modes:
+                if mode == "auto":
+                    auto_masks, auto_boxes = predictor.auto(embedded, auto_rounds)
+                    preds, boxes = auto_masks[None], auto_boxes[None]
+                else:
+                    per_image = [
+                        prompt_boxes(m, n, mode, reps[mode], seed, max_jitter_px, ref_size)
+                        for m, n in zip(masks, names, strict=True)
+                    ]
+                    boxes = np.stack(per_image, axis=1)  # [R, B, 4]
+                    preds = np.asarray(predictor.predict(embedded, torch.from_numpy(boxes)), dtype=bool)
+                for i, (target, case) in enumerate(zip(masks, names, strict=True)):
+                    ps, hc_csv = float(batch["pixel_size_mm"][i]), float(batch["hc_mm"][i])
+                    hc_true_px = _hc_px(target)
+                    first[mode][case] = preds[0, i]
+                    for r in range(reps[mode]):
+                        box = boxes[r, i]
+                        base = {
+                            "dataset": name,
+                            "name": case,
+                            "index": int(batch["index"][i]),
+                            "repetition": r,
+                            "prompt_mode": mode,
+                            **dict(zip(BOX_COLUMNS, box.tolist(), strict=True)),
+                            "pixel_size_mm": ps,
+                            "hc_csv_mm": hc_csv,
+                        }
+                        for method, pred in (
+                            ("sam", preds[r, i]),
+                            ("box_ellipse", box_ellipse_mask(box, target.shape)),
+                        ):
+                            rows.append(
+                                {
+                                    **base,
+                                    "method": method,
+                                    **case_metrics(pred, target, ps, hc_true_px, hc_csv),
+                                }
+                            )
+            bar.update(len(names))
+    return pd.DataFrame(rows), first
+
+
+def mode_label(name: str, mode: str, primary: str) -> str:
+    """The label of a set's results under one prompt mode: ``name`` for the primary mode, else ``name@mode``."""
+    return name if mode == primary else f"{name}@{mode}"
+
+
+def summarise(rows: pd.DataFrame, **info: Any) -> dict[str, Any]:
+    """Per method and metric: mean and (population) std over repetitions of the per-repetition image means.
+
+    Images where a metric is nan (empty prediction, no ellipse fit, unknown pixel size) are left out of that
+    metric's means; ``n_nan`` counts them over all repetitions.
+    """
+    summary: dict[str, Any] = {
+        **info,
+        "n_images": int(rows["name"].nunique()) if len(rows) else 0,
+        "repetitions": int(rows["repetition"].nunique()) if len(rows) else 0,
+        "methods": {},
+    }
+    for method, group in rows.groupby("method", sort=False):
+        stats = {}
+        for metric in SUMMARY_METRICS:
+            per_rep = group.groupby("repetition")[metric].mean()
+            stats[metric] = {
+                "mean": _float(per_rep.mean()),
+                "std": _float(per_rep.std(ddof=0)),
+                "per_repetition": [_float(v) for v in per_rep],
+                "n_nan": int(group[metric].isna().sum()),
+            }
+        summary["methods"][method] = stats
+    return summary
+
+
+def _float(value: Any) -> float | None:
+    """A JSON-safe float (None for nan)."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def flat_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
+    """``{prefix}/<metric>``, ``{prefix}/<metric>_std`` for SAM and ``{prefix}/baseline_<metric>`` for the
+    box-ellipse baseline (nan where undefined), plus ``{prefix}/n_images`` and ``{prefix}/[baseline_]n_empty``:
+    the empty predictions over all repetitions, which the surface distances leave out (their Dice counts 0)."""
+    out: dict[str, float] = {f"{prefix}/n_images": float(summary["n_images"])}
+    for method, label in (("sam", ""), ("box_ellipse", "baseline_")):
+        stats_of = summary["methods"].get(method, {})
+        for metric, stats in stats_of.items():
+            for key, suffix in (("mean", ""), ("std", "_std")):
+                value = stats[key]
+                out[f"{prefix}/{label}{metric}{suffix}"] = math.nan if value is None else value
+        if "hd95_px" in stats_of:  # targets are never empty, so a nan distance is an empty prediction
+            out[f"{prefix}/{label}n_empty"] = float(stats_of["hd95_px"]["n_nan"])
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A printable table: one line per metric, SAM beside the box-ellipse baseline (mean ± std)."""
+
+    def cell(stats: dict[str, Any] | None) -> str:
+        if not stats or stats["mean"] is None:
+            return "n/a"
+        return f"{stats['mean']:.4f} ± {stats['std'] or 0.0:.4f}"
+
+    sam, base = summary["methods"].get("sam", {}), summary["methods"].get("box_ellipse", {})
+    head = (
+        f"{summary.get('dataset', '')}: {summary['n_images']} images, prompt {summary.get('prompt_mode')}, "
+        f"{summary['repetitions']} repetition(s)"
+    )
+    lines = [head, f"{'metric':<18} {'SAM':>20} {'box-ellipse':>20}"]
+    lines += [f"{m:<18} {cell(sam.get(m)):>20} {cell(base.get(m)):>20}" for m in SUMMARY_METRICS]
+    if summary.get("prompt_mode") in ("auto", "full"):
+        best = HC18_BEST_AUTOMATIC
+        lines.append(
+            f"no human prompt: compare with the best published fully automatic HC18 method, Dice {best['dice']:.4f}, "
+            f"HC error {best['hc_abs_err_csv_mm']:.2f} mm (hc_abs_err_csv_mm)"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- figure
+def save_case_figure(
+    rows: pd.DataFrame, dataset: Dataset, predictions: Mapping[str, np.ndarray], path: str | Path
+) -> Path | None:
+    """PNG of the best, median and worst image by SAM Dice (repetition 0): image, box, predicted contour (red),
+    true contour (green). ``predictions``: the repetition-0 masks by case name (nothing is predicted again).
+    Returns the path, or None when there are no rows."""
+    sam = rows[(rows["method"] == "sam") & (rows["repetition"] == 0)].sort_values("dice", ascending=False)
+    if sam.empty:
+        return None
+    picks = {"best": sam.iloc[0], "median": sam.iloc[len(sam) // 2], "worst": sam.iloc[-1]}
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    for ax, (label, row) in zip(fig.subplots(1, 3), picks.items(), strict=True):
+        item = dataset[int(row["index"])]
+        pred = predictions[row["name"]]
+        truth = item["mask"][0].numpy() > 0.5
+        ax.imshow(item["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
+        x0, y0, x1, y1 = (float(row[c]) for c in BOX_COLUMNS)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.2))
+        for mask, color in ((truth, "lime"), (pred, "red")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=color, linewidths=1.2)
+        ax.set_title(f"{label}: {row['name']}\nDice {row['dice']:.3f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("box prompt (yellow), SAM (red), ground truth (green)", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def run_evaluation(
+    predictor: Predictor,
+    dataset: Dataset,
+    out_dir: str | Path,
+    name: str,
+    prompt_modes: Sequence[str] = ("jitter",),
+    figure: bool = True,
+    info: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate under each prompt mode, then write ``<out_dir>/<label>/{per_image.csv, summary.json, cases.png}``
+    per mode (label: :func:`mode_label`, the first mode being the primary one); returns the summaries by label.
+
+    ``kwargs`` go to :func:`evaluate_dataset`; ``info`` (checkpoint, image size, ...) into every summary.
+    """
+    rows, first = evaluate_dataset(predictor, dataset, name=name, prompt_modes=prompt_modes, **kwargs)
+    settings = {k: kwargs[k] for k in ("seed", "max_jitter_px", "ref_size") if k in kwargs}
+    summaries: dict[str, dict[str, Any]] = {}
+    for mode in prompt_modes:
+        label = mode_label(name, mode, prompt_modes[0])
+        folder = Path(out_dir) / label
+        folder.mkdir(parents=True, exist_ok=True)
+        mode_rows = rows[rows["prompt_mode"] == mode] if len(rows) else rows
+        mode_rows.to_csv(folder / "per_image.csv", index=False)
+        summary = summarise(mode_rows, dataset=label, prompt_mode=mode, **settings, **dict(info or {}))
+        write_json(folder / "summary.json", summary)
+        if figure:
+            save_case_figure(mode_rows, dataset, first[mode], folder / "cases.png")
+        log.info("Evaluation of %s written to %s\n%s", label, folder, format_summary(summary))
+        summaries[label] = summary
+    return summaries
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate a checkpoint (or raw/random SAM) on ``cfg.eval_data``; returns flat ``eval/<name>/...`` metrics."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    module, train_cfg = load_module(cfg.get("model"), cfg.get("ckpt_path"))
+    spec = cfg.eval_data
+    name = spec.get("name") or spec.kind
+    image_size = spec.get("image_size") or (train_cfg or {}).get("data", {}).get("image_size") or 256
+    cases = read_cases(spec)
+    dataset = PairDataset(cases, int(image_size), "none", on_bad_pair=spec.get("on_bad_pair", "raise"))
+    skipped = [str(e) for e in [*getattr(cases, "skipped", []), *dataset.skipped]]
+    check_lineage(module, cfg.get("ckpt_path"), name, dataset.cases)
+    hp = module.hparams
+    summaries = run_evaluation(
+        SamBoxPredictor(module, resolve_device(cfg.get("device"))),
+        dataset,
+        output_dir(cfg),
+        name,
+        prompt_modes=eval_prompt_modes(cfg.eval, hp.eval_prompt),
+        figure=cfg.eval.figure,
+        info={
+            "root": str(spec.root),
+            "image_size": int(image_size),
+            "checkpoint": _describe(cfg),
+            "skipped": skipped,
+        },  # fmt: skip
+        repetitions=cfg.eval.repetitions,
+        seed=cfg.eval.seed,
+        max_jitter_px=hp.max_jitter_px,
+        ref_size=hp.jitter_ref_size,
+        batch_size=cfg.eval.batch_size,
+        progress=cfg.eval.progress,
+        auto_rounds=cfg.eval.get("auto_rounds", AUTO_ROUNDS),
+    )
+    metrics = {f"eval/{name}/n_skipped": float(len(skipped))}
+    for label, summary in summaries.items():
+        metrics |= flat_metrics(summary, f"eval/{label}")
+    write_json(output_dir(cfg) / "metrics.json", metrics)
+    return metrics
+
+
+def eval_prompt_modes(eval_cfg: Mapping[str, Any], model_prompt: str) -> list[str]:
+    """``[eval.prompt_mode (None: the model's eval prompt), *eval.more_prompt_modes]`` without repeats.
+
+    Raises:
+        ValueError: an unknown mode (before anything is trained or read).
+    """
+    modes = [eval_cfg.get("prompt_mode") or model_prompt, *(eval_cfg.get("more_prompt_modes") or [])]
+    for mode in modes:
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"eval prompt mode {mode!r} is unknown; choose from {', '.join(PROMPT_MODES)}")
+    return list(dict.fromkeys(modes))
+
+
+def check_lineage(module: SamFinetuneModule, ckpt_path: str | None, name: str, cases: list[Case]) -> None:
+    """Refuse to evaluate a fine-tuned model on cases that it, or the generator of its synthetic pairs, saw."""
+    provenance = module.provenance
+    if provenance is None:
+        if ckpt_path:
+            log.warning(
+                "%s lists no training cases (older fetalgen): test leakage cannot be ruled out", ckpt_path
+            )
+        return
+    seen = list(provenance.get("training_cases") or []) + list(provenance.get("generator_cases") or [])
+    check_no_leak(
+        seen,
+        {f"evaluation set {name!r}": cases},
+        model=f"the model of {ckpt_path} (or the generator of its synthetic pairs)",
+        fix="evaluate on cases outside its training pool (e.g. the test.txt of its fetalgen-split)",
+    )
+
+
+def _describe(cfg: DictConfig) -> str:
+    """What was evaluated: the checkpoint path, the raw SAM weights, or a random init."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    weights = OmegaConf.select(cfg, "model.sam.checkpoint")
+    model_type = OmegaConf.select(cfg, "model.sam.model_type")
+    return str(weights) if weights else f"random init ({model_type})"

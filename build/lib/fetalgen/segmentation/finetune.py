@@ -1,0 +1,263 @@
+"""The ``fetalgen-finetune`` task: train SAM on real (+ synthetic) pairs, then evaluate the best checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from fetalgen.data.dataset import PairDataset
+from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
+from fetalgen.segmentation.evaluate import eval_prompt_modes, flat_metrics, read_cases, run_evaluation
+from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor
+from fetalgen.utils.checkpoints import load_checkpoint
+from fetalgen.utils.files import write_json
+from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+@task_wrapper
+def finetune(cfg: DictConfig) -> dict[str, float]:
+    """Fit ``cfg.model`` on ``cfg.data``, evaluate the best checkpoint on the test sets, write ``metrics.json``.
+
+    Leak-free by construction: before any training, the validation split and every test set are checked
+    against SAM's and the generator's training cases and subjects (:class:`~fetalgen.data.provenance.LeakageError`).
+
+    Returns:
+        Flat metrics: ``val/dice`` (best), the last ``train/*``/``val/*`` values, ``train/steps``, ``data/*``
+        counts (pairs used, excluded and seen), ``labels/*`` (labelled real pairs behind the model), and per
+        test set ``test/<set>/<metric>``, ``test/<set>/<metric>_std`` and ``test/<set>/baseline_<metric>``.
+    """
+    check_validation_schedule(cfg.trainer)
+    eval_prompt_modes(cfg.eval, cfg.model.get("eval_prompt", "jitter"))  # fails now, not after training
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    overrides: dict[str, Any] = {}
+    if model.views is not None and cfg.data.get("augment", "none") != "none":
+        log.info(
+            "augment=%s through %d cached views per image: the data module delivers unaugmented pairs",
+            cfg.data.augment, model.views.views,
+        )  # fmt: skip
+        overrides["augment"] = "none"
+    datamodule = hydra.utils.instantiate(cfg.data, **overrides)
+    test_sets = build_test_sets(cfg, datamodule)
+    sam_cases = case_records(datamodule.train_cases)
+    generator_cases = datamodule.generator_cases or []
+    check_no_leak(
+        sam_cases + generator_cases,
+        {"validation": datamodule.val_cases} | {f"test set {name!r}": ds.cases for name, ds in test_sets},
+        model="SAM (or the generator of its synthetic pairs)",
+        fix="evaluate on cases outside the training pool, or drop the test set from test_sets",
+    )
+    model.provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
+    write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
+    counts = data_counts(datamodule)
+    log.info("training pairs: %s", counts)
+
+    trainer, loggers = build_trainer(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(counts)
+    if cfg.data.get("synthetic_dir"):
+        log_synthetic_set(loggers, Path(cfg.data.synthetic_dir))
+    if cfg.get("ckpt_path"):
+        load_checkpoint(cfg.ckpt_path, "finetune")  # safe (weights_only) and the right kind, before Lightning
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out
+    metrics |= seen_counts(model.seen_names, datamodule)
+    write_skipped(output_dir(cfg), datamodule.skipped())
+    metrics["train/steps"] = float(trainer.global_step)
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt is not None else ""
+    if not trainer.is_global_zero:
+        return metrics
+    if best:
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
+        if ckpt.monitor == "val/dice":
+            # Read from the file: spawned DDP processes hand back the best path but not its score.
+            metrics["val/dice"] = best_score(checkpoint, ckpt.monitor)
+        log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
+    test_metrics = evaluate_test_sets(
+        cfg, model, test_sets, trainer.strategy.root_device, best or "last weights"
+    )
+    log_evaluation(loggers, output_dir(cfg) / "eval", test_metrics, step=trainer.global_step)
+    metrics |= test_metrics
+    write_json(output_dir(cfg) / "metrics.json", metrics)
+    return metrics
+
+
+def check_validation_schedule(trainer_cfg: DictConfig) -> None:
+    """Refuse a step budget shorter than the validation interval: no validation, so no best checkpoint."""
+    steps, every = trainer_cfg.get("max_steps", -1), trainer_cfg.get("val_check_interval")
+    if isinstance(every, int) and trainer_cfg.get("check_val_every_n_epoch") is None and 0 < steps < every:
+        raise ValueError(
+            f"trainer.val_check_interval={every} > trainer.max_steps={steps}: no validation would run and no best "
+            "checkpoint be kept; set trainer.val_check_interval to at most max_steps"
+        )
+
+
+def best_score(checkpoint: dict[str, Any], monitor: str = "val/dice") -> float:
+    """The ``best_model_score`` of ``monitor`` that a ModelCheckpoint callback stored in a Lightning checkpoint."""
+    for state in checkpoint.get("callbacks", {}).values():
+        if state.get("monitor") == monitor and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    raise KeyError(f"the checkpoint holds no ModelCheckpoint best_model_score of {monitor}")
+
+
+def log_synthetic_set(loggers: list[Logger], root: Path) -> None:
+    """The synthetic set's fidelity figures (``synthetic/*``) to every logger, and its nearest-neighbour gallery
+    to W&B (sets without ``summary.json`` or without fidelity figures are left out)."""
+    from fetalgen.metrics.fidelity import summary_row
+
+    path = root / "summary.json"
+    fidelity = json.loads(path.read_text()).get("fidelity") if path.is_file() else None
+    if not fidelity:
+        return
+    figures = {f"synthetic/{k}": v for k, v in summary_row(fidelity).items() if v is not None}
+    for lg in loggers:
+        lg.log_hyperparams(figures | {"synthetic/features": fidelity["features"]})
+        gallery = Path(fidelity["nearest_neighbours"]["gallery"])
+        if isinstance(lg, WandbLogger) and gallery.is_file():
+            lg.log_image(key="synthetic/nearest_neighbours", images=[str(gallery)])
+
+
+def log_evaluation(loggers: list[Logger], eval_dir: Path, metrics: dict[str, float], step: int) -> None:
+    """Send the test metrics to every logger; to W&B also each set's per-image table and case figure."""
+    if not metrics:
+        return
+    for lg in loggers:
+        lg.log_metrics(metrics, step=step)
+        if not isinstance(lg, WandbLogger):
+            continue
+        for folder in sorted(p for p in eval_dir.iterdir() if p.is_dir()):
+            table = folder / "per_image.csv"
+            if table.is_file():
+                lg.log_table(key=f"test/{folder.name}/per_image", dataframe=pd.read_csv(table))
+            figure = folder / "cases.png"
+            if figure.is_file():
+                lg.log_image(key=f"test/{folder.name}/cases", images=[str(figure)])
+        lg.experiment.summary.update(metrics)
+
+
+def data_counts(datamodule: Any) -> dict[str, int]:
+    """Training data of a ``PairDataModule``: real and synthetic pairs (with what was excluded and why), and the
+    labelled real pairs behind them: those SAM sees, those the generator saw, and both together."""
+    syn = getattr(datamodule, "synthetic_counts", {}) or {}
+    train, val, test = (
+        datamodule.train_cases + datamodule.synthetic_cases,
+        datamodule.val_cases,
+        datamodule.test_cases,
+    )
+    if datamodule.train_set is not None:  # loaded: the pairs actually used
+        train, val, test = datamodule.train_set.cases, datamodule.val_set.cases, datamodule.test_set.cases
+    real = [c for c in train if c.cohort != "synthetic"]
+    sam = {c.name for c in real}
+    generator = {r["name"] for r in (getattr(datamodule, "generator_cases", None) or [])}
+    return {
+        "data/num_real": len(real),
+        "data/num_val": len(val),
+        "data/num_test": len(test),
+        "data/num_synthetic": len(train) - len(real),
+        "data/skipped": len(datamodule.skipped()),
+        "data/synthetic_qc_failed": int(syn.get("qc_failed", 0)),
+        "data/synthetic_memorised_excluded": int(syn.get("memorised_excluded", 0)),
+        "data/synthetic_memorised_kept": int(syn.get("memorised", 0)) - int(syn.get("memorised_excluded", 0)),
+        "data/synthetic_available": int(syn.get("kept", 0)),
+        "labels/sam": len(sam),
+        "labels/generator": len(generator),
+        "labels/total": len(sam | generator),
+    }
+
+
+def write_skipped(folder: Path, skipped: list[str]) -> None:
+    """``<folder>/skipped.txt``: one skipped file and its problem a line (only when something was skipped)."""
+    if skipped:
+        (folder / "skipped.txt").write_text("".join(f"{line}\n" for line in skipped))
+        log.warning("%d bad file(s) skipped, listed in %s", len(skipped), folder / "skipped.txt")
+
+
+def seen_counts(seen: set[str], datamodule: Any) -> dict[str, float]:
+    """Distinct real and synthetic training pairs that reached a training step (nan when unknown: spawned
+    DDP processes do not hand the set back)."""
+    if not seen:
+        return {"data/real_seen": math.nan, "data/synthetic_seen": math.nan}
+    synthetic = {c.name for c in datamodule.synthetic_cases}
+    return {
+        "data/real_seen": float(len(seen - synthetic)),
+        "data/synthetic_seen": float(len(seen & synthetic)),
+    }
+
+
+def build_test_sets(cfg: DictConfig, datamodule: Any) -> list[tuple[str, PairDataset]]:
+    """The data module's own test split (named by its cohort, when ``num_test > 0`` and ``test_split`` is on)
+    and every ``cfg.test_sets`` entry whose root exists, loaded."""
+    sets: list[tuple[str, PairDataset]] = []
+    image_size = int(cfg.data.image_size)
+    if cfg.get("test_split", True) and datamodule.test_cases:
+        datamodule.setup("test")  # loads the splits once; fit reuses them
+        sets.append((datamodule.test_cases[0].cohort or "test", datamodule.test_set))
+    for name, spec in (cfg.get("test_sets") or {}).items():
+        if spec is None:
+            continue
+        if not Path(spec.root).exists():
+            log.info(
+                "test set %r skipped: %s does not exist (set its root, e.g. paths.%s_dir)",
+                name,
+                spec.root,
+                name,
+            )
+            continue
+        size = int(spec.get("image_size") or image_size)
+        sets.append((name, PairDataset(read_cases(spec), size, "none", spec.get("on_bad_pair", "raise"))))
+    return sets
+
+
+def evaluate_test_sets(
+    cfg: DictConfig,
+    model: SamFinetuneModule,
+    sets: list[tuple[str, PairDataset]],
+    device: torch.device,
+    checkpoint: str = "",
+) -> dict[str, float]:
+    """Evaluate ``model`` on each ``(name, dataset)`` of ``sets`` (see :func:`build_test_sets`)."""
+    if not sets:
+        log.info("no test set to evaluate")
+        return {}
+    predictor = SamBoxPredictor(model, device)
+    hp, ev = model.hparams, cfg.eval
+    metrics: dict[str, float] = {}
+    for name, dataset in sets:
+        summaries = run_evaluation(
+            predictor,
+            dataset,
+            output_dir(cfg) / "eval",
+            name,
+            prompt_modes=eval_prompt_modes(ev, hp.eval_prompt),
+            figure=ev.figure,
+            info={"checkpoint": checkpoint, "image_size": dataset.image_size},
+            repetitions=ev.repetitions,
+            seed=ev.seed,
+            max_jitter_px=hp.max_jitter_px,
+            ref_size=hp.jitter_ref_size,
+            batch_size=ev.batch_size,
+            progress=ev.progress,
+            auto_rounds=ev.get("auto_rounds", AUTO_ROUNDS),
+        )
+        for label, summary in summaries.items():
+            metrics |= flat_metrics(summary, f"test/{label}")
+    return metrics

@@ -1,0 +1,242 @@
+"""LightningModule that fine-tunes SAM with box prompts drawn from the ground-truth masks.
+
+Batches are the data layer's dicts: ``image`` float32 ``[B, 1, S, S]`` in [0, 1], ``mask`` float32
+``[B, 1, S, S]`` in {0, 1}, ``name`` list of str. ``Sam.forward`` runs under ``torch.no_grad``, so the image
+encoder, prompt encoder and mask decoder are called directly here (single-mask output).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_lightning import LightningModule
+from segment_anything.modeling import Sam
+from torchmetrics import MeanMetric
+
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
+from fetalgen.data.transforms import build_augmentation
+from fetalgen.segmentation.build import count_parameters, set_trainable
+from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache, stable_id
+from fetalgen.segmentation.decoder import decode_batch
+from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou
+from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
+from fetalgen.segmentation.prompts import BOX_MODES, make_box
+
+log = logging.getLogger(__name__)
+
+
+class SamFinetuneModule(LightningModule):
+    """Fine-tune SAM (decoder, decoder + prompt encoder, or LoRA on the encoder) with Dice + BCE.
+
+    Args:
+        sam: a built SAM (``fetalgen.segmentation.build.build_sam``).
+        optimizer: partial optimizer (``_partial_: true``), given the trainable parameters.
+        lr_scheduler: partial LR scheduler given the optimizer, or None.
+        trainable: ``decoder`` | ``decoder_prompt`` | ``lora`` (see ``build.set_trainable``).
+        lora_rank, lora_alpha: LoRA settings for ``trainable="lora"``.
+        dice_weight, bce_weight, loss_resolution: the loss (see ``losses.SegmentationLoss``).
+        train_prompt, eval_prompt: box mode for training / validation and testing (``jitter``, ``tight``,
+            ``full``). Training boxes come from one seeded generator; validation boxes are fixed per image
+            (seeded by ``seed`` and the case name), so ``val/dice`` is comparable across epochs.
+        max_jitter_px, jitter_ref_size: jitter of each box side, 0..max px measured at ``jitter_ref_size``.
+        cache: an :class:`EmbeddingCache` or a partial building one; ignored (with a log line) when the
+            encoder trains (``lora``).
+        cache_views: with the cache on and ``augment`` not ``none``: augmented views per image
+            (the data module then delivers unaugmented pairs, see ``fetalgen.segmentation.finetune``).
+        augment: augmentation strength applied through the views (``none``, ``weak``, ``strong``).
+        seed: seed of prompts and views.
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., Any] | None = None,
+        trainable: str = "decoder",
+        lora_rank: int = 4,
+        lora_alpha: float | None = None,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        loss_resolution: int | None = None,
+        train_prompt: str = "jitter",
+        eval_prompt: str = "jitter",
+        max_jitter_px: int = 20,
+        jitter_ref_size: int = 256,
+        cache: EmbeddingCache | Callable[[], EmbeddingCache] | None = None,
+        cache_views: int = 1,
+        augment: str = "none",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["sam", "optimizer", "lr_scheduler", "cache"], logger=False)
+        for mode in (train_prompt, eval_prompt):
+            if mode not in BOX_MODES:
+                raise ValueError(f"unknown prompt mode {mode!r}; choose one of {', '.join(BOX_MODES)}")
+        self.sam = sam
+        self.frozen = set_trainable(sam, trainable, lora_rank=lora_rank, lora_alpha=lora_alpha)
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.loss_fn = SegmentationLoss(dice_weight, bce_weight, loss_resolution)
+
+        self.cache: EmbeddingCache | None = None
+        if cache is not None and trainable == "lora":
+            log.info("trainable=lora trains the image encoder: the embedding cache is off")
+        elif cache is not None:
+            self.cache = cache if isinstance(cache, EmbeddingCache) else cache()
+        self.views: AugmentedViews | None = None
+        if self.cache is not None and augment != "none":
+            self.views = AugmentedViews(build_augmentation(augment), views=cache_views, seed=seed)
+
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_dice, self.val_iou = MeanMetric(), MeanMetric()
+        self.test_dice, self.test_iou = MeanMetric(), MeanMetric()
+        self.run_config: dict[str, Any] | None = None  # the resolved run config, saved in every checkpoint
+        # {"training_cases": [...], "generator_cases": [...]} (fetalgen.data.provenance), saved likewise
+        self.provenance: dict[str, Any] | None = None
+        self.seen_names: set[str] = set()  # distinct training pairs that reached a step (all ranks after fit)
+
+    # ----------------------------------------------------------------------------------------- model
+    def train(self, mode: bool = True) -> SamFinetuneModule:
+        """Switch modes, keeping the frozen parts in eval mode."""
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Working images ``[B, 1, S, S]`` in [0, 1] -> image embeddings ``[B, C, S_e, S_e]``."""
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return self.sam.image_encoder(to_encoder_input(self.sam, x))
+
+        if self.cache is not None:
+            if self.cache.namespace is None:
+                self.cache.bind(self.sam)
+            return self.cache.embed(images, encode)
+        if self.hparams.trainable == "lora":
+            return encode(images)
+        with torch.no_grad():
+            return encode(images)
+
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Image embeddings ``[B, C, S_e, S_e]`` and XYXY boxes ``[B, 4]`` (working pixels) -> low-res logits
+        ``[B, 1, L/4, L/4]``, box ``i`` on image ``i``, in one batched decoder call (:func:`decode_batch`)."""
+        sparse, dense = self.sam.prompt_encoder(
+            points=None, boxes=boxes_to_encoder(self.sam, boxes, hw), masks=None
+        )
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        masks, _ = decode_batch(self.sam.mask_decoder, embeddings, image_pe, sparse, dense)
+        return masks
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 1, S, S]`` in [0, 1], boxes ``[B, 4]`` -> low-res mask logits ``[B, 1, L/4, L/4]``."""
+        return self.decode(self.image_embeddings(images), boxes, tuple(images.shape[-2:]))
+
+    def boxes(self, masks: torch.Tensor, mode: str, rngs: list[np.random.Generator]) -> torch.Tensor:
+        """Box prompts ``[B, 4]`` (float32, working pixels) from masks ``[B, 1, S, S]``, one generator each."""
+        arrays = masks[:, 0].detach().cpu().numpy() > 0.5
+        hp = self.hparams
+        boxes = [
+            make_box(m, mode, r, hp.max_jitter_px, hp.jitter_ref_size)
+            for m, r in zip(arrays, rngs, strict=True)
+        ]
+        return torch.from_numpy(np.stack(boxes)).to(masks.device)
+
+    def eval_rngs(self, names: list[str]) -> list[np.random.Generator]:
+        """One generator per image, fixed by ``seed`` and the case name (the same box every epoch)."""
+        return [np.random.default_rng([self.hparams.seed, stable_id(n)]) for n in names]
+
+    # -------------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        n_all, n_train = count_parameters(self.sam), count_parameters(self.sam, trainable_only=True)
+        cache = "off" if self.cache is None else f"{self.cache.storage}, {self.cache.dtype}"
+        views = f", {self.views.views} augmented views per image" if self.views else ""
+        log.info(
+            "SAM fine-tuning: trainable=%s, %d of %d parameters trained; embedding cache %s%s",
+            self.hparams.trainable, n_train, n_all, cache, views,
+        )  # fmt: skip
+
+    def train_rng(self, batch_idx: int) -> np.random.Generator:
+        """The random state of one training batch (views, box jitter): fixed by the seed, the rank and the
+        position in training, so a resumed run draws what an uninterrupted one would."""
+        return np.random.default_rng([self.hparams.seed, self.global_rank, self.global_step, batch_idx])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        self.seen_names.update(batch["name"])
+        rng = self.train_rng(batch_idx)
+        if self.views is not None:
+            images, masks = self.views(images, masks, list(batch["name"]), rng)
+        boxes = self.boxes(masks, self.hparams.train_prompt, [rng] * len(images))
+        loss, _ = self.loss_fn(self(images, boxes), masks)
+        self.train_loss.update(loss, weight=len(images))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(
+            "train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(images), sync_dist=True
+        )
+        return loss
+
+    def on_train_end(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[set[str] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.seen_names)
+            self.seen_names = set().union(*gathered)
+        if self.cache is not None:
+            log.info(
+                "embedding cache: %d entries, %d hits, %d misses",
+                len(self.cache), self.cache.hits, self.cache.misses,
+            )  # fmt: skip
+
+    def on_train_epoch_end(self) -> None:
+        if self.cache is not None:
+            log.debug(
+                "embedding cache: %d entries, %d hits, %d misses so far",
+                len(self.cache), self.cache.hits, self.cache.misses,
+            )  # fmt: skip
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        images, masks = batch["image"], batch["mask"]
+        boxes = self.boxes(masks, self.hparams.eval_prompt, self.eval_rngs(list(batch["name"])))
+        low_res = self(images, boxes)
+        loss, _ = self.loss_fn(low_res, masks)
+        pred = logits_to_working(self.sam, low_res, tuple(images.shape[-2:])) > self.sam.mask_threshold
+        dice, iou = hard_dice_iou(pred, masks > 0.5)
+        if split == "val":
+            loss_metric, dice_metric, iou_metric = self.val_loss, self.val_dice, self.val_iou
+        else:
+            loss_metric, dice_metric, iou_metric = self.test_loss, self.test_dice, self.test_iou
+        loss_metric.update(loss, weight=len(images))
+        dice_metric.update(dice)  # the mean over images, synchronised across ranks by torchmetrics
+        iou_metric.update(iou)
+        self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True)
+        self.log(f"{split}/dice", dice_metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/iou", iou_metric, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Masks bool ``[B, 1, S, S]`` for the evaluation prompts, with the boxes ``[B, 4]`` and names."""
+        images, masks = batch["image"], batch["mask"]
+        boxes = self.boxes(masks, self.hparams.eval_prompt, self.eval_rngs(list(batch["name"])))
+        logits = logits_to_working(self.sam, self(images, boxes), tuple(images.shape[-2:]))
+        return {"masks": logits > self.sam.mask_threshold, "boxes": boxes, "name": list(batch["name"])}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/dice"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["fetalgen_config"] = self.run_config
+        if self.provenance is not None:
+            checkpoint[PROVENANCE_KEY] = self.provenance

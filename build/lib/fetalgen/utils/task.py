@@ -1,0 +1,161 @@
+"""Hydra task plumbing shared by every entry point (after lightning-hydra-template's ``src/utils``)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import Callback
+from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import Logger
+
+log = logging.getLogger(__name__)
+
+
+def _multirun() -> HydraConfig | None:
+    """Hydra's config of the running job when it is part of a multirun, else None."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def sweep_group(default: str) -> str:
+    """``<default>-<sweep dir name>`` inside a multirun (so W&B groups the runs of one sweep), else ``default``."""
+    hydra_cfg = _multirun()
+    return f"{default}-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg else default
+
+
+def run_name(default: str) -> str:
+    """The job's overrides (``data.num_real=5,seed=0``) inside a multirun, else ``default``."""
+    hydra_cfg = _multirun()
+    return (hydra_cfg.job.override_dirname or default) if hydra_cfg else default
+
+
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
+    """Run ``task(cfg)`` so that a crash is logged with its output directory and W&B is closed.
+
+    One failed job then does not leave a dangling W&B run that breaks the next job of a multirun.
+    """
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> dict[str, Any]:
+        try:
+            return task(cfg)
+        except Exception:
+            log.exception("Task failed; output dir: %s", cfg.paths.get("output_dir", "?"))
+            raise
+        finally:
+            close_wandb()
+
+    return wrapped
+
+
+def close_wandb() -> None:
+    """Finish the active W&B run, if W&B was used at all."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    """Build every ``_target_`` entry of a ``callbacks`` config group (null entries are skipped)."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """Build every ``_target_`` entry of a ``logger`` config group (empty for ``logger=none``)."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[Logger]]:
+    """The Trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg``; the config is logged.
+
+    Without a logger, LearningRateMonitor (which refuses to run then) is left out.
+    """
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_trainer(trainer, callbacks, requested_precision=cfg.trainer.get("precision"))
+    log_config(loggers, cfg)
+    return trainer, loggers
+
+
+def check_trainer(trainer: pl.Trainer, callbacks: list[Callback], requested_precision: Any = None) -> None:
+    """Fail before the first step on settings that would fail (or silently change) later.
+
+    Raises:
+        ValueError: fp16 precision on a CPU (Lightning would run bf16 while the config says 16).
+        PermissionError: a callback's output folder (checkpoints, sample grids) cannot be written.
+    """
+    precision = str(requested_precision if requested_precision is not None else trainer.precision)
+    if isinstance(trainer.accelerator, CPUAccelerator) and precision.startswith("16"):
+        raise ValueError(
+            f"trainer.precision={precision} needs a GPU; on a CPU use trainer.precision=bf16-mixed or 32"
+        )
+    for cb in callbacks:
+        folder = getattr(cb, "dirpath", None)
+        if folder is None:
+            continue
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise PermissionError(f"{type(cb).__name__} cannot write to {folder}: {err}") from err
+
+
+def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    """Send the resolved config to every logger as hyperparameters."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (or None) -> the first CUDA device if there is one, else the CPU; anything else as given."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's output directory (Hydra's per-job directory), created if needed."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value of ``name`` in a metrics dict as a float, for Hydra sweepers; ``None`` if no name."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"Metric {name!r} was not produced; available: {sorted(metrics)}")
+    return float(metrics[name])

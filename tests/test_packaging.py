@@ -1,0 +1,43 @@
+"""The package as a user installs it: a wheel (non-editable) carries the configs and its entry points find them."""
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_every_package_and_the_configs_are_listed_for_the_wheel():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fetalgen").rglob("__init__.py")}
+    assert on_disk | {"fetalgen.conf"} == set(setuptools["packages"])
+    assert setuptools["package-dir"] == {"fetalgen.conf": "conf"}
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(tmp_path: Path):
+    # The wheel goes into a folder of its own (pip --target), used ahead of the development checkout; its
+    # dependencies come from the running environment (no download).
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path / "wheel")],
+                   check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
+    wheel = next((tmp_path / "wheel").glob("fetalgen-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    assert (target / "fetalgen" / "conf" / "finetune.yaml").is_file() and not (target / "conf").exists()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+
+    where = run(sys.executable, "-c", "import fetalgen.cli as c; print(c.__file__, c.CONFIG_DIR)")
+    assert where.stdout.split() == [str(target / "fetalgen" / "cli" / "__init__.py"), str(target / "fetalgen" / "conf")]
+    job = run(str(target / "bin" / "fetalgen-finetune"), "--cfg", "job")
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "task_name: finetune" in job.stdout and "paper_lists_dir: " + str(target / "fetalgen") in job.stdout
+    sample = run(str(target / "bin" / "fetalgen-sample"), "--help")
+    assert sample.returncode == 0 and "fidelity/features: inception, sam_tiny, sam_vit_b" in sample.stdout
