@@ -27,7 +27,9 @@ def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(t
                    check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
     wheel = next((tmp_path / "wheel").glob("fetalgen-*.whl"))
     target = tmp_path / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True
+    )
     assert (target / "fetalgen" / "conf" / "finetune.yaml").is_file() and not (target / "conf").exists()
     env = {**os.environ, "PYTHONPATH": str(target)}
 
@@ -35,9 +37,14 @@ def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(t
         return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
 
     where = run(sys.executable, "-c", "import fetalgen.cli as c; print(c.__file__, c.CONFIG_DIR)")
-    assert where.stdout.split() == [str(target / "fetalgen" / "cli" / "__init__.py"), str(target / "fetalgen" / "conf")]
-    job = run(str(target / "bin" / "fetalgen-finetune"), "--cfg", "job")
+    assert where.stdout.split() == [
+        str(target / "fetalgen" / "cli" / "__init__.py"),
+        str(target / "fetalgen" / "conf"),
+    ]
+    job = run(str(target / "bin" / "fetalgen-finetune"), "--cfg", "job", "--resolve")
     assert job.returncode == 0, job.stderr[-2000:]
-    assert "task_name: finetune" in job.stdout and "paper_lists_dir: " + str(target / "fetalgen") in job.stdout
+    assert (
+        "task_name: finetune" in job.stdout and "paper_lists_dir: " + str(target / "fetalgen") in job.stdout
+    )
     sample = run(str(target / "bin" / "fetalgen-sample"), "--help")
     assert sample.returncode == 0 and "fidelity/features: inception, sam_tiny, sam_vit_b" in sample.stdout

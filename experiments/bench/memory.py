@@ -39,9 +39,10 @@ SHRINK = {
 MODULES = {"diffusion": "fetalgen.cli.train_diffusion", "finetune": "fetalgen.cli.finetune"}
 
 
-def measure(task: str, preset: str, trainer: str, out: Path) -> dict:
+def measure(task: str, preset: str, trainer: str, out: Path, extra: list[str] | None = None) -> dict:
     argv = [MODULES[task], f"experiment={preset}/{task}", f"trainer={trainer}", "logger=none",
-            f"hydra.run.dir={out / f'{preset}-{task}'}", f"paths.data_dir={out / 'data'}", *SHRINK[task]]  # fmt: skip
+            f"hydra.run.dir={out / f'{preset}-{task}'}", f"paths.data_dir={out / 'data'}", *SHRINK[task],
+            *(extra or [])]  # fmt: skip
     if task == "finetune" and preset != "demo":
         argv.append("data=hc18")
     if task == "finetune" and preset == "paper":
@@ -63,12 +64,16 @@ def main() -> None:
     )
     parser.add_argument("--presets", default="demo,cpu,paper")
     parser.add_argument("--trainer", default="cpu", help="cpu | gpu")
+    parser.add_argument("--tasks", default="diffusion,finetune", help="diffusion and/or finetune")
+    parser.add_argument(
+        "--extra", default="", help="comma-separated overrides added to every run (e.g. data.batch_size=2)"
+    )
     args = parser.parse_args()
     print(f"{'preset':<8} {'task':<10} {'peak RSS GiB':>13} {'peak GPU GiB':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
-            for task in ("diffusion", "finetune"):
-                peak = measure(task, preset, args.trainer, Path(tmp))
+            for task in args.tasks.split(","):
+                peak = measure(task, preset, args.trainer, Path(tmp), [e for e in args.extra.split(",") if e])
                 gpu = "–" if peak["gpu_gib"] is None else f"{peak['gpu_gib']:.2f}"
                 print(f"{preset:<8} {task:<10} {peak['rss_gib']:>13.2f} {gpu:>13}", flush=True)
 

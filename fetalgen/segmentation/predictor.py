@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
+from fetalgen.segmentation.cache import encode_in_chunks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import full_box, tight_box
@@ -53,11 +54,19 @@ class SamBoxPredictor:
     The embedding cache is bypassed (images are seen once); ``encoded`` counts encoded images.
     """
 
-    def __init__(self, module: SamFinetuneModule, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        module: SamFinetuneModule,
+        device: torch.device | str | None = None,
+        encode_batch_size: int | None = 2,
+    ) -> None:
         self.module = module.eval()
         if device is not None:
             self.module.to(device)
         self.encoded = 0
+        self.encode_batch_size = (
+            encode_batch_size  # images per encoder call (peak memory; see encode_in_chunks)
+        )
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> Embedded:
@@ -65,7 +74,10 @@ class SamBoxPredictor:
         sam = self.module.sam
         images = images.to(self.module.device)
         self.encoded += len(images)
-        return Embedded(sam.image_encoder(to_encoder_input(sam, images)), tuple(images.shape[-2:]))
+        embeddings = encode_in_chunks(
+            lambda x: sam.image_encoder(to_encoder_input(sam, x)), images, self.encode_batch_size
+        )
+        return Embedded(embeddings, tuple(images.shape[-2:]))
 
     @torch.no_grad()
     def predict(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:

@@ -135,3 +135,21 @@ def test_lora_turns_the_cache_off():
         cache=EmbeddingCache,
     )
     assert module.cache is None and module.views is None
+
+
+def test_misses_are_encoded_a_few_images_at_a_time_with_the_same_result():
+    from fetalgen.segmentation.cache import encode_in_chunks
+
+    calls = []
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return x.mean(dim=1, keepdim=True) * 2
+
+    images = torch.rand(5, 1, 8, 8)
+    assert torch.equal(encode_in_chunks(encode, images, 2), encode(images)) and calls == [2, 2, 1, 5]
+    cache = EmbeddingCache(encode_batch_size=2)
+    cache.namespace = "test"
+    calls.clear()
+    cache.embed(images, encode)
+    assert calls == [2, 2, 1] and cache.misses == 5

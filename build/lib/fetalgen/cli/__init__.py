@@ -5,7 +5,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 
-
 def config_dir() -> Path:
     """``conf/`` beside the package in a source checkout (or an editable install), else the copy a wheel ships
     inside the package (``fetalgen/conf``, see ``pyproject.toml``)."""
@@ -13,7 +12,9 @@ def config_dir() -> Path:
     for candidate in (package.parent / "conf", package / "conf"):
         if (candidate / "finetune.yaml").is_file():
             return candidate
-    raise FileNotFoundError(f"fetalgen's configs are neither in {package.parent / 'conf'} nor in {package / 'conf'}")
+    raise FileNotFoundError(
+        f"fetalgen's configs are neither in {package.parent / 'conf'} nor in {package / 'conf'}"
+    )
 
 
 CONFIG_DIR = str(config_dir())

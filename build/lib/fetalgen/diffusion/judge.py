@@ -128,6 +128,7 @@ def judge_synthetic(
     losses = segmenter.fit(
         as_tensor(train.images[fit]), as_tensor(train.masks[fit]), steps=settings.segmenter_steps
     )
+    kept = np.array([e.qc_pass and not e.memorised for e in entries])  # before agreement's own QC verdict
     agreement = calibrated_agreement(
         segmenter,
         as_tensor(pairs.images),
@@ -135,6 +136,7 @@ def judge_synthetic(
         as_tensor(ceiling.images),
         ceiling.masks,
         settings.seed,
+        kept,
     )
 
     # Features: synthetic (and mirrored), training, held-out.
@@ -158,7 +160,7 @@ def judge_synthetic(
             e.qc_pass = False
     atomic_write(root / MANIFEST, lambda tmp: tmp.write_text("".join(e.to_json() + "\n" for e in entries)))
 
-    kept = np.array([e.qc_pass and not e.memorised for e in entries])
+    kept = np.array([e.qc_pass and not e.memorised for e in entries])  # now with the agreement verdict
     if kept.sum() < 2:
         log.warning("%s: %d kept pair(s): realism and diversity need 2", root, int(kept.sum()))
     realism: dict[str, Any] = {}
@@ -177,19 +179,19 @@ def judge_synthetic(
         spread["heldout"] = diversity(as_tensor(heldout.images), settings.diversity_pairs, settings.seed)
     gallery = save_gallery(
         pairs.images, train.images, similarity, nearest, [e.name for e in entries], root / GALLERY,
-        k=settings.gallery, feature_name=features.name,
+        k=settings.gallery, feature_name=features.name, train_names=train_names,
     )  # fmt: skip
-    kept_agreement = agreement["per_pair"][kept]
     return {
         "features": features.name,
         "over": f"{int(kept.sum())} kept pairs (QC passed, not memorised) of {len(entries)}",
         "realism": realism,
         "diversity": spread,
         "agreement": {
-            "synthetic": float(kept_agreement.mean()) if kept_agreement.size else None,
-            "synthetic_all": agreement["synthetic"],
+            "synthetic": agreement["synthetic"],
+            "synthetic_all": agreement["synthetic_all"],
             "ceiling": agreement["ceiling"],
             "floor": agreement["floor"],
+            "n_synthetic": agreement["n_synthetic"],  # kept by the other QC checks (the mean and the floor)
             "n_ceiling": agreement["n_ceiling"],
             "ceiling_source": ceiling_source,
             "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on {len(fit)} real pairs "

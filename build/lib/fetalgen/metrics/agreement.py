@@ -112,21 +112,27 @@ def calibrated_agreement(
     real_images: torch.Tensor,
     real_masks: np.ndarray,
     seed: int = 0,
+    keep: np.ndarray | None = None,
 ) -> dict[str, object]:
     """Per-pair agreement of the synthetic pairs, with its ceiling (held-out real pairs) and floor (synthetic
-    images with a shuffled synthetic mask). ``*_images`` ``[N, 1, S, S]`` in [0, 1], masks bool ``[N, S, S]``."""
+    images with the mask of another synthetic pair). ``*_images`` ``[N, 1, S, S]`` in [0, 1], masks bool
+    ``[N, S, S]``; ``keep`` (bool ``[N]``, default all): the pairs the mean and the floor are taken over."""
     predicted = segmenter.predict(synthetic_images)
     per_pair = pair_dice(predicted, synthetic_masks)
-    floor = (
-        pair_dice(predicted, synthetic_masks[derangement(len(predicted), seed)]) if len(predicted) > 1 else []
-    )
+    keep = np.ones(len(per_pair), bool) if keep is None else np.asarray(keep, bool)
+    kept_pred, kept_masks = predicted[keep], synthetic_masks[keep]
+    floor = pair_dice(kept_pred, kept_masks[derangement(len(kept_pred), seed)]) if len(kept_pred) > 1 else []
     ceiling = pair_dice(segmenter.predict(real_images), real_masks) if len(real_images) else np.zeros(0)
-    mean = lambda v: float(np.mean(v)) if len(v) else None  # noqa: E731
+
+    def mean(values: np.ndarray | list) -> float | None:
+        return float(np.mean(values)) if len(values) else None
+
     return {
         "per_pair": per_pair,
-        "synthetic": mean(per_pair),
+        "synthetic": mean(per_pair[keep]),
+        "synthetic_all": mean(per_pair),
         "ceiling": mean(ceiling),
         "floor": mean(floor),
-        "n_synthetic": len(per_pair),
+        "n_synthetic": int(keep.sum()),
         "n_ceiling": len(ceiling),
     }

@@ -113,12 +113,20 @@ def nearest_neighbours(
     synthetic: torch.Tensor, synthetic_mirrored: torch.Tensor, train: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each synthetic feature row, the highest cosine similarity to a training row (over the image and its
-    mirror image) and the index of that training image."""
+    mirror image) and the index of that training image.
+
+    Features are centred on the training mean first: pooled network features share a large common component
+    that would put every cosine near 1; centred, a copy still scores 1 and unrelated images spread out.
+    """
     if len(train) == 0:
         raise ValueError("the nearest-neighbour check needs training features")
-    t = torch.nn.functional.normalize(train.float(), dim=1)
+    centre = train.float().mean(dim=0)
+    t = torch.nn.functional.normalize(train.float() - centre, dim=1)
     sims = torch.stack(
-        [torch.nn.functional.normalize(s.float(), dim=1) @ t.T for s in (synthetic, synthetic_mirrored)]
+        [
+            torch.nn.functional.normalize(s.float() - centre, dim=1) @ t.T
+            for s in (synthetic, synthetic_mirrored)
+        ]
     ).amax(dim=0)
     best, index = sims.max(dim=1)
     return best.numpy().astype(np.float64), index.numpy()
@@ -133,13 +141,14 @@ def save_gallery(
     path: str | Path,
     k: int = 8,
     feature_name: str = "",
+    train_names: Sequence[str] | None = None,
 ) -> Path:
     """PNG of the ``k`` synthetic images most similar to a training image, each above its nearest training image.
 
     Args:
         synthetic, train: float ``[N, S, S]`` / ``[M, S, S]`` images in [0, 1].
         similarity, nearest: :func:`nearest_neighbours` output.
-        names: the synthetic pairs' names.
+        names, train_names: the synthetic pairs' and the training images' names (default: indices).
     """
     order = np.argsort(-similarity)[:k]
     fig = Figure(figsize=(1.6 * max(len(order), 1), 3.6), layout="constrained")
@@ -148,7 +157,8 @@ def save_gallery(
         axes[0, col].imshow(synthetic[idx], cmap="gray", vmin=0, vmax=1)
         axes[0, col].set_title(f"{names[idx]}\n{similarity[idx]:.3f}", fontsize=7)
         axes[1, col].imshow(train[nearest[idx]], cmap="gray", vmin=0, vmax=1)
-        axes[1, col].set_title(f"train #{nearest[idx]}", fontsize=7)
+        near = int(nearest[idx])
+        axes[1, col].set_title(train_names[near] if train_names else f"train #{near}", fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle(
