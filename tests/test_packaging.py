@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_every_package_and_the_configs_are_listed_for_the_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fetalgen").rglob("__init__.py")}
     assert on_disk | {"fetalgen.conf"} == set(setuptools["packages"])
