@@ -75,7 +75,8 @@ PRESETS = {
         matched_num_real=(3,), logger="csv",
         diffusion=("trainer.max_steps=10", "callbacks.sample_grid.every_n_steps=0"),
         sample=("fidelity/features=sam_tiny", "fidelity.segmenter_steps=20"),
-        finetune=("trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=2"),
+        finetune=("trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=2",
+                  "eval.more_prompt_modes=[auto]"),
     ),
 }  # fmt: skip
 
