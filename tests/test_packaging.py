@@ -1,6 +1,7 @@
 """The package as a user installs it: a wheel (non-editable) carries the configs and its entry points find them."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,13 @@ def test_every_package_and_the_configs_are_listed_for_the_wheel():
 def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(tmp_path: Path):
     # The wheel goes into a folder of its own (pip --target), used ahead of the development checkout; its
     # dependencies come from the running environment (no download).
+    source = tmp_path / "source"  # a copy: building writes build/ beside the sources
+    for name in ("fetalgen", "conf"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "local"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path / "wheel")],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel")],
                    check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
     wheel = next((tmp_path / "wheel").glob("fetalgen-*.whl"))
     target = tmp_path / "site"

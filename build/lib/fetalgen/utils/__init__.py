@@ -1,1 +1,0 @@
-"""Small shared helpers: files, seeding, Hydra task plumbing."""
