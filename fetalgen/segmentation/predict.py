@@ -65,10 +65,11 @@ def to_working(image: np.ndarray, size: int) -> Working:
     return Working(working, scale, image.shape[:2])
 
 
-def mask_to_image(mask: np.ndarray, work: Working) -> np.ndarray:
-    """A working-size bool mask -> bool mask of the image's own size (linear resize of the square, then crop)."""
-    side = round(work.scale * mask.shape[0])
-    big = cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR) >= 0.5
+def logits_to_image(logits: np.ndarray, work: Working, threshold: float = 0.0) -> np.ndarray:
+    """Working-size mask logits (or a 0/1 mask with ``threshold=0.5``) -> a bool mask of the image's own size:
+    a linear resize of the square, thresholded, then the padding cropped (a smooth outline, not working pixels)."""
+    side = round(work.scale * logits.shape[0])
+    big = cv2.resize(logits.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR) > threshold
     h, w = work.shape
     return np.ascontiguousarray(big[:h, :w])
 
@@ -206,20 +207,18 @@ def _predict_batch(
     embedded = predictor.embed(tensor)
     given = [i for i, item in enumerate(items) if item.name in boxes]
     automatic = [i for i in range(len(items)) if i not in given]
-    masks = np.zeros((len(items), size, size), bool)
     working_boxes = np.zeros((len(items), 4), np.float32)
     if automatic:
-        masks[automatic], working_boxes[automatic] = predictor.auto(embedded.select(automatic), auto_rounds)
+        working_boxes[automatic] = predictor.auto_boxes(embedded.select(automatic), auto_rounds)
     if given:
         working_boxes[given] = [box_to_working(boxes[items[i].name], works[i].scale, size) for i in given]
-        masks[given] = predictor.predict(
-            embedded.select(given), torch.from_numpy(working_boxes[given])[None]
-        )[0]
+    logits = predictor.logits(embedded, torch.from_numpy(working_boxes)[None])[0]
+    threshold = predictor.threshold
     rows = []
     for i, (item, image, work) in enumerate(zip(items, images, works, strict=True)):
-        fit = fit_ellipse(masks[i])
+        fit = fit_ellipse(logits[i] > threshold)
         ellipse = ellipse_to_image(fit, work.scale) if fit is not None else None
-        mask = mask_to_image(masks[i], work)
+        mask = logits_to_image(logits[i], work, threshold)
         box = np.asarray(boxes[item.name], np.float32) if i in given else working_boxes[i] * work.scale
         write_png(out / "masks" / f"{item.name}.png", mask.astype(np.uint8) * 255)
         write_png(out / "overlays" / f"{item.name}.png", draw_overlay(image, mask, ellipse, box))

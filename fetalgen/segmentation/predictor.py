@@ -80,15 +80,23 @@ class SamBoxPredictor:
         return Embedded(embeddings, tuple(images.shape[-2:]))
 
     @torch.no_grad()
-    def predict(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
-        """Boxes ``[R, B, 4]`` (XYXY, working pixels; box ``[r, b]`` on image ``b``) -> bool masks ``[R, B, S, S]``,
-        all in one batched decoder call."""
+    def logits(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
+        """Boxes ``[R, B, 4]`` (XYXY, working pixels; box ``[r, b]`` on image ``b``) -> mask logits ``[R, B, S, S]``
+        (float32, on the working image; a mask where > ``sam.mask_threshold``), in one batched decoder call."""
         sam, hw = self.module.sam, embedded.hw
         reps, batch = boxes.shape[:2]
         flat = boxes.reshape(reps * batch, 4).to(embedded.embeddings.device)  # repetition-major
-        logits = self.module.decode(embedded.embeddings.repeat(reps, 1, 1, 1), flat, hw)
-        masks = logits_to_working(sam, logits, hw) > sam.mask_threshold
-        return masks[:, 0].reshape(reps, batch, *hw).cpu().numpy()
+        low_res = self.module.decode(embedded.embeddings.repeat(reps, 1, 1, 1), flat, hw)
+        return logits_to_working(sam, low_res, hw)[:, 0].reshape(reps, batch, *hw).float().cpu().numpy()
+
+    @property
+    def threshold(self) -> float:
+        """The logit above which a pixel is in the mask (SAM's ``mask_threshold``)."""
+        return float(self.module.sam.mask_threshold)
+
+    def predict(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
+        """Boxes ``[R, B, 4]`` -> bool masks ``[R, B, S, S]`` (:meth:`logits` thresholded)."""
+        return self.logits(embedded, boxes) > self.threshold
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
         """:meth:`predict` on freshly embedded ``images``."""
@@ -101,19 +109,22 @@ class SamBoxPredictor:
             return 0.0
         return 0.5 * hp.max_jitter_px * side / hp.jitter_ref_size
 
-    def auto(self, embedded: Embedded, rounds: int = AUTO_ROUNDS) -> tuple[np.ndarray, np.ndarray]:
-        """The automatic prompt (module doc): bool masks ``[B, S, S]`` and the boxes ``[B, 4]`` that gave them."""
+    def auto_boxes(self, embedded: Embedded, rounds: int = AUTO_ROUNDS) -> np.ndarray:
+        """The boxes ``[B, 4]`` the automatic prompt (module doc) settles on, from the whole-image box."""
         h, w = embedded.hw
         boxes = np.stack([full_box((h, w))] * len(embedded))
-        masks = self.predict(embedded, torch.from_numpy(boxes)[None])[0]
         margin = self.auto_margin(max(h, w))
         for _ in range(rounds):
-            for i, mask in enumerate(masks):
+            for i, mask in enumerate(self.predict(embedded, torch.from_numpy(boxes)[None])[0]):
                 if mask.any():
                     box = tight_box(largest_component(mask)) + np.array([-1, -1, 1, 1]) * margin
                     boxes[i] = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
-            masks = self.predict(embedded, torch.from_numpy(boxes)[None])[0]
-        return masks, boxes.astype(np.float32)
+        return boxes.astype(np.float32)
+
+    def auto(self, embedded: Embedded, rounds: int = AUTO_ROUNDS) -> tuple[np.ndarray, np.ndarray]:
+        """The automatic prompt: bool masks ``[B, S, S]`` and the boxes ``[B, 4]`` that gave them."""
+        boxes = self.auto_boxes(embedded, rounds)
+        return self.predict(embedded, torch.from_numpy(boxes)[None])[0], boxes
 
 
 def load_module(

@@ -53,11 +53,13 @@ class Oracle:
         keys = (images[:, 0].numpy() * 255).round().astype(np.uint8)
         return Masks(self.truth[k.tobytes()] for k in keys)
 
-    def predict(self, masks: list[np.ndarray], boxes: torch.Tensor) -> np.ndarray:
-        return np.stack([np.stack(masks)] * boxes.shape[0])
+    threshold = 0.5
 
-    def auto(self, masks: list[np.ndarray], rounds: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.stack(masks), np.stack([tight_box(m) for m in masks])
+    def logits(self, masks: list[np.ndarray], boxes: torch.Tensor) -> np.ndarray:
+        return np.stack([np.stack(masks).astype(np.float32)] * boxes.shape[0])
+
+    def auto_boxes(self, masks: list[np.ndarray], rounds: int) -> np.ndarray:
+        return np.stack([tight_box(m) for m in masks])
 
 
 def test_hc_in_the_measurements_matches_the_phantoms_known_hc(phantom_dir: Path, tmp_path: Path):
@@ -166,11 +168,11 @@ def test_the_automatic_prompt_refines_from_the_whole_image():
     class Scripted(SamBoxPredictor):
         """The decoder's answer scripted: a head at rows 10-29, columns 20-49, whatever the box."""
 
-        def predict(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
+        def logits(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
             calls.append(boxes.clone())
-            masks = np.zeros((1, len(embedded), *embedded.hw), bool)
-            masks[:, :, 10:30, 20:50] = True
-            return masks
+            logits = np.full((1, len(embedded), *embedded.hw), -1.0, np.float32)
+            logits[:, :, 10:30, 20:50] = 1.0
+            return logits
 
     predictor = Scripted(module)
     masks, boxes = predictor.auto(predictor.embed(torch.rand(2, 1, 64, 64)), rounds=2)
