@@ -410,7 +410,7 @@ def build_judge(
     features = build_features(OmegaConf.to_container(fid.features, resolve=True), device)
     heldout = None
     if fid.get("heldout"):
-        from fetalgen.segmentation.evaluate import read_cases
+        from fetalgen.data.sources import read_cases
 
         data = PairDataset(read_cases(fid.heldout), size)
         heldout = RealPairs(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch.utils.data import Dataset
 
 CONTOUR_RGB = (255, 64, 64)
 
@@ -60,3 +66,33 @@ def pair_grid(
         grid[y : y + h * scale, x : x + w * scale] = image[..., None]
         grid[y : y + h * scale, x + tw : x + tw + w * scale] = overlay_contour(image, mask)
     return grid
+
+
+def save_case_figure(
+    rows: pd.DataFrame, dataset: Dataset, predictions: Mapping[str, np.ndarray], path: str | Path
+) -> Path | None:
+    """PNG of the best, median and worst image by SAM Dice (repetition 0): image, box, predicted contour (red),
+    true contour (green). ``predictions``: the repetition-0 masks by case name (nothing is predicted again).
+    Returns the path, or None when there are no rows."""
+    sam = rows[(rows["method"] == "sam") & (rows["repetition"] == 0)].sort_values("dice", ascending=False)
+    if sam.empty:
+        return None
+    picks = {"best": sam.iloc[0], "median": sam.iloc[len(sam) // 2], "worst": sam.iloc[-1]}
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    for ax, (label, row) in zip(fig.subplots(1, 3), picks.items(), strict=True):
+        item = dataset[int(row["index"])]
+        pred = predictions[row["name"]]
+        truth = item["mask"][0].numpy() > 0.5
+        ax.imshow(item["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
+        x0, y0, x1, y1 = (float(row[c]) for c in ("box_x0", "box_y0", "box_x1", "box_y1"))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.2))
+        for mask, color in ((truth, "lime"), (pred, "red")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=color, linewidths=1.2)
+        ax.set_title(f"{label}: {row['name']}\nDice {row['dice']:.3f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("box prompt (yellow), SAM (red), ground truth (green)", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

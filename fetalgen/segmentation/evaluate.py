@@ -20,8 +20,6 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -30,9 +28,9 @@ from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.data.cases import Case
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import check_no_leak
-from fetalgen.metrics.biometry import measure_head
-from fetalgen.metrics.overlap import dice_score, iou_score
-from fetalgen.metrics.surface import assd, hd95
+from fetalgen.data.sources import read_cases
+from fetalgen.metrics.cases import case_metrics, hc_px
+from fetalgen.report.figures import save_case_figure
 from fetalgen.segmentation.cache import stable_id
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
@@ -64,83 +62,6 @@ BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 # on the HC18 test set (figures as quoted in fetalgen's issue 13; HC error against the reference HC, i.e. our
 # ``hc_abs_err_csv_mm``). Shown beside ``auto`` and ``full`` results.
 HC18_BEST_AUTOMATIC = {"dice": 0.9775, "hc_abs_err_csv_mm": 1.90}
-DATA_KINDS = ("hc18", "folder", "synthetic", "phantom")
-
-
-# ------------------------------------------------------------------------------------------------- data
-def read_cases(spec: Mapping[str, Any]) -> list[Case]:
-    """The cases of an evaluation set ``{kind, root, list_file, name, n}``.
-
-    ``kind``: ``hc18`` (official layout, optionally a split through ``list_file``), ``folder`` (images/ +
-    masks/, e.g. the Spanish and African cohorts), ``synthetic`` (a ``fetalgen-sample`` output, QC-failed
-    pairs excluded and counted) or ``phantom`` (``n`` phantom pairs, written at ``root`` if absent).
-    """
-    from fetalgen.data.folder import read_folder
-    from fetalgen.data.hc18 import read_hc18
-    from fetalgen.data.phantom import phantom_cases
-    from fetalgen.data.synthetic import read_synthetic
-
-    kind, root, list_file = spec["kind"], spec["root"], spec.get("list_file")
-    on_bad = spec.get("on_bad_pair") or "raise"  # one setting: a missing mask or CSV row is a bad pair too
-    if kind == "hc18":
-        return read_hc18(root, list_file=list_file, on_bad=on_bad)
-    if kind == "folder":
-        return read_folder(root, list_file=list_file, cohort=spec.get("name") or "folder", on_bad=on_bad)
-    if kind == "synthetic":
-        cases, counts = read_synthetic(root)
-        log.info("synthetic set %s: %s (QC-failed pairs excluded)", root, counts)
-        return cases
-    if kind == "phantom":
-        return phantom_cases(root, n=int(spec.get("n") or 64), seed=int(spec.get("seed") or 0))
-    raise ValueError(f"unknown eval data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def case_metrics(
-    pred: np.ndarray,
-    target: np.ndarray,
-    pixel_size_mm: float = math.nan,
-    hc_true_px: float | None = None,
-    hc_csv_mm: float = math.nan,
-) -> dict[str, float]:
-    """Metrics of one predicted bool HxW mask against the true one.
-
-    Args:
-        pred, target: bool HxW masks.
-        pixel_size_mm: pixel size at this resolution (nan: unknown, the mm columns are nan).
-        hc_true_px: HC of the ellipse fitted to ``target`` in pixels (computed if None).
-        hc_csv_mm: the dataset's reference HC (nan: unknown).
-
-    Returns:
-        ``dice, iou, hd95_px, assd_px, hd95_mm, assd_mm, hc_pred_px, hc_true_px, hc_abs_err_px, hc_pred_mm,
-        hc_true_mm, hc_abs_err_mm, hc_abs_err_csv_mm``; surface distances are nan for an empty prediction,
-        HC values nan when no ellipse fits.
-    """
-    if hc_true_px is None:
-        hc_true_px = _hc_px(target)
-    hd, sd = hd95(pred, target), assd(pred, target)
-    hc_pred_px = _hc_px(pred)
-    ps = float(pixel_size_mm)
-    return {
-        "dice": dice_score(pred, target),
-        "iou": iou_score(pred, target),
-        "hd95_px": hd,
-        "assd_px": sd,
-        "hd95_mm": hd * ps,  # isotropic pixels: distances scale with the pixel size
-        "assd_mm": sd * ps,
-        "hc_pred_px": hc_pred_px,
-        "hc_true_px": hc_true_px,
-        "hc_abs_err_px": abs(hc_pred_px - hc_true_px),
-        "hc_pred_mm": hc_pred_px * ps,
-        "hc_true_mm": hc_true_px * ps,
-        "hc_abs_err_mm": abs(hc_pred_px - hc_true_px) * ps,
-        "hc_abs_err_csv_mm": abs(hc_pred_px * ps - float(hc_csv_mm)),
-    }
-
-
-def _hc_px(mask: np.ndarray) -> float:
-    bio = measure_head(mask)
-    return math.nan if bio is None else bio.hc
 
 
 def prompt_boxes(
@@ -207,7 +128,7 @@ def evaluate_dataset(
                     preds = np.asarray(predictor.predict(embedded, torch.from_numpy(boxes)), dtype=bool)
                 for i, (target, case) in enumerate(zip(masks, names, strict=True)):
                     ps, hc_csv = float(batch["pixel_size_mm"][i]), float(batch["hc_mm"][i])
-                    hc_true_px = _hc_px(target)
+                    hc_true_px = hc_px(target)
                     first[mode][case] = preds[0, i]
                     for r in range(reps[mode]):
                         box = boxes[r, i]
@@ -311,37 +232,6 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"HC error {best['hc_abs_err_csv_mm']:.2f} mm (hc_abs_err_csv_mm)"
         )
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------- figure
-def save_case_figure(
-    rows: pd.DataFrame, dataset: Dataset, predictions: Mapping[str, np.ndarray], path: str | Path
-) -> Path | None:
-    """PNG of the best, median and worst image by SAM Dice (repetition 0): image, box, predicted contour (red),
-    true contour (green). ``predictions``: the repetition-0 masks by case name (nothing is predicted again).
-    Returns the path, or None when there are no rows."""
-    sam = rows[(rows["method"] == "sam") & (rows["repetition"] == 0)].sort_values("dice", ascending=False)
-    if sam.empty:
-        return None
-    picks = {"best": sam.iloc[0], "median": sam.iloc[len(sam) // 2], "worst": sam.iloc[-1]}
-    fig = Figure(figsize=(12, 4.6), layout="constrained")
-    for ax, (label, row) in zip(fig.subplots(1, 3), picks.items(), strict=True):
-        item = dataset[int(row["index"])]
-        pred = predictions[row["name"]]
-        truth = item["mask"][0].numpy() > 0.5
-        ax.imshow(item["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
-        x0, y0, x1, y1 = (float(row[c]) for c in BOX_COLUMNS)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.2))
-        for mask, color in ((truth, "lime"), (pred, "red")):
-            if mask.any() and not mask.all():
-                ax.contour(mask.astype(float), levels=[0.5], colors=color, linewidths=1.2)
-        ax.set_title(f"{label}: {row['name']}\nDice {row['dice']:.3f}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle("box prompt (yellow), SAM (red), ground truth (green)", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def run_evaluation(

@@ -17,7 +17,8 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
-from fetalgen.segmentation.evaluate import eval_prompt_modes, flat_metrics, read_cases, run_evaluation
+from fetalgen.data.sources import read_cases
+from fetalgen.segmentation.evaluate import eval_prompt_modes, flat_metrics, run_evaluation
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor
 from fetalgen.utils.checkpoints import load_checkpoint

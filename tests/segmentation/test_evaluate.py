@@ -13,9 +13,9 @@ from torch.utils.data import Dataset
 
 from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.metrics.biometry import measure_head
+from fetalgen.metrics.cases import case_metrics
 from fetalgen.metrics.surface import assd, hd95
 from fetalgen.segmentation.evaluate import (
-    case_metrics,
     flat_metrics,
     format_summary,
     prompt_boxes,
