@@ -142,7 +142,7 @@ def judged_synthetic(
     from fetalgen.data.dataset import PairDataset
     from fetalgen.data.folder import read_folder
     from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
-    from fetalgen.metrics.features import build_features
+    from fetalgen.segmentation.features import build_features
 
     root = tmp_path_factory.mktemp("judged") / "synthetic"
     shutil.copytree(phantom_synthetic, root)

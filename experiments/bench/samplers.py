@@ -152,7 +152,7 @@ class ImageJudge:
         from fetalgen.data.dataset import PairDataset
         from fetalgen.data.provenance import record_case
         from fetalgen.metrics.agreement import ReferenceSegmenter
-        from fetalgen.metrics.features import build_features
+        from fetalgen.segmentation.features import build_features
 
         if not meta.get("training_cases"):
             raise SystemExit("the checkpoint lists no training cases: KID and agreement need them")

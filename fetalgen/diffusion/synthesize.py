@@ -398,7 +398,7 @@ def build_judge(
 ) -> Callable[[Path], dict[str, Any]] | None:
     """The fidelity judge of ``cfg.fidelity`` (None when switched off or without training pairs to judge by)."""
     from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
-    from fetalgen.metrics.features import build_features
+    from fetalgen.segmentation.features import build_features
 
     fid = cfg.get("fidelity")
     if not fid or not fid.enabled:

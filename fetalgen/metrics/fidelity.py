@@ -1,6 +1,6 @@
 """How a synthetic set compares with real images: realism (KID, FID), diversity (MS-SSIM) and nearest neighbours.
 
-* KID and FID are torchmetrics' estimators on features from :mod:`fetalgen.metrics.features` (computed once and
+* KID and FID are torchmetrics' estimators on features from :mod:`fetalgen.segmentation.features` (computed once and
   handed to torchmetrics through an identity extractor). KID (unbiased, averaged over random subsets) is the one to
   read at tens to hundreds of images; FID is biased upwards at such sizes and is given for familiarity. KID's
   estimator assumes the two sets are independent samples: a set compared with *itself* reads slightly negative.
