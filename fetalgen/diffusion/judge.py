@@ -23,8 +23,8 @@ from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
 from fetalgen.data.transforms import pad_resize
 from fetalgen.metrics.agreement import ReferenceSegmenter, calibrated_agreement
-from fetalgen.segmentation.features import Features
 from fetalgen.metrics.fidelity import diversity, kid_fid, nearest_neighbours, save_gallery
+from fetalgen.segmentation.features import Features
 from fetalgen.utils.files import atomic_write
 
 log = logging.getLogger(__name__)

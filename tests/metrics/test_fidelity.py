@@ -8,9 +8,9 @@ import torch
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
-from fetalgen.segmentation.features import SamFeatures, build_features
 from fetalgen.metrics.fidelity import diversity, kid_fid, ms_ssim_scales, nearest_neighbours, save_gallery
 from fetalgen.segmentation.build import build_sam
+from fetalgen.segmentation.features import SamFeatures, build_features
 
 
 @pytest.fixture(scope="module")
