@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 
 from fetalgen.data.cases import Case
-from fetalgen.utils.files import atomic_write, write_json
+from fetalgen.metrics.biometry import ellipse_circumference
+from fetalgen.utils.files import atomic_write, write_json, write_png
 
 IMAGES, MASKS = "images", "masks"
 PIXEL_SIZES_CSV, HEADS_CSV, META_JSON = "pixel_sizes.csv", "heads.csv", "phantom.json"
@@ -53,12 +54,6 @@ class Phantom:
     pixel_size_mm: float
     hc_mm: float
     ellipse: tuple[float, float, float, float, float]
-
-
-def ramanujan_circumference(a: float, b: float) -> float:
-    """Circumference of an ellipse with semi-axes ``a`` and ``b`` (Ramanujan's second approximation)."""
-    h = ((a - b) / (a + b)) ** 2
-    return math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h)))
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
@@ -207,7 +202,7 @@ def make_phantom(seed: int, shape: tuple[int, int] = (540, 800)) -> Phantom:
     image = (img * 255.0 + 0.5).astype(np.uint8)
 
     hc_mm = rng.uniform(*HC_RANGE_MM)
-    pixel_size = hc_mm / ramanujan_circumference(a, b)
+    pixel_size = hc_mm / ellipse_circumference(a, b)
     ellipse = (float(g["cx"]), float(g["cy"]), float(a), float(b), float(g["angle"]))
     return Phantom(
         image=image, mask=mask, pixel_size_mm=float(pixel_size), hc_mm=float(hc_mm), ellipse=ellipse
@@ -254,8 +249,8 @@ def write_phantom_dataset(
         p = make_phantom(pair_seed(seed, i), shape)
         name = phantom_name(i)
         image_path, mask_path = root / IMAGES / f"{name}.png", root / MASKS / f"{name}.png"
-        atomic_write(image_path, lambda t, im=p.image: _imwrite(t, im))
-        atomic_write(mask_path, lambda t, m=p.mask: _imwrite(t, m.astype(np.uint8) * 255))
+        write_png(image_path, p.image, compression=1)
+        write_png(mask_path, p.mask.astype(np.uint8) * 255, compression=1)
         rows.append((f"{name}.png", p.pixel_size_mm, p.hc_mm))
         cases.append(
             Case(
@@ -314,11 +309,6 @@ def _is_complete(root: Path, names: list[str], seed: int, shape: tuple[int, int]
     return listed >= {f"{m}.png" for m in names} and all(
         (root / IMAGES / f"{m}.png").is_file() and (root / MASKS / f"{m}.png").is_file() for m in names
     )
-
-
-def _imwrite(path: Path, array: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), array, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-        raise OSError(f"could not write {path}")
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:

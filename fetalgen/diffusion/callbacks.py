@@ -13,8 +13,8 @@ from fetalgen.diffusion.channels import unpack
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.diffusion.postprocess import clean_mask
 from fetalgen.diffusion.sampling import SAMPLERS
-from fetalgen.diffusion.synthesize import write_png
 from fetalgen.report.figures import pair_grid
+from fetalgen.utils.files import write_png
 
 log = logging.getLogger(__name__)
 

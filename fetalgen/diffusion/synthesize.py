@@ -43,7 +43,7 @@ from fetalgen.diffusion.sampling import (
 )
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
-from fetalgen.utils.files import atomic_write, write_json
+from fetalgen.utils.files import atomic_write, png_intact, write_json, write_png
 from fetalgen.utils.task import resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -55,30 +55,6 @@ MODES = ("joint", "mask_conditioned")
 def pair_name(index: int) -> str:
     """File stem of pair ``index`` (``syn_000042``)."""
     return f"syn_{index:06d}"
-
-
-def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Atomically write a uint8 image (HxW grayscale or HxWx3 RGB) as PNG, verified by reading it back.
-
-    Raises:
-        OSError: the file could not be written whole (a full disk leaves a short or empty file).
-    """
-
-    def _write(tmp: Path) -> None:
-        data = np.ascontiguousarray(array[..., ::-1] if array.ndim == 3 else array)
-        if not cv2.imwrite(str(tmp), data) or not png_intact(tmp, data.shape):
-            raise OSError(f"could not write {path} whole (disk full?)")
-
-    return atomic_write(path, _write)
-
-
-def png_intact(path: str | Path, shape: tuple[int, ...] | None = None) -> bool:
-    """Whether ``path`` is a non-empty, decodable image (of ``shape`` if given)."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    return array is not None and (shape is None or array.shape == tuple(shape))
 
 
 def append_line(path: Path, line: str) -> None:

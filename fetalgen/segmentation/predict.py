@@ -34,7 +34,7 @@ from fetalgen.data.io import check_on_bad, load_image, warn_skipped
 from fetalgen.data.transforms import pad_resize
 from fetalgen.metrics.biometry import Ellipse, ellipse_circumference, fit_ellipse
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
-from fetalgen.utils.files import atomic_write, write_json
+from fetalgen.utils.files import write_json, write_png
 from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -128,30 +128,18 @@ def submission(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw_overlay(image: np.ndarray, mask: np.ndarray, ellipse: Ellipse | None, box: np.ndarray) -> np.ndarray:
-    """BGR uint8 overlay: the image, the mask outline (red), the fitted ellipse (green), the box (yellow)."""
-    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    """RGB uint8 overlay: the image, the mask outline (red), the fitted ellipse (green), the box (yellow)."""
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     thick = max(1, round(max(image.shape) / 400))
     x0, y0, x1, y1 = (round(float(v)) for v in box)
-    cv2.rectangle(out, (x0, y0), (x1, y1), (0, 255, 255), thick)
+    cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 0), thick)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, (0, 0, 255), thick)
+    cv2.drawContours(out, contours, -1, (255, 0, 0), thick)
     if ellipse is not None:
         centre = (ellipse.cx, ellipse.cy)
         axes = (2 * ellipse.semi_major, 2 * ellipse.semi_minor)
         cv2.ellipse(out, (centre, axes, ellipse.angle_deg), (0, 255, 0), thick)
     return out
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` as PNG atomically (a reader never sees half a file)."""
-
-    def write(tmp: Path) -> None:
-        ok, data = cv2.imencode(".png", array)
-        if not ok:
-            raise OSError(f"cannot encode {path}")
-        tmp.write_bytes(data.tobytes())
-
-    atomic_write(path, write)
 
 
 def predict_images(

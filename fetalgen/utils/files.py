@@ -1,4 +1,4 @@
-"""File helpers: atomic writes and content hashes."""
+"""File helpers: atomic writes (JSON, PNG verified by reading back) and content hashes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import cv2
+import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -48,3 +51,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_png(path: str | Path, array: np.ndarray, compression: int = 3) -> Path:
+    """Atomically write a uint8 image (HxW grayscale or HxWx3 RGB) as PNG, verified by reading it back.
+
+    Raises:
+        OSError: the file could not be written whole (a full disk leaves a short or empty file).
+    """
+
+    def _write(tmp: Path) -> None:
+        data = np.ascontiguousarray(array[..., ::-1] if array.ndim == 3 else array)
+        params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+        if not cv2.imwrite(str(tmp), data, params) or not png_intact(tmp, data.shape):
+            raise OSError(f"could not write {path} whole (disk full?)")
+
+    return atomic_write(path, _write)
+
+
+def png_intact(path: str | Path, shape: tuple[int, ...] | None = None) -> bool:
+    """Whether ``path`` is a non-empty, decodable image (of ``shape`` if given)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return array is not None and (shape is None or array.shape == tuple(shape))

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import fetalgen.diffusion.synthesize as synth
+import fetalgen.utils.files as files
 from fetalgen.cli import CONFIG_DIR
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, read_manifest, read_synthetic
@@ -214,8 +215,8 @@ def test_pairs_left_broken_by_a_full_disk_are_sampled_again(generator, reference
 
 def test_a_png_that_cannot_be_written_whole_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        synth.cv2, "imwrite", lambda path, data: Path(path).write_bytes(b"\x89PNG") is not None
+        files.cv2, "imwrite", lambda path, data, params=(): Path(path).write_bytes(b"\x89PNG") is not None
     )
     with pytest.raises(OSError, match="could not write .*x.png whole"):
-        synth.write_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+        files.write_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
     assert not (tmp_path / "x.png").exists()
