@@ -128,7 +128,11 @@ def judge_synthetic(
     losses = segmenter.fit(
         as_tensor(train.images[fit]), as_tensor(train.masks[fit]), steps=settings.segmenter_steps
     )
-    kept = np.array([e.qc_pass and not e.memorised for e in entries])  # before agreement's own QC verdict
+    # The mask checks' own verdict (``qc["passed"]``; ``qc_pass`` adds the agreement threshold), so that a
+    # re-judged set recomputes its agreement verdicts instead of stacking them.
+    other_reasons = [[r for r in e.qc.get("reasons", []) if not r.startswith("agreement")] for e in entries]
+    other_pass = [bool(e.qc.get("passed", e.qc_pass)) for e in entries]
+    kept = np.array([ok and not e.memorised for ok, e in zip(other_pass, entries, strict=True)])
     agreement = calibrated_agreement(
         segmenter,
         as_tensor(pairs.images),
@@ -145,19 +149,19 @@ def judge_synthetic(
     train_feats = features(as_tensor(train.images))
     similarity, nearest = nearest_neighbours(syn_feats, syn_mirror, train_feats)
 
-    for e, agree, sim, near in zip(entries, agreement["per_pair"], similarity, nearest, strict=True):
+    for e, reasons, ok, agree, sim, near in zip(
+        entries, other_reasons, other_pass, agreement["per_pair"], similarity, nearest, strict=True
+    ):
         e.pair_agreement, e.feature_similarity, e.nearest_train = (
             float(agree),
             float(sim),
             train_names[int(near)],
         )
-        if settings.min_agreement is not None and agree < settings.min_agreement:
-            reason = f"agreement: {agree:.3f} < {settings.min_agreement}"
-            e.qc = {
-                **e.qc,
-                "reasons": [*[r for r in e.qc.get("reasons", []) if not r.startswith("agreement")], reason],
-            }
-            e.qc_pass = False
+        too_low = settings.min_agreement is not None and agree < settings.min_agreement
+        if too_low:
+            reasons = [*reasons, f"agreement: {agree:.3f} < {settings.min_agreement}"]
+        e.qc = {**e.qc, "passed": ok, "reasons": reasons}
+        e.qc_pass = ok and not too_low
     atomic_write(root / MANIFEST, lambda tmp: tmp.write_text("".join(e.to_json() + "\n" for e in entries)))
 
     kept = np.array([e.qc_pass and not e.memorised for e in entries])  # now with the agreement verdict

@@ -331,7 +331,7 @@ def summarise_dataset(
 ) -> dict[str, Any]:
     """Summary of every pair in ``root``'s manifest; printed as a table and written to ``summary.json``."""
     entries = sorted(read_manifest(root), key=lambda e: e.index)
-    results = [QCResult(**e.qc) for e in entries]
+    results = [QCResult(**{**e.qc, "passed": e.qc_pass}) for e in entries]  # the agreement threshold included
     sims = np.array([e.max_train_similarity for e in entries if e.max_train_similarity is not None])
     hc = []
     for e in entries:

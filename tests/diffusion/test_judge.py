@@ -1,0 +1,38 @@
+"""Judging a written synthetic set: the agreement QC threshold, and re-judging without it restores the verdicts."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from fetalgen.data.dataset import PairDataset
+from fetalgen.data.folder import read_folder
+from fetalgen.data.synthetic import read_manifest
+from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
+from fetalgen.segmentation.features import build_features
+
+
+def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_them(
+    phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path
+):
+    root = tmp_path / "synthetic"
+    shutil.copytree(phantom_synthetic, root)
+    data = PairDataset(read_folder(phantom_dir)[:8], 32)
+    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
+    names = [c.name for c in data.cases]
+    features = build_features({"kind": "sam", "model_type": "tiny", "checkpoint": None, "image_size": 64})
+    before = [e.qc_pass for e in sorted(read_manifest(root), key=lambda e: e.index)]
+
+    strict = JudgeSettings(segmenter_steps=5, kid_subsets=5, min_agreement=1.01)  # no pair can reach it
+    figures = judge_synthetic(root, train, names, names, features, strict)
+    judged = sorted(read_manifest(root), key=lambda e: e.index)
+    assert not any(e.qc_pass for e in judged) and figures["agreement"]["qc_failed"] == len(judged)
+    assert all(any(r.startswith("agreement: ") for r in e.qc["reasons"]) for e in judged)
+    assert figures["agreement"]["n_synthetic"] == sum(
+        before
+    )  # the mean is over the pairs the other checks kept
+
+    judge_synthetic(root, train, names, names, features, JudgeSettings(segmenter_steps=5, kid_subsets=5))
+    again = sorted(read_manifest(root), key=lambda e: e.index)
+    assert [e.qc_pass for e in again] == before
+    assert not any(r.startswith("agreement") for e in again for r in e.qc["reasons"])
