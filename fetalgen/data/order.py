@@ -38,7 +38,8 @@ class ResumableLoader(DataLoader):
     """A DataLoader whose ``state_dict`` records the epoch and the batches used in it (Lightning's ``_Stateful``
     protocol); :meth:`load_state_dict` makes the next epoch iterator start after them.
 
-    Use with an :class:`EpochShuffle` sampler (or any sampler without state, e.g. sequential).
+    Use with an :class:`EpochShuffle` sampler (or any sampler without state, e.g. sequential). Under DDP,
+    Lightning swaps in its distributed sampler (seeded per epoch, no skip): a resume is exact at epoch boundaries.
     """
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
