@@ -39,6 +39,18 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
+def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The column names of a CSV and its rows as ``(line number, {column: value})``, names and values stripped."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [h.strip() for h in reader.fieldnames or []]
+        rows = [
+            (lineno, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+            for lineno, row in enumerate(reader, start=2)
+        ]
+    return fields, rows
+
+
 def read_column_csv(path: Path, column: str) -> dict[str, float]:
     """``{file stem: value}`` from a CSV with a ``filename`` column and ``column``.
 
@@ -47,23 +59,18 @@ def read_column_csv(path: Path, column: str) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     lines: dict[str, int] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [h.strip() for h in reader.fieldnames or []]
-        if "filename" not in fields or column not in fields:
-            raise DataError(path, f"CSV needs columns 'filename' and '{column}', found {fields}")
-        for lineno, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            stem = Path(row["filename"]).stem
-            if stem in lines:
-                raise DataError(path, f"{row['filename']} has two rows (lines {lines[stem]} and {lineno})")
-            lines[stem] = lineno
-            try:
-                out[stem] = float(row[column])
-            except ValueError as err:
-                raise DataError(
-                    path, f"line {lineno}: '{row[column]}' in '{column}' is not a number"
-                ) from err
+    fields, rows = read_csv_rows(path)
+    if "filename" not in fields or column not in fields:
+        raise DataError(path, f"CSV needs columns 'filename' and '{column}', found {fields}")
+    for lineno, row in rows:
+        stem = Path(row["filename"]).stem
+        if stem in lines:
+            raise DataError(path, f"{row['filename']} has two rows (lines {lines[stem]} and {lineno})")
+        lines[stem] = lineno
+        try:
+            out[stem] = float(row[column])
+        except ValueError as err:
+            raise DataError(path, f"line {lineno}: '{row[column]}' in '{column}' is not a number") from err
     return out
 
 

@@ -13,13 +13,18 @@ A CSV given explicitly (``filename`` and ``pixel size(mm)`` columns) wins over t
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from fetalgen.data.cases import CaseList, DataError
-from fetalgen.data.folder import ANNOTATION_SUFFIX, IMAGE_EXTS, PIXEL_SIZES_CSV, read_column_csv
+from fetalgen.data.folder import (
+    ANNOTATION_SUFFIX,
+    IMAGE_EXTS,
+    PIXEL_SIZES_CSV,
+    read_column_csv,
+    read_csv_rows,
+)
 from fetalgen.data.io import check_on_bad, warn_skipped
 
 PIXEL_COLUMN = "pixel size(mm)"
@@ -115,21 +120,18 @@ def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]
     if not path.is_file():
         raise DataError(path, "box CSV not found")
     out: dict[str, tuple[float, float, float, float]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [h.strip() for h in reader.fieldnames or []]
-        if not {"name", "x0", "y0", "x1", "y1"} <= set(fields):
-            raise DataError(path, f"box CSV needs columns name, x0, y0, x1, y1; found {fields}")
-        for lineno, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            stem = Path(row["name"]).stem
-            if stem in out:
-                raise DataError(path, f"line {lineno}: a second box for {row['name']}")
-            try:
-                box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
-            except ValueError as err:
-                raise DataError(path, f"line {lineno}: a box coordinate is not a number") from err
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise DataError(path, f"line {lineno}: box {box} needs x1 > x0 and y1 > y0")
-            out[stem] = box  # type: ignore[assignment]
+    fields, rows = read_csv_rows(path)
+    if not {"name", "x0", "y0", "x1", "y1"} <= set(fields):
+        raise DataError(path, f"box CSV needs columns name, x0, y0, x1, y1; found {fields}")
+    for lineno, row in rows:
+        stem = Path(row["name"]).stem
+        if stem in out:
+            raise DataError(path, f"line {lineno}: a second box for {row['name']}")
+        try:
+            box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+        except ValueError as err:
+            raise DataError(path, f"line {lineno}: a box coordinate is not a number") from err
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise DataError(path, f"line {lineno}: box {box} needs x1 > x0 and y1 > y0")
+        out[stem] = box  # type: ignore[assignment]
     return out
