@@ -115,6 +115,7 @@ def evaluate_dataset(
             masks = batch["mask"][:, 0].numpy() > 0.5
             names = list(batch["name"])
             embedded = predictor.embed(batch["image"])
+            true_hc = [hc_px(target) for target in masks]  # once per image, whatever the number of modes
             for mode in prompt_modes:
                 if mode == "auto":
                     auto_masks, auto_boxes = predictor.auto(embedded, auto_rounds)
@@ -128,7 +129,7 @@ def evaluate_dataset(
                     preds = np.asarray(predictor.predict(embedded, torch.from_numpy(boxes)), dtype=bool)
                 for i, (target, case) in enumerate(zip(masks, names, strict=True)):
                     ps, hc_csv = float(batch["pixel_size_mm"][i]), float(batch["hc_mm"][i])
-                    hc_true_px = hc_px(target)
+                    hc_true_px = true_hc[i]
                     first[mode][case] = preds[0, i]
                     for r in range(reps[mode]):
                         box = boxes[r, i]
