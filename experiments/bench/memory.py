@@ -32,16 +32,18 @@ finally:
 """
 
 SHRINK = {
-    "diffusion": ["trainer.max_steps=3", "trainer.val_check_interval=3", "callbacks.sample_grid.every_n_steps=0"],
-    "finetune": ["trainer.max_steps=3", "trainer.val_check_interval=3", "test_split=false", "test_sets=null",
-                 "model.sam.checkpoint=null"],
-}  # fmt: skip
+    "diffusion": ["callbacks.sample_grid.every_n_steps=0"],
+    "finetune": ["test_split=false", "test_sets=null", "model.sam.checkpoint=null"],
+}
 MODULES = {"diffusion": "fetalgen.cli.train_diffusion", "finetune": "fetalgen.cli.finetune"}
 
 
-def measure(task: str, preset: str, trainer: str, out: Path, extra: list[str] | None = None) -> dict:
+def measure(
+    task: str, preset: str, trainer: str, out: Path, steps: int = 3, extra: list[str] | None = None
+) -> dict:
     argv = [MODULES[task], f"experiment={preset}/{task}", f"trainer={trainer}", "logger=none",
-            f"hydra.run.dir={out / f'{preset}-{task}'}", f"paths.data_dir={out / 'data'}", *SHRINK[task],
+            f"hydra.run.dir={out / f'{preset}-{task}'}", f"paths.data_dir={out / 'data'}",
+            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", *SHRINK[task],
             *(extra or [])]  # fmt: skip
     if task == "finetune" and preset != "demo":
         argv.append("data=hc18")
@@ -54,7 +56,8 @@ def measure(task: str, preset: str, trainer: str, out: Path, extra: list[str] | 
     peak = next((line for line in done.stdout.splitlines() if line.startswith("PEAK ")), None)
     if done.returncode != 0 or peak is None:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-5:])
-        raise RuntimeError(f"{preset}/{task} failed:\n{tail}")
+        killed = " (killed by a signal: out of memory?)" if done.returncode < 0 else ""
+        raise RuntimeError(f"{preset}/{task} failed with exit status {done.returncode}{killed}:\n{tail}")
     return json.loads(peak[5:])
 
 
@@ -66,6 +69,9 @@ def main() -> None:
     parser.add_argument("--trainer", default="cpu", help="cpu | gpu")
     parser.add_argument("--tasks", default="diffusion,finetune", help="diffusion and/or finetune")
     parser.add_argument(
+        "--steps", type=int, default=3, help="optimizer steps per run (peak is reached early)"
+    )
+    parser.add_argument(
         "--extra", default="", help="comma-separated overrides added to every run (e.g. data.batch_size=2)"
     )
     args = parser.parse_args()
@@ -73,7 +79,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
             for task in args.tasks.split(","):
-                peak = measure(task, preset, args.trainer, Path(tmp), [e for e in args.extra.split(",") if e])
+                peak = measure(
+                    task, preset, args.trainer, Path(tmp), args.steps, [e for e in args.extra.split(",") if e]
+                )
                 gpu = "–" if peak["gpu_gib"] is None else f"{peak['gpu_gib']:.2f}"
                 print(f"{preset:<8} {task:<10} {peak['rss_gib']:>13.2f} {gpu:>13}", flush=True)
 

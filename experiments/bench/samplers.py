@@ -33,10 +33,11 @@ from fetalgen.cli import CONFIG_DIR
 from fetalgen.diffusion.channels import unpack
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.postprocess import clean_mask
-from fetalgen.diffusion.sampling import make_sampler, pair_seed, sample_pairs
+from fetalgen.diffusion.sampling import make_sampler, sample_pairs
 from fetalgen.diffusion.train import train_diffusion
 from fetalgen.metrics.synthesis import qc_mask
 from fetalgen.utils.files import write_json
+from fetalgen.utils.seeds import derive_seed
 from fetalgen.utils.task import resolve_device
 
 
@@ -206,7 +207,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = args.ckpt or train(args, out, device)
     unet, scheduler_config, meta = load_generator(ckpt, device=device)
-    seeds = [pair_seed(args.seed, i) for i in range(args.n)]
+    seeds = [derive_seed(args.seed, i) for i in range(args.n)]
     print(
         f"checkpoint {ckpt} (step {meta['global_step']}, {meta['image_size']} px), {args.n} pairs, "
         f"batch {args.batch_size}, device {device}, {torch.get_num_threads()} CPU threads"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from fetalgen.data.cases import Case
@@ -17,6 +15,7 @@ from fetalgen.data.order import EpochShuffle, ResumableLoader
 from fetalgen.data.provenance import Record, check_no_leak, read_synthetic_provenance
 from fetalgen.data.splits import holdout_split, read_split_file, select_cases, split_by_subject
 from fetalgen.data.synthetic import read_synthetic
+from fetalgen.utils.seeds import seeded_rng, torch_generator
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ class PairDataModule(pl.LightningDataModule):
                 f"and the memorisation check ({counts['qc_failed']} failed QC, "
                 f"{counts['memorised_excluded']} memorised excluded, of {counts['total']})"
             )
-        rng = np.random.default_rng([self.seed, 1])
+        rng = seeded_rng(self.seed, 1)
         chosen = sorted((cases[i] for i in rng.permutation(len(cases))[:wanted]), key=lambda c: c.name)
         return chosen, {**counts, "used": len(chosen)}
 
@@ -235,7 +234,7 @@ class PairDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed + offset),
+            generator=torch_generator(self.seed, offset),
             worker_init_fn=seed_worker,
             persistent_workers=False,
         )

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from fetalgen.utils.seeds import torch_generator
+
 
 class EpochShuffle(Sampler[int]):
     """A random permutation of ``range(n)`` fixed by ``(seed, epoch)``; Lightning calls :meth:`set_epoch`."""
@@ -28,8 +30,7 @@ class EpochShuffle(Sampler[int]):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
+        order = torch.randperm(self.n, generator=torch_generator(self.seed, self.epoch)).tolist()
         skip, self.skip = self.skip, 0
         yield from order[skip:]
 

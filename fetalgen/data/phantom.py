@@ -28,10 +28,14 @@ import numpy as np
 from fetalgen.data.cases import Case
 from fetalgen.metrics.biometry import ellipse_circumference
 from fetalgen.utils.files import atomic_write, write_json, write_png
+from fetalgen.utils.seeds import derive_seed
 
 IMAGES, MASKS = "images", "masks"
 PIXEL_SIZES_CSV, HEADS_CSV, META_JSON = "pixel_sizes.csv", "heads.csv", "phantom.json"
 PHANTOM_SHAPE = (270, 400)
+# Phantom i of a dataset seeded with s is make_phantom(derive_seed(s, i)); datasets written under the earlier
+# rule (no "rule" in phantom.json) are rewritten.
+SEED_RULE = "derive_seed(seed, index)"
 # Head circumference drawn uniformly over this range (mm), about HC18's, so all three trimesters occur;
 # the pixel size follows from it and the ellipse drawn in pixels.
 HC_RANGE_MM = (50.0, 330.0)
@@ -214,11 +218,6 @@ def phantom_name(index: int) -> str:
     return f"phantom_{index:04d}"
 
 
-def pair_seed(seed: int, index: int) -> int:
-    """The seed of the ``index``-th pair of a dataset seeded with ``seed`` (independent streams)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
-
-
 def write_phantom_dataset(
     root: str | Path, n: int, seed: int = 0, shape: tuple[int, int] = PHANTOM_SHAPE
 ) -> list[Case]:
@@ -230,7 +229,7 @@ def write_phantom_dataset(
         <root>/masks/phantom_0000.png    filled mask, 0/255
         <root>/pixel_sizes.csv           filename,pixel size(mm)
         <root>/heads.csv                 filename,head circumference (mm)
-        <root>/phantom.json              {"n", "seed", "shape"} the dataset was written with
+        <root>/phantom.json              {"n", "seed", "shape", "rule"} the dataset was written with
 
     Returns:
         the written cases (cohort ``phantom``; each phantom is its own subject).
@@ -246,7 +245,7 @@ def write_phantom_dataset(
             stale.unlink()
     cases, rows = [], []
     for i in range(n):
-        p = make_phantom(pair_seed(seed, i), shape)
+        p = make_phantom(derive_seed(seed, i), shape)
         name = phantom_name(i)
         image_path, mask_path = root / IMAGES / f"{name}.png", root / MASKS / f"{name}.png"
         write_png(image_path, p.image, compression=1)
@@ -269,7 +268,9 @@ def write_phantom_dataset(
     _write_csv(
         root / HEADS_CSV, ["filename", "head circumference (mm)"], [(f, f"{hc:.6g}") for f, _, hc in rows]
     )
-    write_json(root / META_JSON, {"n": n, "seed": seed, "shape": [int(shape[0]), int(shape[1])]})
+    write_json(
+        root / META_JSON, {"n": n, "seed": seed, "shape": [int(shape[0]), int(shape[1])], "rule": SEED_RULE}
+    )
     return cases
 
 
@@ -302,6 +303,7 @@ def _is_complete(root: Path, names: list[str], seed: int, shape: tuple[int, int]
         return False
     if (
         meta.get("seed") != seed
+        or meta.get("rule") != SEED_RULE
         or meta.get("shape") != [int(shape[0]), int(shape[1])]
         or meta["n"] < len(names)
     ):

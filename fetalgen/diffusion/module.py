@@ -23,7 +23,8 @@ from pytorch_lightning import LightningModule
 
 from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.diffusion.channels import pack
-from fetalgen.diffusion.sampling import make_sampler, pair_seed, sample_pairs
+from fetalgen.diffusion.sampling import make_sampler, sample_pairs
+from fetalgen.utils.seeds import derive_seed, torch_generator
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 CHECKPOINT_KEY = "fetalgen"  # our extra entry in the Lightning checkpoint
@@ -179,7 +180,7 @@ class JointDiffusionModule(LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        generator = torch.Generator("cpu").manual_seed(pair_seed(self.val_seed, batch_idx))
+        generator = torch_generator(self.val_seed, batch_idx)
         with self.ema_weights():
             loss = self.diffusion_loss(batch, drop_labels=False, generator=generator)
         self.log(
@@ -225,9 +226,9 @@ class JointDiffusionModule(LightningModule):
         guidance_scale: float = 1.0,
         masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``n`` pairs [n,2,S,S] in [-1,1] with the EMA weights; sample ``i`` uses ``pair_seed(seed, i)``."""
+        """``n`` pairs [n,2,S,S] in [-1,1] with the EMA weights; sample ``i`` uses ``derive_seed(seed, i)``."""
         scheduler, steps = make_sampler(sampler, self.noise_scheduler.config, steps)
-        seeds = [pair_seed(seed, i) for i in range(n)]
+        seeds = [derive_seed(seed, i) for i in range(n)]
         with self.ema_weights() as unet:
             return sample_pairs(
                 unet, scheduler, seeds, steps, self.image_size, class_labels, guidance_scale, masks

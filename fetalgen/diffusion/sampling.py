@@ -3,8 +3,8 @@
 One loop for every sampler (diffusers' pattern): ``set_timesteps``, then for ``t`` in ``scheduler.timesteps``
 the model output (with classifier-free guidance when asked) and ``scheduler.step(...).prev_sample``.
 
-Determinism per index: every sample has its own ``torch.Generator`` seeded from :func:`pair_seed` (the run's
-seed and the sample's index), and diffusers receives the LIST of generators (``randn_tensor`` and
+Determinism per index: every sample has its own ``torch.Generator`` seeded from ``derive_seed(seed, i)`` (the run's
+seed and the sample's index, :mod:`fetalgen.utils.seeds`), and diffusers receives the LIST of generators (``randn_tensor`` and
 ``scheduler.step`` draw each sample's noise from its own generator). Sample ``i`` is therefore a function of
 ``(seed, i)`` only, whatever the batch it is computed in (up to float rounding of batched kernels).
 """
@@ -75,11 +75,6 @@ def make_sampler(
     return scheduler, int(steps)
 
 
-def pair_seed(seed: int, index: int) -> int:
-    """The seed of sample ``index`` in a run seeded with ``seed`` (a well-mixed 63-bit integer)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU ``torch.Generator`` per sample (CPU generators give the same noise on every device)."""
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
@@ -143,7 +138,7 @@ def sample_pairs(
     Args:
         unet: the trained UNet (EMA weights swapped in by the caller); its device is used.
         scheduler: a sampling scheduler from :func:`make_sampler` (its state is reset here).
-        seeds: one seed per sample (:func:`pair_seed`); the batch size is ``len(seeds)``.
+        seeds: one seed per sample (``fetalgen.utils.seeds.derive_seed(seed, i)``); the batch size is ``len(seeds)``.
         steps: number of denoising steps.
         image_size: side S of the square samples (default ``unet.config.sample_size``).
         class_labels: one class index or ``None`` (null class) per sample; ``None`` = all null.

@@ -37,13 +37,13 @@ from fetalgen.diffusion.postprocess import clean_mask
 from fetalgen.diffusion.sampling import (
     make_sampler,
     masks_to_tensor,
-    pair_seed,
     random_head_mask,
     sample_pairs,
 )
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
 from fetalgen.utils.files import atomic_write, png_intact, write_json, write_png
+from fetalgen.utils.seeds import derive_seed, seeded_rng
 from fetalgen.utils.task import resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class SynthesisSpec:
     Attributes:
         sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
         steps: sampling steps (None: the sampler's default).
-        seed: base seed; pair ``i`` uses ``pair_seed(seed, i)``.
+        seed: base seed; pair ``i`` uses ``derive_seed(seed, i)``.
         mode: ``joint`` (image and mask generated together) or ``mask_conditioned`` (image generated for a
             random elliptical head mask drawn from ``heads``).
         class_label: ``"balanced"`` (cycle over the classes of a class-conditional model; null class for an
@@ -113,7 +113,7 @@ class SynthesisSpec:
 
     def mask_of(self, index: int, size: int) -> np.ndarray:
         """The given head mask of pair ``index`` in ``mask_conditioned`` mode (bool [size, size])."""
-        rng = np.random.default_rng(pair_seed(self.seed, index))
+        rng = seeded_rng(self.seed, index)
         heads = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in self.heads.items()}
         return random_head_mask(size, rng, **heads)
 
@@ -268,7 +268,7 @@ def write_synthetic(
     entries = repair_manifest(root)
     check_resumable(root, entries, common)
     for e in entries:  # pair i's seed derives from the base seed: another base seed would mix two sets
-        if e.seed != pair_seed(spec.seed, e.index):
+        if e.seed != derive_seed(spec.seed, e.index):
             raise DataError(
                 root / MANIFEST,
                 f"index {e.index} was sampled with another base seed than seed={spec.seed}; "
@@ -284,7 +284,7 @@ def write_synthetic(
         given = None
         if spec.mode == "mask_conditioned":
             given = masks_to_tensor([spec.mask_of(i, size) for i in block])
-        seeds = [pair_seed(spec.seed, i) for i in block]
+        seeds = [derive_seed(spec.seed, i) for i in block]
         x = sample_pairs(unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
         images, channels = unpack(x.float().cpu())
         images, channels = images[:, 0].numpy(), channels[:, 0].numpy()

@@ -29,6 +29,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from fetalgen.utils.files import atomic_write
+from fetalgen.utils.seeds import derive_seed, name_key
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +163,6 @@ def encode_in_chunks(
     return torch.cat([encode(images[k : k + chunk]) for k in range(0, len(images), chunk)])
 
 
-def stable_id(name: str) -> int:
-    """A 64-bit integer fixed by a case name (image indices repeat across the real and synthetic parts)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-
-
-def view_seed(seed: int, image_id: int, view: int) -> int:
-    """Seed of view ``view`` of an image: a 32-bit integer derived from ``(seed, image_id, view)``."""
-    return int(np.random.SeedSequence([seed, image_id, view]).generate_state(1)[0])
-
-
 class AugmentedViews:
     """``K`` deterministic augmented views per image from a seedable albumentations ``Compose``.
 
@@ -180,7 +171,7 @@ class AugmentedViews:
             (``fetalgen.data.transforms.build_augmentation``).
         views: the number ``K`` of views per image.
         seed: the run seed; view ``v`` of the image named ``name`` uses
-            ``view_seed(seed, stable_id(name), v)`` (``Compose.set_random_seed``, albumentations >= 2).
+            ``derive_seed(seed, name_key(name), v)`` (``Compose.set_random_seed``, albumentations >= 2).
     """
 
     def __init__(self, transform: Any, views: int, seed: int = 0) -> None:
@@ -192,7 +183,7 @@ class AugmentedViews:
         self, image: np.ndarray, mask: np.ndarray, name: str, view: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """View ``view`` of one image: float32 HxW in [0, 1] and bool HxW -> the same types, augmented."""
-        self.transform.set_random_seed(view_seed(self.seed, stable_id(name), view))
+        self.transform.set_random_seed(derive_seed(self.seed, name_key(name), view))
         pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)  # the dataset's uint8 pixels
         out = self.transform(image=pixels, mask=mask.astype(np.uint8))
         return out["image"].astype(np.float32) / 255.0, out["mask"] > 0

@@ -31,10 +31,9 @@ from fetalgen.data.provenance import check_no_leak
 from fetalgen.data.sources import read_cases
 from fetalgen.metrics.cases import case_metrics, hc_px
 from fetalgen.report.figures import save_case_figure
-from fetalgen.segmentation.cache import stable_id
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
-from fetalgen.segmentation.prompts import PROMPT_MODES, make_box
+from fetalgen.segmentation.prompts import PROMPT_MODES, prompt_boxes
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
 
@@ -62,20 +61,6 @@ BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 # on the HC18 test set (figures as quoted in fetalgen's issue 13; HC error against the reference HC, i.e. our
 # ``hc_abs_err_csv_mm``). Shown beside ``auto`` and ``full`` results.
 HC18_BEST_AUTOMATIC = {"dice": 0.9775, "hc_abs_err_csv_mm": 1.90}
-
-
-def prompt_boxes(
-    mask: np.ndarray,
-    name: str,
-    mode: str,
-    repetitions: int,
-    seed: int,
-    max_jitter_px: int = 20,
-    ref_size: int = 256,
-) -> np.ndarray:
-    """The ``[R, 4]`` boxes of one image: repetition ``r`` draws from ``default_rng([seed, r, stable_id(name)])``."""
-    rngs = [np.random.default_rng([seed, r, stable_id(name)]) for r in range(repetitions)]
-    return np.stack([make_box(mask, mode, rng, max_jitter_px, ref_size) for rng in rngs])
 
 
 def evaluate_dataset(

@@ -20,11 +20,11 @@ from torchmetrics import MeanMetric
 from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.transforms import build_augmentation
 from fetalgen.segmentation.build import count_parameters, set_trainable
-from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache, stable_id
+from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache
 from fetalgen.segmentation.decoder import decode_batch
 from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
-from fetalgen.segmentation.prompts import BOX_MODES, make_box
+from fetalgen.segmentation.prompts import BOX_MODES, make_box, prompt_boxes
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,10 @@ class SamFinetuneModule(LightningModule):
         trainable: ``decoder`` | ``decoder_prompt`` | ``lora`` (see ``build.set_trainable``).
         lora_rank, lora_alpha: LoRA settings for ``trainable="lora"``.
         dice_weight, bce_weight, loss_resolution: the loss (see ``losses.SegmentationLoss``).
-        train_prompt, eval_prompt: box mode for training / validation and testing (``jitter``, ``tight``,
-            ``full``). Training boxes come from one seeded generator; validation boxes are fixed per image
-            (seeded by ``seed`` and the case name), so ``val/dice`` is comparable across epochs.
+        train_prompt, eval_prompt: box mode for training / validation and evaluation (``jitter``, ``tight``,
+            ``full``). Training boxes come from the batch's seeded generator; a validation box is the first
+            evaluation box of its image (``prompts.prompt_boxes``), so ``val/dice`` is comparable across
+            validations. Testing is ``fetalgen.segmentation.evaluate``'s job (with the box-ellipse baseline).
         max_jitter_px, jitter_ref_size: jitter of each box side, 0..max px measured at ``jitter_ref_size``.
         cache: an :class:`EmbeddingCache` or a partial building one; ignored (with a log line) when the
             encoder trains (``lora``).
@@ -90,9 +91,8 @@ class SamFinetuneModule(LightningModule):
         if self.cache is not None and augment != "none":
             self.views = AugmentedViews(build_augmentation(augment), views=cache_views, seed=seed)
 
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_dice, self.val_iou = MeanMetric(), MeanMetric()
-        self.test_dice, self.test_iou = MeanMetric(), MeanMetric()
         self.run_config: dict[str, Any] | None = None  # the resolved run config, saved in every checkpoint
         # {"training_cases": [...], "generator_cases": [...]} (fetalgen.data.provenance), saved likewise
         self.provenance: dict[str, Any] | None = None
@@ -145,9 +145,16 @@ class SamFinetuneModule(LightningModule):
         ]
         return torch.from_numpy(np.stack(boxes)).to(masks.device)
 
-    def eval_rngs(self, names: list[str]) -> list[np.random.Generator]:
-        """One generator per image, fixed by ``seed`` and the case name (the same box every epoch)."""
-        return [np.random.default_rng([self.hparams.seed, stable_id(n)]) for n in names]
+    def eval_boxes(self, masks: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """Validation boxes ``[B, 4]``: the first evaluation box of each image (:func:`prompt_boxes`, fixed by
+        ``seed`` and the case name), the same every validation."""
+        hp = self.hparams
+        arrays = masks[:, 0].detach().cpu().numpy() > 0.5
+        boxes = [
+            prompt_boxes(m, n, hp.eval_prompt, 1, hp.seed, hp.max_jitter_px, hp.jitter_ref_size)[0]
+            for m, n in zip(arrays, names, strict=True)
+        ]
+        return torch.from_numpy(np.stack(boxes)).to(masks.device)
 
     # -------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -197,36 +204,18 @@ class SamFinetuneModule(LightningModule):
                 len(self.cache), self.cache.hits, self.cache.misses,
             )  # fmt: skip
 
-    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"]
-        boxes = self.boxes(masks, self.hparams.eval_prompt, self.eval_rngs(list(batch["name"])))
-        low_res = self(images, boxes)
+        low_res = self(images, self.eval_boxes(masks, list(batch["name"])))
         loss, _ = self.loss_fn(low_res, masks)
         pred = logits_to_working(self.sam, low_res, tuple(images.shape[-2:])) > self.sam.mask_threshold
         dice, iou = hard_dice_iou(pred, masks > 0.5)
-        if split == "val":
-            loss_metric, dice_metric, iou_metric = self.val_loss, self.val_dice, self.val_iou
-        else:
-            loss_metric, dice_metric, iou_metric = self.test_loss, self.test_dice, self.test_iou
-        loss_metric.update(loss, weight=len(images))
-        dice_metric.update(dice)  # the mean over images, synchronised across ranks by torchmetrics
-        iou_metric.update(iou)
-        self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True)
-        self.log(f"{split}/dice", dice_metric, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{split}/iou", iou_metric, on_step=False, on_epoch=True)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Masks bool ``[B, 1, S, S]`` for the evaluation prompts, with the boxes ``[B, 4]`` and names."""
-        images, masks = batch["image"], batch["mask"]
-        boxes = self.boxes(masks, self.hparams.eval_prompt, self.eval_rngs(list(batch["name"])))
-        logits = logits_to_working(self.sam, self(images, boxes), tuple(images.shape[-2:]))
-        return {"masks": logits > self.sam.mask_threshold, "boxes": boxes, "name": list(batch["name"])}
+        self.val_loss.update(loss, weight=len(images))
+        self.val_dice.update(dice)  # the mean over images, synchronised across ranks by torchmetrics
+        self.val_iou.update(iou)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
+        self.log("val/dice", self.val_dice, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/iou", self.val_iou, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fetalgen.utils.seeds import name_key, seeded_rng
+
 BOX_MODES = ("jitter", "tight", "full")  # boxes made from the true mask (or the image size)
 # Evaluation also takes ``auto``: the model finds its own box (fetalgen.segmentation.predictor).
 PROMPT_MODES = (*BOX_MODES, "auto")
@@ -71,3 +73,19 @@ def make_box(
     if mode == "full":
         return full_box(np.shape(mask))
     raise ValueError(f"unknown box mode {mode!r}; valid modes: {', '.join(BOX_MODES)}")
+
+
+def prompt_boxes(
+    mask: np.ndarray,
+    name: str,
+    mode: str,
+    repetitions: int,
+    seed: int,
+    max_jitter_px: int = 20,
+    ref_size: int = 256,
+) -> np.ndarray:
+    """The ``[R, 4]`` evaluation boxes of the image ``name``: repetition ``r`` draws from
+    ``seeded_rng(seed, r, name_key(name))``. The one rule of validation (repetition 0, the same box every
+    validation) and evaluation, so a validation box is the test's first box of the same image."""
+    rngs = [seeded_rng(seed, r, name_key(name)) for r in range(repetitions)]
+    return np.stack([make_box(mask, mode, rng, max_jitter_px, ref_size) for rng in rngs])

@@ -18,9 +18,9 @@ from fetalgen.metrics.surface import assd, hd95
 from fetalgen.segmentation.evaluate import (
     flat_metrics,
     format_summary,
-    prompt_boxes,
     run_evaluation,
 )
+from fetalgen.segmentation.prompts import prompt_boxes
 
 S = 48
 SQUARE = np.zeros((S, S), bool)

@@ -13,7 +13,7 @@ from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
 from fetalgen.data.transforms import build_augmentation
 from fetalgen.segmentation.build import build_sam
-from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache, view_seed
+from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import to_encoder_input
 
@@ -121,7 +121,6 @@ def test_augmented_views_are_deterministic_and_bounded(pairs: PairDataset):
     c = views.view(image, mask, item["name"], 2)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and not np.array_equal(a[0], c[0])
     assert a[0].dtype == np.float32 and a[1].dtype == bool and a[0].min() >= 0 and a[0].max() <= 1
-    assert view_seed(0, 5, 1) == view_seed(0, 5, 1) != view_seed(0, 5, 2)
     module = train(pairs, cache=EmbeddingCache, epochs=4, augment="weak", cache_views=2)
     assert module.views is not None and module.views.views == 2
     assert len(module.cache) <= 8 * 2 and module.cache.hits > 0  # at most N x K encoder passes, ever

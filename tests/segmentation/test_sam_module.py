@@ -13,6 +13,8 @@ from fetalgen.data.folder import read_folder
 from fetalgen.segmentation.build import build_sam
 from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.segmentation.predictor import SamBoxPredictor
+from fetalgen.segmentation.prompts import prompt_boxes
 
 
 class StepLosses(pl.Callback):
@@ -63,10 +65,9 @@ def test_training_on_phantom_pairs_lowers_the_loss(phantom_dir: Path):
         torch.equal(a, b) for a, b in zip(encoder_before, module.sam.image_encoder.parameters(), strict=True)
     )
     assert module.cache.misses == 8 + 4  # train and val images, each encoded once over 10 epochs
-    (tested,) = trainer.test(module, datamodule=data, verbose=False)
-    assert set(tested) == {"test/loss", "test/dice", "test/iou"} and 0 <= tested["test/dice"] <= 1
-    (predicted,) = trainer.predict(module, dataloaders=data.test_dataloader())
-    assert predicted["masks"].shape == (3, 1, 64, 64) and len(predicted["name"]) == 3
+    batch = next(iter(data.test_dataloader()))
+    predicted = SamBoxPredictor(module)(batch["image"], module.eval_boxes(batch["mask"], batch["name"])[None])
+    assert predicted.shape == (1, 3, 64, 64) and predicted.dtype == bool
 
 
 @pytest.mark.hc18
@@ -83,9 +84,12 @@ def test_validation_prompts_are_fixed_per_image_and_training_prompts_vary():
     masks = torch.zeros(2, 1, 64, 64)
     masks[:, :, 20:40, 16:44] = 1
     names = ["a", "b"]
-    first = module.boxes(masks, "jitter", module.eval_rngs(names))
-    again = module.boxes(masks, "jitter", module.eval_rngs(names))
+    first = module.eval_boxes(masks, names)
+    again = module.eval_boxes(masks, names)
     assert torch.equal(first, again) and not torch.equal(first[0], first[1])  # per image, same every epoch
+    for box, name in zip(first, names, strict=True):  # one rule: the first box evaluation gives the image
+        evaluated = prompt_boxes(masks[0, 0].numpy() > 0.5, name, "jitter", 5, seed=0, max_jitter_px=20)
+        assert np.array_equal(box.numpy(), evaluated[0])
     tight = torch.tensor([16.0, 20.0, 43.0, 39.0])
     assert torch.all(first[:, :2] <= tight[:2]) and torch.all(first[:, 2:] >= tight[2:])
     assert torch.equal(module.boxes(masks, "tight", [None, None])[0], tight)
@@ -114,12 +118,16 @@ def test_frozen_parts_stay_in_eval_mode_and_only_trainable_params_are_optimised(
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
 
 
-def test_predict_step_returns_masks_at_the_working_size():
+def test_module_forward_returns_low_resolution_logits_for_one_box_per_image():
     module = make_module()
     masks = torch.zeros(3, 1, 64, 64)
     masks[:, :, 10:50, 12:40] = 1
-    batch = {"image": torch.rand(3, 1, 64, 64), "mask": masks, "name": ["x", "y", "z"]}
+    boxes = module.eval_boxes(masks, ["x", "y", "z"])
     with torch.no_grad():
-        out = module.predict_step(batch, 0)
-    assert out["masks"].shape == (3, 1, 64, 64) and out["masks"].dtype == torch.bool
-    assert out["boxes"].shape == (3, 4) and out["name"] == ["x", "y", "z"]
+        logits = module(torch.rand(3, 1, 64, 64), boxes)
+    assert boxes.shape == (3, 4) and logits.shape == (
+        3,
+        1,
+        16,
+        16,
+    )  # 64 px encoder input: masks at 64 / 4 and torch.isfinite(logits).all()
