@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> Path:
              f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}",
              # held-out real images for realism and the agreement ceiling: the split's validation subjects
              # (read for measurement only; no model trains on them)
-             f"fidelity.heldout={{kind:hc18,root:'${{paths.hc18_dir}}',list_file:'{splits['hc18'] / 'val.txt'}'}}",
+             "+eval_data@fidelity.heldout=hc18", f"fidelity.heldout.source.list_file={splits['hc18'] / 'val.txt'}",
              *preset.sample, *common],
             logs,
         )  # fmt: skip

@@ -2,9 +2,9 @@
 
 Examples::
 
-    fetalgen-evaluate ckpt_path=logs/finetune/runs/<run>/checkpoints/best.ckpt eval_data.kind=folder \\
-        eval_data.root=/data/spanish eval_data.name=spanish
-    fetalgen-evaluate model=sam/vit_b eval_data.kind=hc18 eval_data.list_file=splits/test.txt
+    fetalgen-evaluate ckpt_path=logs/finetune/runs/<run>/checkpoints/best.ckpt eval_data=folder \\
+        eval_data.source.root=/data/spanish eval_data.name=spanish
+    fetalgen-evaluate model=sam/vit_b eval_data=hc18 eval_data.source.list_file=splits/test.txt
 """
 
 from __future__ import annotations

@@ -1,41 +1,61 @@
-"""Evaluation and reference sets named by a small spec (``{kind, root, list_file, name, n, on_bad_pair}``): the
-test sets of ``fetalgen-finetune``, ``fetalgen-evaluate``'s data and the held-out images of ``fetalgen-sample``."""
+"""Evaluation and reference sets: a config of the ``eval_data`` group (``conf/eval_data/``) names its reader as the
+``source`` of a ``conf/data`` config does (``_target_`` and its arguments), plus a name, the working size and what
+to do with a bad pair. They are the test sets of ``fetalgen-finetune``, ``fetalgen-evaluate``'s data and the
+held-out images of ``fetalgen-sample``'s fidelity figures."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import hydra
+
 from fetalgen.data.cases import Case
-
-log = logging.getLogger(__name__)
-
-DATA_KINDS = ("hc18", "folder", "synthetic", "phantom")
+from fetalgen.data.dataset import PairDataset
 
 
-def read_cases(spec: Mapping[str, Any]) -> list[Case]:
-    """The cases of an evaluation set ``{kind, root, list_file, name, n}``.
+@dataclass
+class EvalSet:
+    """A named set of pairs, loaded at the working size (unaugmented), with every bad file it skipped."""
 
-    ``kind``: ``hc18`` (official layout, optionally a split through ``list_file``), ``folder`` (images/ +
-    masks/, e.g. the Spanish and African cohorts), ``synthetic`` (a ``fetalgen-sample`` output, QC-failed
-    pairs excluded and counted) or ``phantom`` (``n`` phantom pairs, written at ``root`` if absent).
+    name: str
+    dataset: PairDataset
+    skipped: list[str] = field(default_factory=list)
+    where: str = ""  # where it was read (a folder), for the summaries
+
+    @classmethod
+    def of(
+        cls, name: str, cases: list[Case], image_size: int, on_bad_pair: str = "raise", where: str = ""
+    ) -> EvalSet:
+        """Load ``cases``; the reader's skipped files (a ``CaseList``) and the dataset's are both listed."""
+        dataset = PairDataset(cases, int(image_size), "none", on_bad_pair)
+        skipped = [str(e) for e in [*getattr(cases, "skipped", []), *dataset.skipped]]
+        return cls(name, dataset, skipped, where)
+
+    @property
+    def cases(self) -> list[Case]:
+        return self.dataset.cases
+
+
+def source_root(spec: Mapping[str, Any]) -> str | None:
+    """The folder an ``eval_data`` config reads (None for a reader without one)."""
+    root = (spec.get("source") or {}).get("root")
+    return None if root is None else str(root)
+
+
+def load_eval_set(spec: Mapping[str, Any], image_size: int) -> EvalSet:
+    """Read and load the set an ``eval_data`` config names: ``{name, image_size, on_bad_pair, source}``.
+
+    Args:
+        spec: the config (``source`` is instantiated: ``_target_`` returns the cases).
+        image_size: the working side when the config leaves ``image_size`` null (the model's).
     """
-    from fetalgen.data.folder import read_folder
-    from fetalgen.data.hc18 import read_hc18
-    from fetalgen.data.phantom import phantom_cases
-    from fetalgen.data.synthetic import read_synthetic
-
-    kind, root, list_file = spec["kind"], spec["root"], spec.get("list_file")
-    on_bad = spec.get("on_bad_pair") or "raise"  # one setting: a missing mask or CSV row is a bad pair too
-    if kind == "hc18":
-        return read_hc18(root, list_file=list_file, on_bad=on_bad)
-    if kind == "folder":
-        return read_folder(root, list_file=list_file, cohort=spec.get("name") or "folder", on_bad=on_bad)
-    if kind == "synthetic":
-        cases, counts = read_synthetic(root)
-        log.info("synthetic set %s: %s (QC-failed pairs excluded)", root, counts)
-        return cases
-    if kind == "phantom":
-        return phantom_cases(root, n=int(spec.get("n") or 64), seed=int(spec.get("seed") or 0))
-    raise ValueError(f"unknown eval data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
+    if "source" not in spec or "_target_" not in (spec.get("source") or {}):
+        raise ValueError(
+            f"an evaluation set needs a source with a _target_ (a reader, see conf/eval_data/), got {dict(spec)}"
+        )
+    cases = hydra.utils.instantiate(spec["source"], _convert_="all")
+    size = int(spec.get("image_size") or image_size)
+    name = spec.get("name") or "eval"
+    return EvalSet.of(name, cases, size, spec.get("on_bad_pair") or "raise", source_root(spec) or "")

@@ -13,11 +13,14 @@ A manifest line (:class:`ManifestEntry`) records everything needed to reproduce 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fetalgen.data.cases import Case, DataError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 
@@ -133,3 +136,11 @@ def read_synthetic(
         )
     counts["kept"] = len(cases)
     return cases, counts
+
+
+def synthetic_cases(root: str | Path) -> list[Case]:
+    """The pairs of a synthetic dataset that passed QC and the memorisation check (a reader for an evaluation
+    set); what was left out is logged with its counts."""
+    cases, counts = read_synthetic(root)
+    log.info("synthetic set %s: %s (QC-failed and memorised pairs excluded)", root, counts)
+    return cases

@@ -386,9 +386,9 @@ def build_judge(
     features = build_features(OmegaConf.to_container(fid.features, resolve=True), device)
     heldout = None
     if fid.get("heldout"):
-        from fetalgen.data.sources import read_cases
+        from fetalgen.data.sources import load_eval_set
 
-        data = PairDataset(read_cases(fid.heldout), size)
+        data = load_eval_set(fid.heldout, size).dataset
         heldout = RealPairs(
             np.stack([np.asarray(i, np.float32) / 255.0 for i in data.images]),
             np.stack([np.asarray(m) > 0 for m in data.masks]),

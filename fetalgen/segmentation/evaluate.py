@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 
 from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.data.cases import Case
-from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import check_no_leak
-from fetalgen.data.sources import read_cases
+from fetalgen.data.sources import EvalSet, load_eval_set
 from fetalgen.metrics.cases import case_metrics, hc_px
 from fetalgen.report.figures import save_case_figure
 from fetalgen.segmentation.module import SamFinetuneModule
@@ -253,44 +252,61 @@ def run_evaluation(
     return summaries
 
 
+def eval_settings(eval_cfg: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`run_evaluation` from an ``eval`` config and the model's prompt settings
+    (``eval_prompt``, ``max_jitter_px``, ``jitter_ref_size``): the one place both tasks read them."""
+    return {
+        "prompt_modes": eval_prompt_modes(eval_cfg, hparams["eval_prompt"]),
+        "figure": bool(eval_cfg.get("figure", True)),
+        "repetitions": int(eval_cfg["repetitions"]),
+        "seed": int(eval_cfg["seed"]),
+        "max_jitter_px": int(hparams["max_jitter_px"]),
+        "ref_size": int(hparams["jitter_ref_size"]),
+        "batch_size": int(eval_cfg.get("batch_size", 8)),
+        "progress": bool(eval_cfg.get("progress", True)),
+        "auto_rounds": int(eval_cfg.get("auto_rounds", AUTO_ROUNDS)),
+    }
+
+
+def evaluate_sets(
+    predictor: Predictor,
+    sets: Sequence[EvalSet],
+    out_dir: str | Path,
+    prefix: str,
+    settings: Mapping[str, Any],
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """:func:`run_evaluation` of each set (outputs under ``<out_dir>/<label>/``); returns the flat metrics
+    ``<prefix>/<label>/...`` of them all (:func:`flat_metrics`)."""
+    metrics: dict[str, float] = {}
+    for test in sets:
+        where = {"root": test.where, "image_size": test.dataset.image_size, "skipped": test.skipped}
+        summaries = run_evaluation(
+            predictor, test.dataset, out_dir, test.name, info={**dict(info or {}), **where}, **settings
+        )
+        for label, summary in summaries.items():
+            metrics |= flat_metrics(summary, f"{prefix}/{label}")
+    return metrics
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate a checkpoint (or raw/random SAM) on ``cfg.eval_data``; returns flat ``eval/<name>/...`` metrics."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     module, train_cfg = load_module(cfg.get("model"), cfg.get("ckpt_path"))
-    spec = cfg.eval_data
-    name = spec.get("name") or spec.kind
-    image_size = spec.get("image_size") or (train_cfg or {}).get("data", {}).get("image_size") or 256
-    cases = read_cases(spec)
-    dataset = PairDataset(cases, int(image_size), "none", on_bad_pair=spec.get("on_bad_pair", "raise"))
-    skipped = [str(e) for e in [*getattr(cases, "skipped", []), *dataset.skipped]]
-    check_lineage(module, cfg.get("ckpt_path"), name, dataset.cases)
-    hp = module.hparams
-    summaries = run_evaluation(
+    trained_size = (train_cfg or {}).get("data", {}).get("image_size") or 256
+    test = load_eval_set(cfg.eval_data, trained_size)
+    check_lineage(module, cfg.get("ckpt_path"), test.name, test.cases)
+    metrics = {f"eval/{test.name}/n_skipped": float(len(test.skipped))}
+    metrics |= evaluate_sets(
         SamBoxPredictor(module, resolve_device(cfg.get("device"))),
-        dataset,
+        [test],
         output_dir(cfg),
-        name,
-        prompt_modes=eval_prompt_modes(cfg.eval, hp.eval_prompt),
-        figure=cfg.eval.figure,
-        info={
-            "root": str(spec.root),
-            "image_size": int(image_size),
-            "checkpoint": _describe(cfg),
-            "skipped": skipped,
-        },  # fmt: skip
-        repetitions=cfg.eval.repetitions,
-        seed=cfg.eval.seed,
-        max_jitter_px=hp.max_jitter_px,
-        ref_size=hp.jitter_ref_size,
-        batch_size=cfg.eval.batch_size,
-        progress=cfg.eval.progress,
-        auto_rounds=cfg.eval.get("auto_rounds", AUTO_ROUNDS),
+        "eval",
+        eval_settings(cfg.eval, module.hparams),
+        info={"checkpoint": _describe(cfg)},
     )
-    metrics = {f"eval/{name}/n_skipped": float(len(skipped))}
-    for label, summary in summaries.items():
-        metrics |= flat_metrics(summary, f"eval/{label}")
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
-from fetalgen.data.sources import read_cases
-from fetalgen.segmentation.evaluate import eval_prompt_modes, flat_metrics, run_evaluation
+from fetalgen.data.sources import EvalSet, load_eval_set, source_root
+from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor
+from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.utils.checkpoints import load_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
@@ -54,12 +54,14 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         )  # fmt: skip
         overrides["augment"] = "none"
     datamodule = hydra.utils.instantiate(cfg.data, **overrides)
-    test_sets = build_test_sets(cfg, datamodule)
+    test_sets = build_test_sets(
+        cfg.get("test_sets"), datamodule, cfg.data.image_size, cfg.get("test_split", True)
+    )
     sam_cases = case_records(datamodule.train_cases)
     generator_cases = datamodule.generator_cases or []
     check_no_leak(
         sam_cases + generator_cases,
-        {"validation": datamodule.val_cases} | {f"test set {name!r}": ds.cases for name, ds in test_sets},
+        {"validation": datamodule.val_cases} | {f"test set {t.name!r}": t.cases for t in test_sets},
         model="SAM (or the generator of its synthetic pairs)",
         fix="evaluate on cases outside the training pool, or drop the test set from test_sets",
     )
@@ -93,8 +95,13 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
             # Read from the file: spawned DDP processes hand back the best path but not its score.
             metrics["val/dice"] = best_score(checkpoint, ckpt.monitor)
         log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
-    test_metrics = evaluate_test_sets(
-        cfg, model, test_sets, trainer.strategy.root_device, best or "last weights"
+    test_metrics = evaluate_sets(
+        SamBoxPredictor(model, trainer.strategy.root_device),
+        test_sets,
+        output_dir(cfg) / "eval",
+        "test",
+        eval_settings(cfg.eval, model.hparams),
+        info={"checkpoint": best or "last weights"},
     )
     log_evaluation(loggers, output_dir(cfg) / "eval", test_metrics, step=trainer.global_step)
     metrics |= test_metrics
@@ -204,61 +211,24 @@ def seen_counts(seen: set[str], datamodule: Any) -> dict[str, float]:
     }
 
 
-def build_test_sets(cfg: DictConfig, datamodule: Any) -> list[tuple[str, PairDataset]]:
+def build_test_sets(
+    specs: Mapping[str, Any] | None, datamodule: Any, image_size: int, test_split: bool = True
+) -> list[EvalSet]:
     """The data module's own test split (named by its cohort, when ``num_test > 0`` and ``test_split`` is on)
-    and every ``cfg.test_sets`` entry whose root exists, loaded."""
-    sets: list[tuple[str, PairDataset]] = []
-    image_size = int(cfg.data.image_size)
-    if cfg.get("test_split", True) and datamodule.test_cases:
+    and every ``eval_data`` config of ``specs`` (``cfg.test_sets``) whose root exists, loaded."""
+    sets: list[EvalSet] = []
+    if test_split and datamodule.test_cases:
         datamodule.setup("test")  # loads the splits once; fit reuses them
-        sets.append((datamodule.test_cases[0].cohort or "test", datamodule.test_set))
-    for name, spec in (cfg.get("test_sets") or {}).items():
+        cohort = datamodule.test_cases[0].cohort or "test"
+        sets.append(EvalSet(cohort, datamodule.test_set, where="the test split of the training data"))
+    for key, spec in (specs or {}).items():
         if spec is None:
             continue
-        if not Path(spec.root).exists():
+        root = source_root(spec)
+        if root is not None and not Path(root).exists():
             log.info(
-                "test set %r skipped: %s does not exist (set its root, e.g. paths.%s_dir)",
-                name,
-                spec.root,
-                name,
+                "test set %r skipped: %s does not exist (set its root, e.g. paths.%s_dir)", key, root, key
             )
             continue
-        size = int(spec.get("image_size") or image_size)
-        sets.append((name, PairDataset(read_cases(spec), size, "none", spec.get("on_bad_pair", "raise"))))
+        sets.append(load_eval_set({**spec, "name": key}, image_size))
     return sets
-
-
-def evaluate_test_sets(
-    cfg: DictConfig,
-    model: SamFinetuneModule,
-    sets: list[tuple[str, PairDataset]],
-    device: torch.device,
-    checkpoint: str = "",
-) -> dict[str, float]:
-    """Evaluate ``model`` on each ``(name, dataset)`` of ``sets`` (see :func:`build_test_sets`)."""
-    if not sets:
-        log.info("no test set to evaluate")
-        return {}
-    predictor = SamBoxPredictor(model, device)
-    hp, ev = model.hparams, cfg.eval
-    metrics: dict[str, float] = {}
-    for name, dataset in sets:
-        summaries = run_evaluation(
-            predictor,
-            dataset,
-            output_dir(cfg) / "eval",
-            name,
-            prompt_modes=eval_prompt_modes(ev, hp.eval_prompt),
-            figure=ev.figure,
-            info={"checkpoint": checkpoint, "image_size": dataset.image_size},
-            repetitions=ev.repetitions,
-            seed=ev.seed,
-            max_jitter_px=hp.max_jitter_px,
-            ref_size=hp.jitter_ref_size,
-            batch_size=ev.batch_size,
-            progress=ev.progress,
-            auto_rounds=ev.get("auto_rounds", AUTO_ROUNDS),
-        )
-        for label, summary in summaries.items():
-            metrics |= flat_metrics(summary, f"test/{label}")
-    return metrics

@@ -1,21 +1,41 @@
-"""Evaluation and reference sets named by a spec: each kind through its reader, an unknown kind refused."""
+"""Evaluation and reference sets: an eval_data config's source goes to its reader, the set arrives loaded."""
 
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
-from fetalgen.data.sources import read_cases
+from fetalgen.cli import CONFIG_DIR
+from fetalgen.data.sources import load_eval_set
 
 
-def test_each_kind_goes_to_its_reader(phantom_dir: Path, phantom_synthetic: Path, tmp_path: Path):
+def eval_data(option: str, *overrides: str) -> DictConfig:
+    """The ``eval_data`` config ``option`` of conf/eval_data/, as fetalgen-evaluate composes it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("evaluate", overrides=[f"eval_data={option}", *overrides]).eval_data
+
+
+def test_each_config_of_the_group_goes_to_its_reader(
+    phantom_dir: Path, phantom_synthetic: Path, tmp_path: Path
+):
     listed = tmp_path / "names.txt"
     listed.write_text("phantom_0003\nphantom_0001\n")
-    folder = read_cases({"kind": "folder", "root": phantom_dir, "list_file": listed, "name": "ph"})
-    assert [c.name for c in folder] == ["phantom_0003", "phantom_0001"] and {c.cohort for c in folder} == {
-        "ph"
-    }
-    synthetic = read_cases({"kind": "synthetic", "root": phantom_synthetic})
-    assert len(synthetic) == 6 and {c.cohort for c in synthetic} == {"synthetic"}  # QC-failed pairs left out
-    assert len(read_cases({"kind": "phantom", "root": tmp_path / "ph", "n": 3})) == 3
-    with pytest.raises(ValueError, match="unknown eval data kind 'dicom'"):
-        read_cases({"kind": "dicom", "root": tmp_path})
+    folder = load_eval_set(
+        eval_data("folder", f"eval_data.source.root={phantom_dir}", f"eval_data.source.list_file={listed}",
+                  "eval_data.name=ph"), 32,
+    )  # fmt: skip
+    assert folder.name == "ph" and folder.where == str(phantom_dir) and folder.skipped == []
+    assert [c.name for c in folder.cases] == ["phantom_0003", "phantom_0001"]
+    assert {c.cohort for c in folder.cases} == {"ph"} and folder.dataset[0]["image"].shape == (1, 32, 32)
+    synthetic = load_eval_set(eval_data("synthetic", f"eval_data.source.root={phantom_synthetic}"), 16)
+    assert len(synthetic.cases) == 6 and {c.cohort for c in synthetic.cases} == {
+        "synthetic"
+    }  # QC-failed left out
+    phantom = load_eval_set(
+        eval_data("phantom", f"eval_data.source.root={tmp_path / 'ph'}", "eval_data.source.n=3",
+                  "eval_data.image_size=24"), 64,
+    )  # fmt: skip
+    assert len(phantom.cases) == 3 and phantom.dataset.image_size == 24  # its own size wins over the model's
+    with pytest.raises(ValueError, match="source with a _target_"):
+        load_eval_set({"name": "old", "kind": "folder", "root": str(phantom_dir)}, 32)

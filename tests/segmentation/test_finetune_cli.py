@@ -89,7 +89,7 @@ def test_finetune_then_evaluate_the_checkpoint(compose_cfg, phantom_dir: Path, t
     names.write_text("\n".join(trained["name"].unique()) + "\n")
     ecfg = compose_cfg(
         "evaluate",
-        [f"ckpt_path={best}", "eval_data.kind=folder", f"eval_data.root={phantom_dir}", f"eval_data.list_file={names}",
+        [f"ckpt_path={best}", "eval_data=folder", f"eval_data.source.root={phantom_dir}", f"eval_data.source.list_file={names}",
          "eval_data.name=phantom", "eval.repetitions=2", "eval.progress=false", "eval.figure=false"],
     )  # fmt: skip
     with open_dict(ecfg):
@@ -136,7 +136,7 @@ def test_every_sam_config_composes(compose_cfg):
 def test_evaluate_cli_on_a_folder_with_random_tiny_sam(phantom_dir: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "fetalgen.cli.evaluate", "eval_data.kind=folder", f"eval_data.root={phantom_dir}",
+        sys.executable, "-m", "fetalgen.cli.evaluate", "eval_data=folder", f"eval_data.source.root={phantom_dir}",
         "eval_data.name=ph", "eval_data.image_size=64", "model.sam.image_size=64", "eval.repetitions=2",
         "eval.progress=false", f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}",
     ]  # fmt: skip
@@ -162,7 +162,7 @@ def test_evaluate_on_real_hc18_cases(compose_cfg, hc18_dir: Path, tmp_path: Path
     names.write_text("001_HC\n010_2HC\n")
     cfg = compose_cfg(
         "evaluate",
-        ["eval_data.kind=hc18", f"eval_data.root={hc18_dir}", f"eval_data.list_file={names}", "eval_data.image_size=64",
+        ["eval_data=hc18", f"eval_data.source.root={hc18_dir}", f"eval_data.source.list_file={names}", "eval_data.image_size=64",
          "model.sam.image_size=64", "eval.repetitions=2", "eval.progress=false", "eval.figure=false"],
     )  # fmt: skip
     metrics = evaluate(cfg)
@@ -245,8 +245,8 @@ def test_leakage_through_the_generator_is_refused(compose_cfg, phantom_dir: Path
     # fetalgen-evaluate refuses the generator's training images for the fine-tuned model.
     listed = tmp_path / "seen.txt"
     listed.write_text("\n".join(r["name"] for r in generator_cases[:3]) + "\n")
-    ecfg = compose_cfg("evaluate", [f"ckpt_path={best}", "eval_data.kind=folder", f"eval_data.root={phantom_dir}",
-                                    f"eval_data.list_file={listed}", "eval.progress=false"])  # fmt: skip
+    ecfg = compose_cfg("evaluate", [f"ckpt_path={best}", "eval_data=folder", f"eval_data.source.root={phantom_dir}",
+                                    f"eval_data.source.list_file={listed}", "eval.progress=false"])  # fmt: skip
     with pytest.raises(LeakageError, match=generator_cases[0]["name"]):
         evaluate(ecfg)
 
@@ -302,7 +302,7 @@ def test_skipped_pairs_are_counted_and_listed(compose_cfg, phantom_dir: Path, tm
     assert metrics["data/num_real"] + metrics["data/num_val"] == 24 - 2  # the pairs actually used
     listed = (Path(cfg.paths.output_dir) / "skipped.txt").read_text().splitlines()
     assert len(listed) == 2 and any(masks[1].name in line for line in listed)
-    ecfg = compose_cfg("evaluate", ["eval_data.kind=folder", f"eval_data.root={data}", "eval_data.on_bad_pair=skip",
+    ecfg = compose_cfg("evaluate", ["eval_data=folder", f"eval_data.source.root={data}", "eval_data.on_bad_pair=skip",
                                     "eval.repetitions=1", "eval.progress=false", "eval.figure=false"])  # fmt: skip
     with pytest.warns(UserWarning):
         emetrics = evaluate(ecfg)
