@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from pipeline import StepFailed, run_step
 
+from fetalgen.cli import resolved_paths
 from fetalgen.data.protocol import restrict_pool
 from fetalgen.data.provenance import TRAINING_CASES, read_training_cases
 from fetalgen.report.paper import ARMS, write_paper_results
@@ -99,13 +99,9 @@ class Cohorts:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def find(cls, data_dir: Path) -> Cohorts:
-        env = os.environ.get
-        return cls(
-            hc18=Path(env("FETALGEN_HC18_DIR", data_dir / "hc18")),
-            spanish=Path(env("FETALGEN_SPANISH_DIR", data_dir / "spanish")),
-            african=Path(env("FETALGEN_AFRICAN_DIR", data_dir / "african")),
-        )
+    def find(cls, paths: dict[str, Path]) -> Cohorts:
+        """Where the tasks will look (``resolved_paths``: conf/paths and its environment variables)."""
+        return cls(hc18=paths["hc18_dir"], spanish=paths["spanish_dir"], african=paths["african_dir"])
 
     def check(self, preset: Preset, checkpoint: Path) -> list[str]:
         """Training cohorts to sweep; stops early (SystemExit) with the fix when required data is missing."""
@@ -159,9 +155,10 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
     out = (args.out or Path(f"outputs/reproduce-paper-{args.preset}")).resolve()
-    data_dir = Path(os.environ.get("FETALGEN_DATA_DIR", "data")).resolve()
-    checkpoint = Path(os.environ.get("FETALGEN_CHECKPOINT_DIR", "checkpoints")) / "sam_vit_b_01ec64.pth"
-    found = Cohorts.find(data_dir)
+    paths = resolved_paths()
+    data_dir = paths["data_dir"].resolve()
+    checkpoint = paths["checkpoint_dir"] / "sam_vit_b_01ec64.pth"
+    found = Cohorts.find(paths)
     cohorts = found.check(preset, checkpoint)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(preset.seeds)
     arms = args.arms.split(",") if args.arms else list(preset.arms)

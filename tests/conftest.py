@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,19 +11,17 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from fetalgen.cli import CONFIG_DIR
+from fetalgen.cli import CONFIG_DIR, resolved_paths
 
 # Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly.
 torch.set_num_threads(1)
 
 
 def hc18_root() -> Path | None:
-    """The real HC18 folder (FETALGEN_HC18_DIR, else data/hc18 in the checkout), or None if absent."""
-    candidates = [os.environ.get("FETALGEN_HC18_DIR"), Path(__file__).parents[1] / "data" / "hc18"]
-    for c in candidates:
-        if c and (Path(c) / "training_set").is_dir():
-            return Path(c)
-    return None
+    """The real HC18 folder where the tasks look (``paths.hc18_dir``: FETALGEN_HC18_DIR, else data/hc18), or None
+    if absent."""
+    root = resolved_paths()["hc18_dir"]
+    return root if (root / "training_set").is_dir() else None
 
 
 @pytest.fixture(scope="session")

@@ -23,3 +23,13 @@ CONFIG_DIR = str(config_dir())
 OmegaConf.register_new_resolver(
     "fetalgen_dir", lambda: str(Path(__file__).resolve().parents[1]), replace=True
 )
+
+
+def resolved_paths(**overrides: str) -> dict[str, Path]:
+    """The folders of ``conf/paths/default.yaml`` resolved as a task resolves them (environment variables such
+    as ``FETALGEN_HC18_DIR`` included), for scripts and tests that need them outside a Hydra run; the run's own
+    ``output_dir`` is left out. ``overrides`` replace entries, as ``paths.<key>=...`` would."""
+    paths = OmegaConf.load(config_dir() / "paths" / "default.yaml")
+    paths.merge_with(overrides)
+    resolved = OmegaConf.create({"paths": paths}).paths
+    return {key: Path(str(resolved[key])) for key in paths if key != "output_dir"}
