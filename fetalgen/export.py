@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
-from fetalgen.utils.checkpoints import WRITERS, CheckpointError, checkpoint_kind, read_weights
+from fetalgen.utils.checkpoints import WRITERS, CheckpointError, checkpoint_kind, read_weights, run_config
 from fetalgen.utils.task import output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def export_sam(checkpoint: dict[str, Any], out: Path) -> Path:
     """Write the fine-tuned SAM of ``checkpoint`` as a ``segment-anything`` state dict; returns its path."""
     from fetalgen.segmentation.build import sam_state_from_finetune
 
-    model = (checkpoint.get("fetalgen_config") or {}).get("model", {}).get("sam", {})
+    model = (run_config(checkpoint) or {}).get("model", {}).get("sam", {})
     model_type = model.get("model_type", "vit_b")
     path = out / f"sam_{model_type}.pth"
     torch.save(sam_state_from_finetune(checkpoint), path)
@@ -78,9 +78,7 @@ def describe_cases(records: list[dict[str, Any]] | None) -> list[str]:
 
 def model_card(kind: str, ckpt_path: Path, checkpoint: dict[str, Any], exported: Path) -> str:
     """The model card (Markdown) of an exported model."""
-    config = (
-        checkpoint.get("fetalgen_config") or (checkpoint.get("hyper_parameters") or {}).get("config") or {}
-    )
+    config = run_config(checkpoint) or {}
     provenance = checkpoint.get(PROVENANCE_KEY) or {}
     lines = [f"# fetalgen {'fine-tuned SAM' if kind == 'finetune' else 'joint image-mask generator'}", ""]
     lines += [f"Exported by `fetalgen-export` from `{ckpt_path}` ({WRITERS[kind]}), "

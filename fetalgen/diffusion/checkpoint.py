@@ -1,7 +1,8 @@
 """Rebuild a trained generator from a Lightning checkpoint file alone (nanoGPT-style self-contained checkpoints).
 
 A checkpoint written by :class:`fetalgen.diffusion.module.JointDiffusionModule` carries the UNet config, the
-noise-scheduler config, the EMA state and the resolved run config (``hyper_parameters["config"]``).
+noise-scheduler config and the EMA state; ``fetalgen-train-diffusion`` adds the run's record (its resolved config
+and training cases, :class:`fetalgen.utils.checkpoints.RunRecord`), as ``fetalgen-finetune`` does for SAM.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.training_utils import EMAModel
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.diffusion.module import CHECKPOINT_KEY, EMA_KEY
+from fetalgen.utils.checkpoints import run_config
 from fetalgen.utils.files import sha256_file
 
 
@@ -62,17 +65,21 @@ def load_generator(
         raise DataError(path, f"UNet weights do not fit the stored UNet config: {err}") from err
     ema_loaded = False
     if use_ema and EMA_KEY in ckpt:
-        shadow = ckpt[EMA_KEY]["shadow_params"]
-        params = list(unet.parameters())
-        if len(shadow) != len(params):
-            raise DataError(path, f"EMA holds {len(shadow)} tensors for a UNet with {len(params)} parameters")
-        with torch.no_grad():
-            for p, s in zip(params, shadow, strict=True):
-                p.copy_(s)
+        ema = EMAModel(unet.parameters())
+        try:
+            ema.load_state_dict(ckpt[EMA_KEY])
+        except (ValueError, TypeError, AttributeError) as err:
+            raise DataError(path, f"the EMA state cannot be read: {err}") from err
+        n_params = len(list(unet.parameters()))
+        if len(ema.shadow_params) != n_params:  # copy_to would zip them silently
+            raise DataError(
+                path, f"EMA holds {len(ema.shadow_params)} tensors for a UNet with {n_params} parameters"
+            )
+        ema.copy_to(unet.parameters())
         ema_loaded = True
     unet.to(device).eval().requires_grad_(False)
     meta = {
-        "config": (ckpt.get("hyper_parameters") or {}).get("config"),
+        "config": run_config(ckpt),
         "global_step": int(ckpt.get("global_step", 0)),
         "epoch": int(ckpt.get("epoch", 0)),
         "image_size": int(extra["image_size"]),

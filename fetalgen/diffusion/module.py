@@ -18,10 +18,8 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.training_utils import EMAModel
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import LightningModule
 
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.diffusion.channels import pack
 from fetalgen.diffusion.sampling import make_sampler, sample_pairs
 from fetalgen.utils.seeds import derive_seed, torch_generator
@@ -99,8 +97,6 @@ class JointDiffusionModule(LightningModule):
         self.class_key = class_key
         self.p_uncond = float(p_uncond)
         self.val_seed = int(val_seed)
-        # {"training_cases": [...]} (fetalgen.data.provenance), set by the task and saved in every checkpoint
-        self.provenance: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------- conditioning
     @property
@@ -246,14 +242,8 @@ class JointDiffusionModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def save_run_config(self, cfg: DictConfig | dict[str, Any]) -> None:
-        """Store the resolved run config in ``hparams`` (and so in every checkpoint)."""
-        resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        self.save_hyperparameters({"config": resolved}, logger=False)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.provenance is not None:
-            checkpoint[PROVENANCE_KEY] = self.provenance
+        """What rebuilds the generator from the file alone (the run's config and provenance: ``RunRecord``)."""
         if self.ema is not None:
             checkpoint[EMA_KEY] = self.ema.state_dict()
         checkpoint[CHECKPOINT_KEY] = {

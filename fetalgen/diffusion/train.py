@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.utils.checkpoints import load_checkpoint
@@ -36,12 +37,10 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model: JointDiffusionModule = hydra.utils.instantiate(cfg.model)
-    model.save_run_config(cfg)
     records = case_records(datamodule.train_cases)
-    model.provenance = {"training_cases": records}
     write_training_cases(out / TRAINING_CASES, records)
     log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)
-    trainer, loggers = build_trainer(cfg)
+    trainer, loggers = build_trainer(cfg, record={PROVENANCE_KEY: {"training_cases": records}})
     if cfg.get("ckpt_path"):
         load_checkpoint(
             cfg.ckpt_path, "diffusion"

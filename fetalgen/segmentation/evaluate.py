@@ -30,7 +30,6 @@ from fetalgen.data.provenance import check_no_leak
 from fetalgen.data.sources import EvalSet, load_eval_set
 from fetalgen.metrics.cases import case_metrics, hc_px
 from fetalgen.report.figures import save_case_figure
-from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
 from fetalgen.segmentation.prompts import PROMPT_MODES, prompt_boxes
 from fetalgen.utils.files import write_json
@@ -294,10 +293,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate a checkpoint (or raw/random SAM) on ``cfg.eval_data``; returns flat ``eval/<name>/...`` metrics."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    module, train_cfg = load_module(cfg.get("model"), cfg.get("ckpt_path"))
+    module, train_cfg, provenance = load_module(cfg.get("model"), cfg.get("ckpt_path"))
     trained_size = (train_cfg or {}).get("data", {}).get("image_size") or 256
     test = load_eval_set(cfg.eval_data, trained_size)
-    check_lineage(module, cfg.get("ckpt_path"), test.name, test.cases)
+    check_lineage(provenance, cfg.get("ckpt_path"), test.name, test.cases)
     metrics = {f"eval/{test.name}/n_skipped": float(len(test.skipped))}
     metrics |= evaluate_sets(
         SamBoxPredictor(module, resolve_device(cfg.get("device"))),
@@ -324,9 +323,11 @@ def eval_prompt_modes(eval_cfg: Mapping[str, Any], model_prompt: str) -> list[st
     return list(dict.fromkeys(modes))
 
 
-def check_lineage(module: SamFinetuneModule, ckpt_path: str | None, name: str, cases: list[Case]) -> None:
-    """Refuse to evaluate a fine-tuned model on cases that it, or the generator of its synthetic pairs, saw."""
-    provenance = module.provenance
+def check_lineage(
+    provenance: dict[str, Any] | None, ckpt_path: str | None, name: str, cases: list[Case]
+) -> None:
+    """Refuse to evaluate a fine-tuned model on cases that it, or the generator of its synthetic pairs, saw
+    (``provenance``: the record of its checkpoint, :class:`~fetalgen.segmentation.predictor.LoadedModel`)."""
     if provenance is None:
         if ckpt_path:
             log.warning(

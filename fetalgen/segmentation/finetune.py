@@ -13,9 +13,10 @@ import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
 from fetalgen.data.sources import EvalSet, load_eval_set, source_root
 from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
@@ -45,7 +46,6 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
     overrides: dict[str, Any] = {}
     if model.views is not None and cfg.data.get("augment", "none") != "none":
         log.info(
@@ -65,12 +65,12 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         model="SAM (or the generator of its synthetic pairs)",
         fix="evaluate on cases outside the training pool, or drop the test set from test_sets",
     )
-    model.provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
+    provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
     write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
 
-    trainer, loggers = build_trainer(cfg)
+    trainer, loggers = build_trainer(cfg, record={PROVENANCE_KEY: provenance})
     for lg in loggers:
         lg.log_hyperparams(counts)
     if cfg.data.get("synthetic_dir"):

@@ -17,7 +17,6 @@ from pytorch_lightning import LightningModule
 from segment_anything.modeling import Sam
 from torchmetrics import MeanMetric
 
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.transforms import build_augmentation
 from fetalgen.segmentation.build import count_parameters, set_trainable
 from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache
@@ -93,9 +92,6 @@ class SamFinetuneModule(LightningModule):
 
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_dice, self.val_iou = MeanMetric(), MeanMetric()
-        self.run_config: dict[str, Any] | None = None  # the resolved run config, saved in every checkpoint
-        # {"training_cases": [...], "generator_cases": [...]} (fetalgen.data.provenance), saved likewise
-        self.provenance: dict[str, Any] | None = None
         self.seen_names: set[str] = set()  # distinct training pairs that reached a step (all ranks after fit)
 
     # ----------------------------------------------------------------------------------------- model
@@ -223,9 +219,3 @@ class SamFinetuneModule(LightningModule):
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/dice"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["fetalgen_config"] = self.run_config
-        if self.provenance is not None:
-            checkpoint[PROVENANCE_KEY] = self.provenance

@@ -217,7 +217,7 @@ def _predict_batch(
 @task_wrapper
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run ``fetalgen-predict`` (``conf/predict.yaml``); returns the summary written to ``summary.json``."""
-    module, train_cfg = load_module(cfg.get("model"), cfg.get("ckpt_path"))
+    module, train_cfg, _ = load_module(cfg.get("model"), cfg.get("ckpt_path"))
     image_size = int(cfg.get("image_size") or (train_cfg or {}).get("data", {}).get("image_size") or 256)
     items = read_images(cfg.images.root, cfg.images.get("pixel_sizes"), on_bad=cfg.on_bad_image)
     boxes = read_boxes(cfg.images.boxes) if cfg.images.get("boxes") else {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import numpy as np
@@ -25,7 +25,7 @@ from fetalgen.segmentation.cache import encode_in_chunks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import full_box, tight_box
-from fetalgen.utils.checkpoints import load_checkpoint
+from fetalgen.utils.checkpoints import load_checkpoint, run_config
 from fetalgen.utils.masks import largest_component
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,16 @@ class SamBoxPredictor:
         return self.predict(embedded, torch.from_numpy(boxes)[None])[0], boxes
 
 
-def load_module(
-    model_cfg: DictConfig | None, ckpt_path: str | Path | None = None
-) -> tuple[SamFinetuneModule, dict[str, Any] | None]:
-    """The module to predict with, and the training run's config when it comes from a checkpoint.
+class LoadedModel(NamedTuple):
+    """A module to predict with and, when it comes from a ``fetalgen-finetune`` checkpoint, the run's record."""
+
+    module: SamFinetuneModule
+    config: dict[str, Any] | None  # the resolved training config
+    provenance: dict[str, Any] | None  # {"training_cases", "generator_cases"} (fetalgen.data.provenance)
+
+
+def load_module(model_cfg: DictConfig | None, ckpt_path: str | Path | None = None) -> LoadedModel:
+    """The module to predict with, and the training run's config and provenance when it comes from a checkpoint.
 
     ``ckpt_path``: a ``fetalgen-finetune`` checkpoint (``.ckpt``); the model is rebuilt from the config saved
     in it (else from ``model_cfg``) with random init and no cache, then its weights loaded. Without
@@ -140,10 +146,10 @@ def load_module(
     if ckpt_path is None:
         if model_cfg is None:
             raise ValueError("no model: give ckpt_path or a model config")
-        return hydra.utils.instantiate(model_cfg), None
+        return LoadedModel(hydra.utils.instantiate(model_cfg), None, None)
     path = Path(ckpt_path)
     checkpoint = load_checkpoint(path, "finetune")
-    train_cfg = checkpoint.get("fetalgen_config")
+    train_cfg = run_config(checkpoint)
     if train_cfg is None and model_cfg is None:
         raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")
     cfg = OmegaConf.create(
@@ -154,6 +160,5 @@ def load_module(
         cfg.cache = None
     module = hydra.utils.instantiate(cfg)
     module.load_state_dict(checkpoint["state_dict"])
-    module.provenance = checkpoint.get(PROVENANCE_KEY)
     log.info("Loaded fine-tuned SAM from %s", path)
-    return module, train_cfg
+    return LoadedModel(module, train_cfg, checkpoint.get(PROVENANCE_KEY))

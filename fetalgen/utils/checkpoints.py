@@ -1,5 +1,6 @@
-"""Lightning checkpoints of fetalgen: read safely (``weights_only=True``) with a check of which task wrote them,
-and a best checkpoint that survives a resume into another run folder."""
+"""Lightning checkpoints of fetalgen: one record of the run in every checkpoint of both training tasks (its resolved
+config and what it trained on), read safely (``weights_only=True``) with a check of which task wrote them, and a
+best checkpoint that survives a resume into another run folder."""
 
 from __future__ import annotations
 
@@ -9,12 +10,37 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
 WRITERS = {"diffusion": "fetalgen-train-diffusion", "finetune": "fetalgen-finetune"}
+CONFIG_KEY = "fetalgen_config"  # the resolved run config, in the checkpoints of both training tasks
+
+
+class RunRecord(Callback):
+    """Writes the run's record into every checkpoint Lightning saves: ``entries`` (the resolved config under
+    :data:`CONFIG_KEY`, the provenance under ``fetalgen.data.provenance.CHECKPOINT_KEY``), the same way for the
+    generator and for SAM. The modules themselves store only what rebuilds them."""
+
+    def __init__(self, entries: dict[str, Any]) -> None:
+        self.entries = dict(entries)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint.update(self.entries)
+
+
+def run_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved run config a checkpoint carries (None when it has none); generator checkpoints of fetalgen
+    before the run record kept it in ``hyper_parameters["config"]``."""
+    config = checkpoint.get(CONFIG_KEY)
+    if config is None:
+        config = (checkpoint.get("hyper_parameters") or {}).get("config")
+    return config
 
 
 class CheckpointError(ValueError):
@@ -27,7 +53,7 @@ def checkpoint_kind(checkpoint: Any) -> str | None:
         return None
     if "fetalgen" in checkpoint:
         return "diffusion"
-    if "fetalgen_config" in checkpoint or any(k.startswith("sam.") for k in checkpoint["state_dict"]):
+    if CONFIG_KEY in checkpoint or any(k.startswith("sam.") for k in checkpoint["state_dict"]):
         return "finetune"
     return None
 

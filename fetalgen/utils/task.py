@@ -20,6 +20,8 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 
+from fetalgen.utils.checkpoints import CONFIG_KEY, RunRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -91,12 +93,17 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[Logger]]:
+def build_trainer(cfg: DictConfig, record: dict[str, Any] | None = None) -> tuple[pl.Trainer, list[Logger]]:
     """The Trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg``; the config is logged.
 
-    Without a logger, LearningRateMonitor (which refuses to run then) is left out.
+    ``record``: entries every checkpoint carries besides the resolved config (:class:`RunRecord`), e.g. the
+    provenance. Without a logger, LearningRateMonitor (which refuses to run then) is left out.
     """
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [
+        RunRecord({CONFIG_KEY: resolved, **(record or {})}),
+        *instantiate_callbacks(cfg.get("callbacks")),
+    ]
     loggers = instantiate_loggers(cfg.get("logger"))
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

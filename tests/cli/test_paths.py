@@ -17,5 +17,7 @@ def test_resolved_paths_follow_conf_paths_and_its_environment_variables(monkeypa
     monkeypatch.setenv("FETALGEN_DATA_DIR", "/data/fetal")
     monkeypatch.setenv("FETALGEN_HC18_DIR", "/elsewhere/hc18")
     moved = resolved_paths()
-    assert moved["hc18_dir"] == Path("/elsewhere/hc18") and moved["african_dir"] == Path("/data/fetal/african")
+    assert moved["hc18_dir"] == Path("/elsewhere/hc18") and moved["african_dir"] == Path(
+        "/data/fetal/african"
+    )
     assert resolved_paths(data_dir="/d")["spanish_dir"] == Path("/d/spanish")  # as paths.data_dir=/d would

@@ -214,11 +214,20 @@ def test_load_generator_rebuilds_the_ema_model_from_the_file_alone(compose_cfg):
     assert meta["global_step"] == 2 and meta["ema"] and meta["image_size"] == 32 and len(meta["sha256"]) == 64
     assert meta["config"]["model"]["unet"]["_target_"] == "diffusers.UNet2DModel"
     assert meta["config"]["data"]["num_real"] == 8
+    # One run record for both training tasks: the resolved config and the provenance under the same keys as SAM's.
+    assert ckpt["fetalgen_config"] == meta["config"] and "config" not in ckpt.get("hyper_parameters", {})
+    assert len(ckpt["fetalgen_provenance"]["training_cases"]) == 8 == len(meta["training_cases"])
     raw, _, raw_meta = load_generator(path, use_ema=False)
     assert not raw_meta["ema"]
     state = {k.removeprefix("unet."): v for k, v in ckpt["state_dict"].items()}
     for name, p in raw.named_parameters():
         assert torch.equal(p, state[name])
+    ckpt["ema"]["shadow_params"] = ckpt["ema"]["shadow_params"][
+        :-1
+    ]  # EMA of another UNet: refused, not zipped
+    torch.save(ckpt, path.with_name("short_ema.ckpt"))
+    with pytest.raises(DataError, match="EMA holds"):
+        load_generator(path.with_name("short_ema.ckpt"))
 
 
 def test_load_generator_rejects_other_files(tmp_path):

@@ -81,7 +81,10 @@ def test_finetune_then_evaluate_the_checkpoint(compose_cfg, phantom_dir: Path, t
     assert {"train/loss", "val/dice", "val/iou", "val/loss"} <= set(logged.columns)
     best = next((out / "checkpoints").glob("best_*.ckpt"))
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-    assert checkpoint["fetalgen_config"]["model"]["sam"]["model_type"] == "tiny"
+    assert (
+        checkpoint["fetalgen_config"]["model"]["sam"]["model_type"] == "tiny"
+    )  # the run record, as the generator's
+    assert len(checkpoint["fetalgen_provenance"]["training_cases"]) == metrics["data/num_real"]
 
     # The best checkpoint through fetalgen-evaluate on the same test images: the same boxes, the same numbers.
     trained = pd.read_csv(out / "eval" / "phantom" / "per_image.csv")
