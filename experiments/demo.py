@@ -19,12 +19,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 from pipeline import run_step
 
 from fetalgen.data.io import load_image
 from fetalgen.data.synthetic import read_manifest
-from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, spread, summarise
+from fetalgen.report.aggregate import collect_runs, markdown_table, mean_std_table, summarise
 from fetalgen.report.figures import pair_grid
 from fetalgen.report.plots import plot_metric
 from fetalgen.report.synthetic import synthetic_set_markdown
@@ -81,17 +80,8 @@ def write_report(out: Path, sweep: Path, synthetic: Path, timings: dict[str, flo
         title="Tiny SAM on phantom test pairs",
     )  # fmt: skip
     grid, caption = synthetic_grid(synthetic, report_dir / "synthetic_pairs.png")
-    table = pd.DataFrame(
-        {
-            "synthetic / real": summary[x],
-            "SAM Dice (%)": [
-                format_mean_std(r[f"{dice}_mean"], spread(r, dice)) for _, r in summary.iterrows()
-            ],
-            "box-ellipse Dice (%)": [
-                format_mean_std(r[f"{baseline}_mean"], spread(r, baseline)) for _, r in summary.iterrows()
-            ],
-            "runs": summary[f"{dice}_n"].astype(int),
-        }
+    table = mean_std_table(
+        summary, {"SAM Dice (%)": dice, "box-ellipse Dice (%)": baseline}, {x: "synthetic / real"}
     )
     qc_rate = summary_qc.get("qc_pass_rate")
     memo = (summary_qc.get("memorisation") or {}).get("rate")
@@ -111,8 +101,8 @@ def write_report(out: Path, sweep: Path, synthetic: Path, timings: dict[str, flo
         "",
         "## Tiny SAM: Dice on held-out phantom pairs against the synthetic/real ratio",
         "",
-        "Mean ± std over seeds (one seed: over box-jitter repetitions); the box-ellipse baseline uses the same",
-        "prompts.",
+        "Mean ± sample std (`± over`: over seeds, or for one seed over box-jitter repetitions); the box-ellipse",
+        "baseline uses the same prompts.",
         "Every run trains the same number of optimizer steps; the generator never saw a held-out pair.",
         "",
         markdown_table(table),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +127,40 @@ def summarise(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> 
     return stats.reset_index(drop=True)
 
 
-def spread(row: pd.Series, metric: str) -> float:
-    """The std to show beside ``<metric>_mean`` of a :func:`summarise` row: over seeds when the group has
-    several runs, else the run's own std over box-jitter repetitions (``<metric>_std`` in its metrics, which
-    :func:`summarise` turns into ``<metric>_std_mean``), else 0."""
-    if row.get(f"{metric}_n", 0) > 1:
-        return float(row[f"{metric}_std"])
+def spread(row: pd.Series, metric: str) -> tuple[float, str]:
+    """The std to show beside ``<metric>_mean`` of a :func:`summarise` row, and what it is over. Both are sample
+    stds (ddof=1): over the seeds when the group has several runs (``"3 seeds"``), else over the single run's
+    box-jitter repetitions (``<metric>_std`` in its metrics, which :func:`summarise` turns into
+    ``<metric>_std_mean``: ``"repetitions of 1 seed"``), else 0 (``"1 run"``)."""
+    n = int(row.get(f"{metric}_n", 0) or 0)
+    if n > 1:
+        return float(row[f"{metric}_std"]), f"{n} seeds"
     own = row.get(f"{metric}_std_mean")
-    return 0.0 if own is None or pd.isna(own) else float(own)
+    if own is None or pd.isna(own):
+        return 0.0, "1 run"
+    return float(own), "repetitions of 1 seed"
+
+
+def mean_std_table(
+    summary: pd.DataFrame, columns: Mapping[str, str], settings: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """The table of every report: the ``settings`` columns of ``summary`` (``{column: label}``), one
+    ``mean ± std`` column per ``{label: metric}`` of ``columns`` (Dice in %), and ``± over``: what each row's
+    std is over (:func:`spread`), so a table never mixes two kinds of spread silently."""
+    settings = {k: v for k, v in (settings or {}).items() if k in summary.columns}
+    table = summary[list(settings)].rename(columns=settings).reset_index(drop=True)
+    over: list[set[str]] = [set() for _ in range(len(summary))]
+    for label, metric in columns.items():
+        if f"{metric}_mean" not in summary.columns:
+            continue
+        cells = []
+        for i, (_, row) in enumerate(summary.iterrows()):
+            std, what = spread(row, metric)
+            cells.append(format_mean_std(row[f"{metric}_mean"], std))
+            over[i].add(what)
+        table[label] = cells
+    table["± over"] = [" / ".join(sorted(s)) for s in over]
+    return table
 
 
 def format_mean_std(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:

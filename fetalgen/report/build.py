@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, spread, summarise
+from fetalgen.report.aggregate import collect_runs, markdown_table, mean_std_table, summarise
 from fetalgen.report.plots import plot_metric
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,14 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> Path:
             else ""
         )
         + ".",
-        f"Settings that vary: {', '.join(by) if by else 'none'}. Dice in %, mean ± std over seeds "
-        "(for a single seed: the std over box-jitter repetitions).",
+        f"Settings that vary: {', '.join(by) if by else 'none'}. Dice in %, mean ± sample std; `± over` says "
+        "whether a row's std is over seeds or, for a single seed, over box-jitter repetitions.",
         "",
     ]
-    table = summary[by].copy() if by else pd.DataFrame(index=summary.index)
+    columns = {}
     for m in dice_metrics:
-        base = m.replace("/dice", "/baseline_dice")
-        table[m] = [format_mean_std(r[f"{m}_mean"], spread(r, m)) for _, r in summary.iterrows()]
-        if f"{base}_mean" in summary.columns:
-            table[base] = [format_mean_std(r[f"{base}_mean"], spread(r, base)) for _, r in summary.iterrows()]
-        table["n"] = summary[f"{m}_n"].astype(int).values
+        columns |= {m: m, m.replace("/dice", "/baseline_dice"): m.replace("/dice", "/baseline_dice")}
+    table = mean_std_table(summary, columns, {b: b for b in by})
     table.to_csv(out / "table.csv", index=False)
     lines += ["## Dice", "", markdown_table(table), ""]
 

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, spread, summarise
+from fetalgen.report.aggregate import (
+    collect_runs,
+    format_mean_std,
+    markdown_table,
+    mean_std_table,
+    spread,
+    summarise,
+)
 from fetalgen.report.paired import paired_comparison, paired_table
 from fetalgen.report.plots import plot_ci_panels
 
@@ -38,21 +45,10 @@ def paper_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 def paper_table(summary: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """One row per (training cohort, arm, N_real); per test set SAM Dice and box-ellipse Dice (mean ± std, %)."""
-    table = summary[[g for g in GROUP if g in summary.columns]].rename(
-        columns={"data": "train cohort", "data.num_real": "N_real"}
-    )
+    columns = {}
     for name in names:
-        dice, base = f"test/{name}/dice", f"test/{name}/baseline_dice"
-        if f"{dice}_mean" not in summary.columns:
-            continue
-        table[f"{name} Dice"] = [
-            format_mean_std(r[f"{dice}_mean"], spread(r, dice)) for _, r in summary.iterrows()
-        ]
-        table[f"{name} box-ellipse"] = [
-            format_mean_std(r[f"{base}_mean"], spread(r, base)) for _, r in summary.iterrows()
-        ]
-        table[f"{name} runs"] = summary[f"{dice}_n"].fillna(0).astype(int).values
-    return table
+        columns |= {f"{name} Dice": f"test/{name}/dice", f"{name} box-ellipse": f"test/{name}/baseline_dice"}
+    return mean_std_table(summary, columns, {"data": "train cohort", "arm": "arm", "data.num_real": "N_real"})
 
 
 def published_comparison(summary: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +59,8 @@ def published_comparison(summary: pd.DataFrame) -> pd.DataFrame:
         column = f"test/{name}/dice_mean"
         if column in synth.columns and synth[column].notna().any():
             best = synth.loc[synth[column].idxmax()]
-            ours = format_mean_std(best[column], spread(best, f"test/{name}/dice"))
+            std, over = spread(best, f"test/{name}/dice")
+            ours = f"{format_mean_std(best[column], std)} (± over {over})"
             where = f"{best.get('data', '?')}, N_real={best.get('data.num_real', '?')}"
         else:
             ours, where = "–", "test set absent"

@@ -147,7 +147,8 @@ def mode_label(name: str, mode: str, primary: str) -> str:
 
 
 def summarise(rows: pd.DataFrame, **info: Any) -> dict[str, Any]:
-    """Per method and metric: mean and (population) std over repetitions of the per-repetition image means.
+    """Per method and metric: mean and sample std (ddof=1, as over seeds; 0 for one repetition) over repetitions
+    of the per-repetition image means.
 
     Images where a metric is nan (empty prediction, no ellipse fit, unknown pixel size) are left out of that
     metric's means; ``n_nan`` counts them over all repetitions.
@@ -164,7 +165,7 @@ def summarise(rows: pd.DataFrame, **info: Any) -> dict[str, Any]:
             per_rep = group.groupby("repetition")[metric].mean()
             stats[metric] = {
                 "mean": _float(per_rep.mean()),
-                "std": _float(per_rep.std(ddof=0)),
+                "std": _float(per_rep.std(ddof=1)) if len(per_rep) > 1 else 0.0,
                 "per_repetition": [_float(v) for v in per_rep],
                 "n_nan": int(group[metric].isna().sum()),
             }

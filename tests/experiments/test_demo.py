@@ -25,7 +25,7 @@ def test_demo_pipeline_writes_its_report(tmp_path: Path) -> None:
     report = out / "report" / "report.md"
     assert f"Report: {report}" in done.stdout
     text = report.read_text()
-    assert "| synthetic / real | SAM Dice (%) | box-ellipse Dice (%) | runs |" in text
+    assert "| synthetic / real | SAM Dice (%) | box-ellipse Dice (%) | ± over |" in text
     assert "| 0 | " in text
     assert "image-mask agreement" in text and "Features: sam-tiny encoder" in text  # the set's fidelity
     for name in ("synthetic_pairs.png", "dice_vs_ratio.png"):

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from fetalgen.report.aggregate import collect_runs, format_mean_std, markdown_table, summarise
+from fetalgen.report.aggregate import (
+    collect_runs,
+    format_mean_std,
+    markdown_table,
+    mean_std_table,
+    spread,
+    summarise,
+)
 from fetalgen.report.build import build_report, varying_settings
 
 
@@ -54,3 +61,19 @@ def test_format_and_markdown() -> None:
 
     md = markdown_table(pd.DataFrame({"a": [1, 2], "b": [0.5, float("nan")]}))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.5 |", "| 2 | – |"]
+
+
+def test_every_table_says_what_its_spread_is_over() -> None:
+    import pandas as pd
+
+    runs = pd.DataFrame({
+        "arm": ["real", "real", "synthetic"], "status": ["ok"] * 3,
+        "test/hc18/dice": [0.80, 0.90, 0.88], "test/hc18/dice_std": [0.01, 0.03, 0.02],
+    })  # fmt: skip
+    summary = summarise(runs, ["arm"], ["test/hc18/dice", "test/hc18/dice_std"])
+    table = mean_std_table(summary, {"Dice": "test/hc18/dice", "absent": "test/x/dice"}, {"arm": "Arm"})
+    assert list(table.columns) == ["Arm", "Dice", "± over"]  # a metric the runs lack gets no column
+    real, synthetic = table.iloc[0], table.iloc[1]
+    assert real["Dice"] == "85.00 ± 7.07" and real["± over"] == "2 seeds"  # sample std over the two seeds
+    assert synthetic["Dice"] == "88.00 ± 2.00" and synthetic["± over"] == "repetitions of 1 seed"
+    assert spread(summary.iloc[1], "test/hc18/dice") == (pytest.approx(0.02), "repetitions of 1 seed")
