@@ -66,6 +66,8 @@ class PairDataModule(pl.LightningDataModule):
             instead of the seeded split (``num_real`` then picks a seeded subset of its train list).
         seed: split, subset, synthetic choice and loader seed.
         augment: ``none``, ``weak`` or ``strong`` (training only).
+        augment_views: with augmentation, ``K`` seeded views per training pair instead of a fresh draw every
+            time (:class:`~fetalgen.data.dataset.PairDataset` ``views``): what an embedding cache can reuse.
         synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded). Its
             ``provenance.json`` must show that its generator never saw a validation or test case or subject
             (else :class:`~fetalgen.data.provenance.LeakageError`); a set without one gets a loud warning.
@@ -95,6 +97,7 @@ class PairDataModule(pl.LightningDataModule):
         split_file: str | Path | None = None,
         seed: int = 0,
         augment: str = "none",
+        augment_views: int | None = None,
         synthetic_dir: str | Path | None = None,
         synthetic_ratio: float = 0.0,
         num_synthetic: int | str | None = None,
@@ -110,6 +113,7 @@ class PairDataModule(pl.LightningDataModule):
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.augment = augment
+        self.augment_views = augment_views
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.on_bad_pair = on_bad_pair
@@ -215,6 +219,7 @@ class PairDataModule(pl.LightningDataModule):
                 self.on_bad_pair,
                 seed=self.seed,
                 mask_regions=self.mask_regions,
+                views=self.augment_views,
             )
             held = {"on_bad_pair": self.on_bad_pair, "mask_regions": self.mask_regions}
             self.val_set = PairDataset(self.val_cases, self.image_size, "none", **held)

@@ -14,10 +14,12 @@ from fetalgen.data.cases import Case, DataError
 from fetalgen.data.hc18 import trimester_from_hc
 from fetalgen.data.io import check_on_bad, load_pair, warn_skipped
 from fetalgen.data.transforms import build_augmentation, pad_resize
+from fetalgen.utils.seeds import derive_seed, name_key
 
 
 class PairDataset(Dataset):
-    """Image/mask pairs, validated and resized once (``pad_resize``), augmented on every access.
+    """Image/mask pairs, validated and resized once (``pad_resize``), augmented on every access (or through a
+    fixed number of seeded views per pair).
 
     Every pair is loaded and checked when the dataset is built, so a bad file fails at once, not mid-epoch.
 
@@ -28,6 +30,10 @@ class PairDataset(Dataset):
         on_bad_pair: ``"raise"`` the first :class:`DataError`, or ``"skip"`` bad pairs with one warning giving
             their count and files (kept cases in ``self.cases``, errors in ``self.skipped``).
         seed: seed of the augmentation's random state (DataLoader workers reseed it, see :func:`seed_worker`).
+        views: with augmentation, ``K`` fixed views per pair instead of a fresh draw on every access: the
+            dataset then has ``N * K`` items, item ``j`` being view ``j % K`` of pair ``j // K``, drawn with the
+            seed ``derive_seed(seed, name_key(name), view)`` (:mod:`fetalgen.utils.seeds`). An epoch shows every
+            view once; a content-keyed embedding cache computes each view once. None: fresh draws.
         mask_regions: a mask of several separate regions: ``raise``, or keep the ``largest`` (counted in
             ``self.repaired`` and one warning).
 
@@ -44,11 +50,18 @@ class PairDataset(Dataset):
         on_bad_pair: str = "raise",
         seed: int = 0,
         mask_regions: str = "raise",
+        views: int | None = None,
     ) -> None:
         check_on_bad(on_bad_pair)
+        if views is not None and views < 1:
+            raise ValueError(
+                f"views must be >= 1 (or None: a fresh augmentation on every access), got {views}"
+            )
         self.image_size = int(image_size)
         self.augment_name = augment
         self.augment = build_augmentation(augment, seed=seed)
+        self.seed = int(seed)
+        self.views = views if self.augment is not None else None  # nothing to vary without augmentation
         self.cases: list[Case] = []
         self.skipped: list[DataError] = []
         self.repaired: list[Path] = []
@@ -87,16 +100,19 @@ class PairDataset(Dataset):
         self.pixel_sizes = pixel_sizes
 
     def __len__(self) -> int:
-        return len(self.cases)
+        return len(self.cases) * (self.views or 1)
 
     def reseed(self, seed: int) -> None:
         """Reset the augmentation's random state (used per DataLoader worker)."""
         if self.augment is not None:
             self.augment.set_random_seed(seed)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int) -> dict:
+        index, view = divmod(item, self.views) if self.views else (item, None)
         image, mask = self.images[index], self.masks[index]
         if self.augment is not None:
+            if view is not None:
+                self.augment.set_random_seed(derive_seed(self.seed, name_key(self.cases[index].name), view))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         case = self.cases[index]

@@ -9,10 +9,9 @@ after the first is nearly free. An entry's key is the sha256 of
   encoder are told apart), the encoder input size and SAM's pixel mean/std,
 - the storage dtype.
 
-With augmentation on, :class:`AugmentedViews` makes ``K`` deterministic views per image (view ``v`` of image
-``i`` is the augmentation drawn with a seed derived from ``(seed, i, v)``, ``i`` fixed by the case name); a
-training step picks one view per image at random, so at most ``N * K`` embeddings are ever computed, each the
-first time its view is drawn (lazily: nothing is computed for a view that is never drawn).
+With augmentation, the data layer's seeded views (``data.augment_views``: ``K`` fixed views per pair, see
+``fetalgen.data.dataset.PairDataset``) are repeated images like any other: at most ``N * K`` embeddings are ever
+computed, each the first time its view is drawn. The cache needs to know nothing about them.
 """
 
 from __future__ import annotations
@@ -23,13 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
 from fetalgen.utils.files import atomic_write
-from fetalgen.utils.seeds import derive_seed, name_key
 
 log = logging.getLogger(__name__)
 
@@ -161,40 +158,3 @@ def encode_in_chunks(
     if not chunk or len(images) <= chunk:
         return encode(images)
     return torch.cat([encode(images[k : k + chunk]) for k in range(0, len(images), chunk)])
-
-
-class AugmentedViews:
-    """``K`` deterministic augmented views per image from a seedable albumentations ``Compose``.
-
-    Args:
-        transform: ``albumentations.Compose`` called as ``transform(image=uint8 HxW, mask=uint8 HxW)``
-            (``fetalgen.data.transforms.build_augmentation``).
-        views: the number ``K`` of views per image.
-        seed: the run seed; view ``v`` of the image named ``name`` uses
-            ``derive_seed(seed, name_key(name), v)`` (``Compose.set_random_seed``, albumentations >= 2).
-    """
-
-    def __init__(self, transform: Any, views: int, seed: int = 0) -> None:
-        if views < 1:
-            raise ValueError(f"cache_views must be >= 1, got {views}")
-        self.transform, self.views, self.seed = transform, views, seed
-
-    def view(
-        self, image: np.ndarray, mask: np.ndarray, name: str, view: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """View ``view`` of one image: float32 HxW in [0, 1] and bool HxW -> the same types, augmented."""
-        self.transform.set_random_seed(derive_seed(self.seed, name_key(name), view))
-        pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)  # the dataset's uint8 pixels
-        out = self.transform(image=pixels, mask=mask.astype(np.uint8))
-        return out["image"].astype(np.float32) / 255.0, out["mask"] > 0
-
-    def __call__(
-        self, images: torch.Tensor, masks: torch.Tensor, names: list[str], rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A randomly chosen view of each image of a batch: images/masks ``[B, 1, S, S]`` -> same shapes."""
-        out_images, out_masks = [], []
-        for image, mask, name in zip(images.cpu().numpy(), masks.cpu().numpy(), names, strict=True):
-            img, msk = self.view(image[0], mask[0] > 0.5, name, int(rng.integers(self.views)))
-            out_images.append(torch.from_numpy(img)[None])
-            out_masks.append(torch.from_numpy(msk.astype(np.float32))[None])
-        return torch.stack(out_images).to(images.device), torch.stack(out_masks).to(masks.device)

@@ -46,14 +46,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
-    overrides: dict[str, Any] = {}
-    if model.views is not None and cfg.data.get("augment", "none") != "none":
-        log.info(
-            "augment=%s through %d cached views per image: the data module delivers unaugmented pairs",
-            cfg.data.augment, model.views.views,
-        )  # fmt: skip
-        overrides["augment"] = "none"
-    datamodule = hydra.utils.instantiate(cfg.data, **overrides)
+    datamodule = hydra.utils.instantiate(cfg.data)
     test_sets = build_test_sets(
         cfg.get("test_sets"), datamodule, cfg.data.image_size, cfg.get("test_split", True)
     )

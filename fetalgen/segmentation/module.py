@@ -17,9 +17,8 @@ from pytorch_lightning import LightningModule
 from segment_anything.modeling import Sam
 from torchmetrics import MeanMetric
 
-from fetalgen.data.transforms import build_augmentation
 from fetalgen.segmentation.build import count_parameters, set_trainable
-from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache
+from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.decoder import decode_batch
 from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
@@ -44,11 +43,9 @@ class SamFinetuneModule(LightningModule):
             validations. Testing is ``fetalgen.segmentation.evaluate``'s job (with the box-ellipse baseline).
         max_jitter_px, jitter_ref_size: jitter of each box side, 0..max px measured at ``jitter_ref_size``.
         cache: an :class:`EmbeddingCache` or a partial building one; ignored (with a log line) when the
-            encoder trains (``lora``).
-        cache_views: with the cache on and ``augment`` not ``none``: augmented views per image
-            (the data module then delivers unaugmented pairs, see ``fetalgen.segmentation.finetune``).
-        augment: augmentation strength applied through the views (``none``, ``weak``, ``strong``).
-        seed: seed of prompts and views.
+            encoder trains (``lora``). It is content-keyed: with augmentation, the data layer's seeded views
+            (``data.augment_views``) make the repeated images it can reuse.
+        seed: seed of the prompts.
     """
 
     def __init__(
@@ -67,8 +64,6 @@ class SamFinetuneModule(LightningModule):
         max_jitter_px: int = 20,
         jitter_ref_size: int = 256,
         cache: EmbeddingCache | Callable[[], EmbeddingCache] | None = None,
-        cache_views: int = 1,
-        augment: str = "none",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -86,9 +81,6 @@ class SamFinetuneModule(LightningModule):
             log.info("trainable=lora trains the image encoder: the embedding cache is off")
         elif cache is not None:
             self.cache = cache if isinstance(cache, EmbeddingCache) else cache()
-        self.views: AugmentedViews | None = None
-        if self.cache is not None and augment != "none":
-            self.views = AugmentedViews(build_augmentation(augment), views=cache_views, seed=seed)
 
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_dice, self.val_iou = MeanMetric(), MeanMetric()
@@ -156,14 +148,13 @@ class SamFinetuneModule(LightningModule):
     def on_fit_start(self) -> None:
         n_all, n_train = count_parameters(self.sam), count_parameters(self.sam, trainable_only=True)
         cache = "off" if self.cache is None else f"{self.cache.storage}, {self.cache.dtype}"
-        views = f", {self.views.views} augmented views per image" if self.views else ""
         log.info(
-            "SAM fine-tuning: trainable=%s, %d of %d parameters trained; embedding cache %s%s",
-            self.hparams.trainable, n_train, n_all, cache, views,
+            "SAM fine-tuning: trainable=%s, %d of %d parameters trained; embedding cache %s",
+            self.hparams.trainable, n_train, n_all, cache,
         )  # fmt: skip
 
     def train_rng(self, batch_idx: int) -> np.random.Generator:
-        """The random state of one training batch (views, box jitter): fixed by the seed, the rank and the
+        """The random state of one training batch (its box jitter): fixed by the seed, the rank and the
         position in training, so a resumed run draws what an uninterrupted one would."""
         return np.random.default_rng([self.hparams.seed, self.global_rank, self.global_step, batch_idx])
 
@@ -171,8 +162,6 @@ class SamFinetuneModule(LightningModule):
         images, masks = batch["image"], batch["mask"]
         self.seen_names.update(batch["name"])
         rng = self.train_rng(batch_idx)
-        if self.views is not None:
-            images, masks = self.views(images, masks, list(batch["name"]), rng)
         boxes = self.boxes(masks, self.hparams.train_prompt, [rng] * len(images))
         loss, _ = self.loss_fn(self(images, boxes), masks)
         self.train_loss.update(loss, weight=len(images))

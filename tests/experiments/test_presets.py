@@ -32,6 +32,8 @@ def test_finetune_preset_and_arm_compose(compose_cfg, preset: str, arm: str) -> 
     cfg = compose_cfg("finetune", [f"experiment={preset}/finetune", f"arm={arm}", "data.synthetic_dir=/syn"])
     assert cfg.arm == arm
     assert cfg.data.augment == {"weak": "weak", "strong": "strong"}.get(arm, "none")
+    assert cfg.data.augment_views == 4  # seeded views the embedding cache can reuse (the data layer's job)
+    assert "cache_views" not in cfg.model and "augment" not in cfg.model
     assert (cfg.data.num_synthetic == "all") == (arm == "synthetic")
     assert cfg.model.sam.model_type == ("vit_b" if preset == "paper" else "tiny")
     assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/dice"

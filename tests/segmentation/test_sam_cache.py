@@ -3,7 +3,6 @@
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -11,9 +10,8 @@ from torch.utils.data import DataLoader
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
-from fetalgen.data.transforms import build_augmentation
 from fetalgen.segmentation.build import build_sam
-from fetalgen.segmentation.cache import AugmentedViews, EmbeddingCache
+from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import to_encoder_input
 
@@ -112,18 +110,19 @@ def test_cached_and_uncached_training_give_the_same_model(pairs: PairDataset):
         )
 
 
-def test_augmented_views_are_deterministic_and_bounded(pairs: PairDataset):
-    views = AugmentedViews(build_augmentation("strong"), views=3, seed=0)
-    item = pairs[0]
-    image, mask = item["image"][0].numpy(), item["mask"][0].numpy() > 0.5
-    a = views.view(image, mask, item["name"], 1)
-    b = views.view(image, mask, item["name"], 1)
-    c = views.view(image, mask, item["name"], 2)
-    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and not np.array_equal(a[0], c[0])
-    assert a[0].dtype == np.float32 and a[1].dtype == bool and a[0].min() >= 0 and a[0].max() <= 1
-    module = train(pairs, cache=EmbeddingCache, epochs=4, augment="weak", cache_views=2)
-    assert module.views is not None and module.views.views == 2
-    assert len(module.cache) <= 8 * 2 and module.cache.hits > 0  # at most N x K encoder passes, ever
+def test_seeded_views_of_the_data_layer_are_reused_by_the_cache(pairs: PairDataset):
+    viewed = PairDataset(pairs.cases, 64, "strong", views=3, seed=0)
+    assert len(viewed) == 3 * len(pairs)
+    a, again, other = viewed[1], viewed[1], viewed[2]  # view 1 of pair 0 twice, then its view 2
+    assert a["name"] == other["name"] == pairs.cases[0].name and a["index"] == other["index"] == 0
+    assert torch.equal(a["image"], again["image"]) and torch.equal(a["mask"], again["mask"])
+    assert not torch.equal(a["image"], other["image"])
+    assert torch.equal(PairDataset(pairs.cases[:1], 64, "strong", views=3, seed=0)[1]["image"], a["image"])
+    module = train(PairDataset(pairs.cases, 64, "weak", views=2, seed=0), cache=EmbeddingCache, epochs=4)
+    assert module.cache.misses == len(module.cache) <= 8 * 2  # at most N x K encoder passes, ever
+    assert module.cache.hits + module.cache.misses == 4 * 16 and module.cache.hits >= 3 * 16
+    with pytest.raises(ValueError, match="views must be >= 1"):
+        PairDataset(pairs.cases, 64, "weak", views=0)
 
 
 def test_lora_turns_the_cache_off():
@@ -133,7 +132,7 @@ def test_lora_turns_the_cache_off():
         trainable="lora",
         cache=EmbeddingCache,
     )
-    assert module.cache is None and module.views is None
+    assert module.cache is None
 
 
 def test_misses_are_encoded_a_few_images_at_a_time_with_the_same_result():
