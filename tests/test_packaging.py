@@ -21,8 +21,8 @@ def test_every_package_and_the_configs_are_listed_for_the_wheel():
 
 @pytest.mark.slow
 def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(tmp_path: Path):
-    # The wheel goes into a folder of its own (pip --target), used ahead of the development checkout; its
-    # dependencies come from the running environment (no download).
+    # A fresh virtual environment gets the wheel (non-editable); its dependencies are borrowed from the running
+    # environment through a .pth file (a real user's pip would download them). The checkout is not on its path.
     source = tmp_path / "source"  # a copy: building writes build/ beside the sources
     for name in ("fetalgen", "conf"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "local"))
@@ -32,25 +32,32 @@ def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(t
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel")],
                    check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
     wheel = next((tmp_path / "wheel").glob("fetalgen-*.whl"))
-    target = tmp_path / "site"
+    venv = tmp_path / "venv"
     subprocess.run(
-        [*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True
     )
-    assert (target / "fetalgen" / "conf" / "finetune.yaml").is_file() and not (target / "conf").exists()
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    site = next(venv.glob("lib/python*/site-packages"))
+    borrowed = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "borrowed_dependencies.pth").write_text(
+        "\n".join(borrowed) + "\n"
+    )  # their .pth files stay unread
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True, capture_output=True
+    )
+    assert (site / "fetalgen" / "conf" / "finetune.yaml").is_file() and not (site / "conf").exists()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
 
-    where = run(sys.executable, "-c", "import fetalgen.cli as c; print(c.__file__, c.CONFIG_DIR)")
+    where = run(str(python), "-c", "import fetalgen.cli as c; print(c.__file__, c.CONFIG_DIR)")
     assert where.stdout.split() == [
-        str(target / "fetalgen" / "cli" / "__init__.py"),
-        str(target / "fetalgen" / "conf"),
+        str(site / "fetalgen" / "cli" / "__init__.py"),
+        str(site / "fetalgen" / "conf"),
     ]
-    job = run(str(target / "bin" / "fetalgen-finetune"), "--cfg", "job", "--resolve")
+    job = run(str(venv / "bin" / "fetalgen-finetune"), "--cfg", "job", "--resolve")
     assert job.returncode == 0, job.stderr[-2000:]
-    assert (
-        "task_name: finetune" in job.stdout and "paper_lists_dir: " + str(target / "fetalgen") in job.stdout
-    )
-    sample = run(str(target / "bin" / "fetalgen-sample"), "--help")
+    assert "task_name: finetune" in job.stdout and "paper_lists_dir: " + str(site / "fetalgen") in job.stdout
+    sample = run(str(venv / "bin" / "fetalgen-sample"), "--help")
     assert sample.returncode == 0 and "fidelity/features: inception, sam_tiny, sam_vit_b" in sample.stdout
