@@ -9,7 +9,8 @@ process (Lightning ``Trainer.fit``, no validation):
 
 With the encoder frozen, the cached runs encode each image once (epoch 1), then only run the prompt encoder and
 mask decoder. Then evaluation throughput (images/s, 5 box repetitions): the decoder once per repetition and
-image against one batched call per image batch.
+image against one batched call per image batch. Last, where the decoder step's time goes: its two-way
+transformer and its output upscaling, forward + backward, image by image against batched.
 
     python experiments/bench/sam_cache.py                      # ViT-B, random weights, 1024 px, 8 images, batch 8
     python experiments/bench/sam_cache.py --model tiny --image-size 128 --working-size 64   # seconds
@@ -21,6 +22,7 @@ import argparse
 import copy
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -126,6 +128,38 @@ def eval_throughput(predictor: SamBoxPredictor, items: list[dict], reps: int, ba
     return len(items) / (time.perf_counter() - start)
 
 
+def decoder_parts(sam: torch.nn.Module, batch: int, repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """Seconds of forward + backward of the decoder's two-way transformer and output upscaling on ``batch``
+    random image embeddings, ``(image by image, batched)`` each (the median of ``repeats``)."""
+    decoder = sam.mask_decoder
+    c, h, w = decoder.transformer_dim, *sam.prompt_encoder.image_embedding_size
+    src = torch.randn(batch, c, h, w, requires_grad=True)
+    pe, tokens = torch.randn(1, c, h, w), torch.randn(batch, 7, c)
+
+    def transformer(batched: bool) -> None:
+        parts = [slice(None)] if batched else [slice(i, i + 1) for i in range(batch)]
+        for part in parts:
+            hs, out = decoder.transformer(src[part], pe.expand(len(src[part]), -1, -1, -1), tokens[part])
+            (hs.sum() + out.sum()).backward()
+
+    def upscaling(batched: bool) -> None:
+        parts = [slice(None)] if batched else [slice(i, i + 1) for i in range(batch)]
+        for part in parts:
+            decoder.output_upscaling(src[part]).sum().backward()
+
+    def timed(step: Callable[[bool], None], batched: bool) -> float:
+        step(batched)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step(batched)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    return {name: (timed(step, False), timed(step, True)) for name, step in
+            (("two-way transformer", transformer), ("output upscaling", upscaling))}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,6 +233,11 @@ def main() -> None:
         f"\nevaluation, {args.eval_repetitions} box repetitions, batch {args.batch_size}: "
         f"{before:.3f} images/s looped, {after:.3f} images/s batched ({after / before:.2f}x)"
     )
+    print(f"\nthe decoder step's parts, forward + backward at batch {args.batch_size} (median of 3):")
+    for name, (looped_s, batched_s) in decoder_parts(sam, args.batch_size).items():
+        print(
+            f"  {name:<20} image by image {looped_s:.3f} s, batched {batched_s:.3f} s ({looped_s / batched_s:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

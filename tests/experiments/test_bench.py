@@ -47,3 +47,19 @@ def test_sampler_benchmark_judges_the_images_too(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "bench_samplers.json").read_text())
     assert result["features"].startswith("sam-tiny") and len(result["rows"]) == 2
     assert all(0 <= r["pair_agreement"] <= 1 and r["kid_std"] >= 0 for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_sam_cache_benchmark_prints_its_ratios_side_by_side() -> None:
+    args = ["--model", "tiny", "--image-size", "64", "--working-size", "32", "--images", "4", "--batch-size", "4",
+            "--epochs", "2", "--eval-repetitions", "2"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(GPU.with_name("sam_cache.py")), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("faster than the paper's loop (goal >= 100x)", "batched vs looped decoder step",
+                 "images/s batched", "two-way transformer", "output upscaling"):  # fmt: skip
+        assert line in done.stdout, done.stdout[-2000:]
