@@ -14,6 +14,7 @@ transformer and its output upscaling, forward + backward, image by image against
 
     python experiments/bench/sam_cache.py                      # ViT-B, random weights, 1024 px, 8 images, batch 8
     python experiments/bench/sam_cache.py --model tiny --image-size 128 --working-size 64   # seconds
+    python experiments/bench/sam_cache.py --parts-only --threads 2          # where the ViT-B decoder step goes
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ def main() -> None:
         help="torch CPU threads (default 1: stable timings on a shared machine)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--parts-only",
+        action="store_true",
+        help="only the decoder parts, image by image vs batched (seconds)",
+    )
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the cache pays off from the second epoch")
@@ -188,6 +194,9 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
     sam = build_sam(args.model, image_size=args.image_size, seed=args.seed)
+    if args.parts_only:
+        print_decoder_parts(sam, args.batch_size)
+        return
     items = phantom_items(args.images, args.working_size, args.seed)
     print(
         f"SAM {args.model} (random init, {count_parameters(sam) / 1e6:.1f} M parameters), encoder input "
@@ -233,8 +242,16 @@ def main() -> None:
         f"\nevaluation, {args.eval_repetitions} box repetitions, batch {args.batch_size}: "
         f"{before:.3f} images/s looped, {after:.3f} images/s batched ({after / before:.2f}x)"
     )
-    print(f"\nthe decoder step's parts, forward + backward at batch {args.batch_size} (median of 3):")
-    for name, (looped_s, batched_s) in decoder_parts(sam, args.batch_size).items():
+    print_decoder_parts(sam, args.batch_size)
+
+
+def print_decoder_parts(sam: torch.nn.Module, batch: int) -> None:
+    """Print :func:`decoder_parts`."""
+    threads = torch.get_num_threads()
+    print(
+        f"\nthe decoder step's parts, forward + backward at batch {batch} ({threads} threads, median of 3):"
+    )
+    for name, (looped_s, batched_s) in decoder_parts(sam, batch).items():
         print(
             f"  {name:<20} image by image {looped_s:.3f} s, batched {batched_s:.3f} s ({looped_s / batched_s:.2f}x)"
         )
