@@ -278,6 +278,8 @@ def evaluate_sets(
 ) -> dict[str, float]:
     """:func:`run_evaluation` of each set (outputs under ``<out_dir>/<label>/``); returns the flat metrics
     ``<prefix>/<label>/...`` of them all (:func:`flat_metrics`)."""
+    if not sets:
+        log.info("no set to evaluate")
     metrics: dict[str, float] = {}
     for test in sets:
         where = {"root": test.where, "image_size": test.dataset.image_size, "skipped": test.skipped}
