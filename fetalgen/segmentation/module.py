@@ -23,6 +23,7 @@ from fetalgen.segmentation.decoder import decode_batch
 from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import BOX_MODES, make_box, prompt_boxes
+from fetalgen.utils.seeds import seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class SamFinetuneModule(LightningModule):
     def train_rng(self, batch_idx: int) -> np.random.Generator:
         """The random state of one training batch (its box jitter): fixed by the seed, the rank and the
         position in training, so a resumed run draws what an uninterrupted one would."""
-        return np.random.default_rng([self.hparams.seed, self.global_rank, self.global_step, batch_idx])
+        return seeded_rng(self.hparams.seed, self.global_rank, self.global_step, batch_idx)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
