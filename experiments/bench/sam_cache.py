@@ -10,7 +10,8 @@ process (Lightning ``Trainer.fit``, no validation):
 With the encoder frozen, the cached runs encode each image once (epoch 1), then only run the prompt encoder and
 mask decoder. Then evaluation throughput (images/s, 5 box repetitions): the decoder once per repetition and
 image against one batched call per image batch. Last, where the decoder step's time goes: its two-way
-transformer and its output upscaling, forward + backward, image by image against batched.
+transformer and its output upscaling, forward + backward, image by image against batched, and the upscaling
+as fetalgen runs it (channels-last, ``fetalgen.segmentation.decoder``).
 
     python experiments/bench/sam_cache.py                      # ViT-B, random weights, 1024 px, 8 images, batch 8
     python experiments/bench/sam_cache.py --model tiny --image-size 128 --working-size 64   # seconds
@@ -35,6 +36,7 @@ from fetalgen.data.phantom import make_phantom
 from fetalgen.data.transforms import pad_resize
 from fetalgen.segmentation.build import SAM_ARCHS, build_sam, count_parameters
 from fetalgen.segmentation.cache import EmbeddingCache
+from fetalgen.segmentation.decoder import upscaled_masks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
@@ -129,24 +131,37 @@ def eval_throughput(predictor: SamBoxPredictor, items: list[dict], reps: int, ba
     return len(items) / (time.perf_counter() - start)
 
 
-def decoder_parts(sam: torch.nn.Module, batch: int, repeats: int = 3) -> dict[str, tuple[float, float]]:
-    """Seconds of forward + backward of the decoder's two-way transformer and output upscaling on ``batch``
-    random image embeddings, ``(image by image, batched)`` each (the median of ``repeats``)."""
+def decoder_parts(sam: torch.nn.Module, batch: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds of forward + backward of the decoder's two-way transformer and of its output upscaling with
+    the mask product, on ``batch`` random image embeddings (the median of ``repeats``): image by image and
+    batched with the official modules, and batched as fetalgen runs them (channels-last input to the
+    transformer, the channels-last upscaling :func:`upscaled_masks`)."""
     decoder = sam.mask_decoder
-    c, h, w = decoder.transformer_dim, *sam.prompt_encoder.image_embedding_size
-    src = torch.randn(batch, c, h, w, requires_grad=True)
+    c, (h, w) = decoder.transformer_dim, sam.prompt_encoder.image_embedding_size
+    src = torch.randn(batch, h * w, c, requires_grad=True)  # the transformer's image tokens
     pe, tokens = torch.randn(1, c, h, w), torch.randn(batch, 7, c)
+    hyper_in = torch.randn(batch, 1, c // 8, requires_grad=True)
+    image = src.detach().transpose(1, 2).reshape(batch, c, h, w).requires_grad_()
 
-    def transformer(batched: bool) -> None:
-        parts = [slice(None)] if batched else [slice(i, i + 1) for i in range(batch)]
-        for part in parts:
-            hs, out = decoder.transformer(src[part], pe.expand(len(src[part]), -1, -1, -1), tokens[part])
+    def parts(batched: bool) -> list[slice]:
+        return [slice(None)] if batched else [slice(i, i + 1) for i in range(batch)]
+
+    def transformer(batched: bool, layout: torch.memory_format = torch.contiguous_format) -> None:
+        for part in parts(batched):
+            x, pos = image[part].contiguous(memory_format=layout), pe.contiguous(memory_format=layout)
+            hs, out = decoder.transformer(x, pos.expand(len(x), -1, -1, -1), tokens[part])
             (hs.sum() + out.sum()).backward()
 
-    def upscaling(batched: bool) -> None:
-        parts = [slice(None)] if batched else [slice(i, i + 1) for i in range(batch)]
-        for part in parts:
-            decoder.output_upscaling(src[part]).sum().backward()
+    def official_upscaling(batched: bool) -> None:  # MaskDecoder.predict_masks' lines
+        for part in parts(batched):
+            x = src[part]
+            upscaled = decoder.output_upscaling(x.transpose(1, 2).reshape(len(x), c, h, w))
+            b, cu, hu, wu = upscaled.shape
+            (hyper_in[part] @ upscaled.view(b, cu, hu * wu)).sum().backward()
+
+    def channels_last_upscaling(batched: bool) -> None:
+        for part in parts(batched):
+            upscaled_masks(decoder.output_upscaling, src[part], hyper_in[part], (h, w)).sum().backward()
 
     def timed(step: Callable[[bool], None], batched: bool) -> float:
         step(batched)  # warm-up
@@ -157,8 +172,18 @@ def decoder_parts(sam: torch.nn.Module, batch: int, repeats: int = 3) -> dict[st
             times.append(time.perf_counter() - start)
         return float(np.median(times))
 
-    return {name: (timed(step, False), timed(step, True)) for name, step in
-            (("two-way transformer", transformer), ("output upscaling", upscaling))}  # fmt: skip
+    return {
+        "two-way transformer, image by image": timed(transformer, False),
+        "two-way transformer, batched": timed(transformer, True),
+        "two-way transformer, channels-last input (fetalgen), batched": timed(
+            partial(transformer, layout=torch.channels_last), True
+        ),
+        "output upscaling + mask product, official, image by image": timed(official_upscaling, False),
+        "output upscaling + mask product, official, batched": timed(official_upscaling, True),
+        "output upscaling + mask product, channels-last (fetalgen), batched": timed(
+            channels_last_upscaling, True
+        ),
+    }
 
 
 def main() -> None:
@@ -246,15 +271,16 @@ def main() -> None:
 
 
 def print_decoder_parts(sam: torch.nn.Module, batch: int) -> None:
-    """Print :func:`decoder_parts`."""
+    """Print :func:`decoder_parts`, each against the first line of its part."""
     threads = torch.get_num_threads()
     print(
         f"\nthe decoder step's parts, forward + backward at batch {batch} ({threads} threads, median of 3):"
     )
-    for name, (looped_s, batched_s) in decoder_parts(sam, batch).items():
-        print(
-            f"  {name:<20} image by image {looped_s:.3f} s, batched {batched_s:.3f} s ({looped_s / batched_s:.2f}x)"
-        )
+    reference: dict[str, float] = {}
+    for name, seconds in decoder_parts(sam, batch).items():
+        part = name.split(",")[0]
+        reference.setdefault(part, seconds)
+        print(f"  {name:<68} {seconds:7.3f} s ({reference[part] / seconds:.2f}x)")
 
 
 if __name__ == "__main__":
