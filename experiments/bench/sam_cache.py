@@ -16,13 +16,19 @@ as fetalgen runs it (channels-last, ``fetalgen.segmentation.decoder``).
     python experiments/bench/sam_cache.py                      # ViT-B, random weights, 1024 px, 8 images, batch 8
     python experiments/bench/sam_cache.py --model tiny --image-size 128 --working-size 64   # seconds
     python experiments/bench/sam_cache.py --parts-only --threads 2          # where the ViT-B decoder step goes
+
+On Linux, ``--keep-freed-memory`` stops glibc from returning large freed blocks to the OS (see
+:func:`keep_freed_memory`); the epoch table reports each cached run's kernel time and page faults.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
 import logging
+import resource
 import time
 from collections.abc import Callable
 from functools import partial
@@ -72,16 +78,36 @@ class LoopedPredictor(SamBoxPredictor):
 
 
 class EpochTimer(pl.Callback):
-    """Wall-clock seconds of every training epoch."""
+    """Wall-clock seconds, kernel (system) seconds and minor page faults of every training epoch."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.system_seconds: list[float] = []
+        self.page_faults: list[int] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.start = time.perf_counter()
+        self.start, self.usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         self.seconds.append(time.perf_counter() - self.start)
+        self.system_seconds.append(usage.ru_stime - self.usage.ru_stime)
+        self.page_faults.append(usage.ru_minflt - self.usage.ru_minflt)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse: no ``mmap`` for large blocks (``M_MMAP_MAX`` 0) and no trimming
+    of the heap (``M_TRIM_THRESHOLD``), as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` would at start-up.
+
+    By default glibc gives every block over its mmap threshold (at most 32 MiB) back to the OS when it is
+    freed, so each training step page-faults its largest tensors in again (kernel time). Batched decoding at
+    batch 8 allocates many tensors over 32 MiB; image by image, few. PyTorch's CPU tuning guide recommends
+    jemalloc or tcmalloc for the same reason.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))):
+        raise OSError("mallopt refused the settings: this C library is not glibc?")
 
 
 def phantom_items(n: int, size: int, seed: int) -> list[dict]:
@@ -104,8 +130,8 @@ def run(
     cache: EmbeddingCache | None,
     looped: bool,
     args: argparse.Namespace,
-) -> tuple[list[float], SamFinetuneModule]:
-    """Fit the decoder for ``args.epochs``; returns (epoch seconds, module)."""
+) -> tuple[EpochTimer, SamFinetuneModule]:
+    """Fit the decoder for ``args.epochs``; returns (the epochs' timer, module)."""
     kind = LoopedDecoderModule if looped else SamFinetuneModule
     module = kind(sam, partial(torch.optim.AdamW, lr=1e-4), cache=cache, seed=args.seed)
     timer = EpochTimer()
@@ -115,7 +141,7 @@ def run(
     )  # fmt: skip
     pl.seed_everything(args.seed, verbose=False)
     trainer.fit(module, DataLoader(items, batch_size=args.batch_size, shuffle=True))
-    return timer.seconds, module
+    return timer, module
 
 
 def eval_throughput(predictor: SamBoxPredictor, items: list[dict], reps: int, batch: int) -> float:
@@ -212,9 +238,16 @@ def main() -> None:
         action="store_true",
         help="only the decoder parts, image by image vs batched (seconds)",
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory for reuse instead of page-faulting large tensors in every step",
+    )
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the cache pays off from the second epoch")
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
@@ -226,15 +259,17 @@ def main() -> None:
     print(
         f"SAM {args.model} (random init, {count_parameters(sam) / 1e6:.1f} M parameters), encoder input "
         f"{args.image_size} px, {args.images} images at {args.working_size} px, batch {args.batch_size}, "
-        f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads, cache {args.cache_dtype}",
+        f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads, cache {args.cache_dtype}, allocator "
+        f"{'keeps freed memory' if args.keep_freed_memory else 'default (large blocks go back to the OS)'}",
         flush=True,
     )
-    paper, paper_module = run(copy.deepcopy(sam), items, None, True, args)
-    print(f"paper's loop done: {' '.join(f'{s:.2f}' for s in paper)} s", flush=True)
-    looped, _ = run(copy.deepcopy(sam), items, EmbeddingCache(dtype=args.cache_dtype), True, args)
-    print(f"cache + looped decoder done: {' '.join(f'{s:.2f}' for s in looped)} s", flush=True)
-    cached, cached_module = run(sam, items, EmbeddingCache(dtype=args.cache_dtype), False, args)
-    print(f"cache + batched decoder done: {' '.join(f'{s:.2f}' for s in cached)} s", flush=True)
+    paper_timer, paper_module = run(copy.deepcopy(sam), items, None, True, args)
+    print(f"paper's loop done: {' '.join(f'{s:.2f}' for s in paper_timer.seconds)} s", flush=True)
+    looped_timer, _ = run(copy.deepcopy(sam), items, EmbeddingCache(dtype=args.cache_dtype), True, args)
+    print(f"cache + looped decoder done: {' '.join(f'{s:.2f}' for s in looped_timer.seconds)} s", flush=True)
+    cached_timer, cached_module = run(sam, items, EmbeddingCache(dtype=args.cache_dtype), False, args)
+    print(f"cache + batched decoder done: {' '.join(f'{s:.2f}' for s in cached_timer.seconds)} s", flush=True)
+    paper, looped, cached = paper_timer.seconds, looped_timer.seconds, cached_timer.seconds
 
     print(f"\n{'epoch':>5} {'paper loop [s]':>15} {'cache+looped [s]':>17} {'cache+batched [s]':>18} "
           f"{'paper/batched':>14} {'looped/batched':>15}")  # fmt: skip
@@ -245,6 +280,9 @@ def main() -> None:
     print(f"  cache + looped decoder:  {p_mean / lo_mean:6.1f}x faster than the paper's loop")
     print(f"  cache + batched decoder: {p_mean / c_mean:6.1f}x faster than the paper's loop (goal >= 100x)")
     print(f"  batched vs looped decoder step: {lo_mean / c_mean:.2f}x (goal >= 2x at batch 8)")
+    for name, timer in (("looped", looped_timer), ("batched", cached_timer)):
+        print(f"  cache + {name} decoder, per epoch: {np.mean(timer.system_seconds[1:]):.2f} s in the kernel, "
+              f"{np.mean(timer.page_faults[1:]):.0f} minor page faults")  # fmt: skip
     encoder_share = (p_mean - lo_mean) / p_mean
     print(f"  the encoder is {encoder_share:.1%} of the paper's epoch; the cached epochs pay the decoder step "
           "alone (prompt encoder, decoder forward + backward, optimizer), so its time bounds the ratio")  # fmt: skip
