@@ -15,10 +15,11 @@ as fetalgen runs it (channels-last, ``fetalgen.segmentation.decoder``).
 
     python experiments/bench/sam_cache.py                      # ViT-B, random weights, 1024 px, 8 images, batch 8
     python experiments/bench/sam_cache.py --model tiny --image-size 128 --working-size 64   # seconds
-    python experiments/bench/sam_cache.py --parts-only --threads 2          # where the ViT-B decoder step goes
+    python experiments/bench/sam_cache.py --decoder-only --threads 2        # the ViT-B decoder step alone
 
-On Linux, ``--keep-freed-memory`` stops glibc from returning large freed blocks to the OS (see
-:func:`keep_freed_memory`); the epoch table reports each cached run's kernel time and page faults.
+The cached runs report their kernel time and page faults per epoch: glibc returns large freed tensors to the
+OS, and batched decoding pays for faulting them in again. The decoder step alone is then timed with glibc's
+default allocator and with freed memory kept (:func:`freed_memory_kept`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import ctypes.util
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import numpy as np
@@ -95,19 +97,85 @@ class EpochTimer(pl.Callback):
         self.page_faults.append(usage.ru_minflt - self.usage.ru_minflt)
 
 
-def keep_freed_memory() -> None:
-    """Make glibc keep freed memory for reuse: no ``mmap`` for large blocks (``M_MMAP_MAX`` 0) and no trimming
-    of the heap (``M_TRIM_THRESHOLD``), as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` would at start-up.
+@contextmanager
+def freed_memory_kept() -> Iterator[None]:
+    """Inside, glibc keeps freed memory for reuse: no ``mmap`` for large blocks (``M_MMAP_MAX`` 0) and no
+    trimming of the heap (``M_TRIM_THRESHOLD``); glibc's defaults come back on exit.
 
-    By default glibc gives every block over its mmap threshold (at most 32 MiB) back to the OS when it is
-    freed, so each training step page-faults its largest tensors in again (kernel time). Batched decoding at
-    batch 8 allocates many tensors over 32 MiB; image by image, few. PyTorch's CPU tuning guide recommends
-    jemalloc or tcmalloc for the same reason.
+    By default glibc gives every freed block over its mmap threshold (at most 32 MiB) back to the OS, so each
+    training step page-faults its largest tensors in again (kernel time). Batched decoding at batch 8
+    allocates many tensors over 32 MiB; image by image, few. Kept for a whole run this is no cure: the heap
+    fragments, and the ViT-B encoder on a batch of 8 (~20 GiB) was killed for memory on a 24 GiB machine.
+    PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for the same page faults.
     """
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))):
         raise OSError("mallopt refused the settings: this C library is not glibc?")
+    try:
+        yield
+    finally:
+        libc.mallopt(m_mmap_max, 65536)  # glibc's defaults (DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD)
+        libc.mallopt(m_trim_threshold, 128 * 1024)
+        libc.malloc_trim(0)
+
+
+def decoder_steps(sam: torch.nn.Module, batch: int, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """One training step on cached embeddings (prompt encoder, decoder forward + backward, AdamW), the
+    official decoder image by image against the batched decoder, alternating, with glibc's default allocator
+    and with freed memory kept: ``{"<allocator>, <looped|batched>": {seconds, kernel seconds, page faults}}``
+    (medians of ``repeats``)."""
+    c, (h, w) = sam.mask_decoder.transformer_dim, sam.prompt_encoder.image_embedding_size
+    side = 4 * h
+    embeddings = torch.randn(batch, c, h, w)
+    masks = torch.zeros(batch, 1, side, side)
+    masks[:, :, side // 4 : 3 * side // 4, side // 5 : 4 * side // 5] = 1
+    boxes = torch.tensor([[side * 0.2, side * 0.25, side * 0.8, side * 0.75]]).repeat(batch, 1)
+    modules = {
+        "looped": LoopedDecoderModule(copy.deepcopy(sam), partial(torch.optim.AdamW, lr=1e-4)),
+        "batched": SamFinetuneModule(copy.deepcopy(sam), partial(torch.optim.AdamW, lr=1e-4)),
+    }
+    optimizers = {name: module.configure_optimizers() for name, module in modules.items()}
+
+    def step(name: str) -> tuple[float, float, int]:
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        loss, _ = modules[name].loss_fn(modules[name].decode(embeddings, boxes, (side, side)), masks)
+        optimizers[name].zero_grad()
+        loss.backward()
+        optimizers[name].step()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return (
+            time.perf_counter() - start,
+            after.ru_stime - before.ru_stime,
+            after.ru_minflt - before.ru_minflt,
+        )
+
+    results = {}
+    for allocator, scope in (("default allocator", nullcontext), ("freed memory kept", freed_memory_kept)):
+        with scope():
+            for name in modules:
+                step(name)  # warm-up
+            runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in modules}
+            for _ in range(repeats):
+                for name in modules:
+                    runs[name].append(step(name))
+        for name, values in runs.items():
+            seconds, kernel, faults = (float(np.median(v)) for v in zip(*values, strict=True))
+            results[f"{allocator}, {name}"] = {"seconds": seconds, "kernel": kernel, "faults": faults}
+    return results
+
+
+def print_decoder_steps(sam: torch.nn.Module, batch: int) -> None:
+    """Print :func:`decoder_steps`, batched against looped under each allocator."""
+    print(f"\none decoder training step at batch {batch} on cached embeddings ({torch.get_num_threads()} "
+          "threads, median of 5, looped and batched alternating):")  # fmt: skip
+    steps = decoder_steps(sam, batch)
+    for name, r in steps.items():
+        print(f"  {name:<29} {r['seconds']:6.3f} s ({r['kernel']:.2f} s in the kernel, "
+              f"{r['faults']:.0f} minor page faults)")  # fmt: skip
+    for allocator in ("default allocator", "freed memory kept"):
+        ratio = steps[f"{allocator}, looped"]["seconds"] / steps[f"{allocator}, batched"]["seconds"]
+        print(f"  batched vs looped, {allocator}: {ratio:.2f}x (goal >= 2x at batch 8)")
 
 
 def phantom_items(n: int, size: int, seed: int) -> list[dict]:
@@ -234,33 +302,26 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--parts-only",
+        "--decoder-only",
         action="store_true",
-        help="only the decoder parts, image by image vs batched (seconds)",
-    )
-    parser.add_argument(
-        "--keep-freed-memory",
-        action="store_true",
-        help="glibc keeps freed memory for reuse instead of page-faulting large tensors in every step",
+        help="only the decoder step and its parts, image by image vs batched (no encoder: a minute)",
     )
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the cache pays off from the second epoch")
-    if args.keep_freed_memory:
-        keep_freed_memory()
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
     sam = build_sam(args.model, image_size=args.image_size, seed=args.seed)
-    if args.parts_only:
+    if args.decoder_only:
+        print_decoder_steps(sam, args.batch_size)
         print_decoder_parts(sam, args.batch_size)
         return
     items = phantom_items(args.images, args.working_size, args.seed)
     print(
         f"SAM {args.model} (random init, {count_parameters(sam) / 1e6:.1f} M parameters), encoder input "
         f"{args.image_size} px, {args.images} images at {args.working_size} px, batch {args.batch_size}, "
-        f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads, cache {args.cache_dtype}, allocator "
-        f"{'keeps freed memory' if args.keep_freed_memory else 'default (large blocks go back to the OS)'}",
+        f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads, cache {args.cache_dtype}",
         flush=True,
     )
     paper_timer, paper_module = run(copy.deepcopy(sam), items, None, True, args)
@@ -305,6 +366,7 @@ def main() -> None:
         f"\nevaluation, {args.eval_repetitions} box repetitions, batch {args.batch_size}: "
         f"{before:.3f} images/s looped, {after:.3f} images/s batched ({after / before:.2f}x)"
     )
+    print_decoder_steps(sam, args.batch_size)
     print_decoder_parts(sam, args.batch_size)
 
 
