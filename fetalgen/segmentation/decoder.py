@@ -50,8 +50,9 @@ def decode_batch(
         )
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings), dim=1)
-    # no repeat: embedding i belongs to prompt i. Channels-last, so that the transformer's flatten(2).permute(0, 2, 1)
-    # gives contiguous [B, h*w, C] tokens (NCHW gives a transposed view that every projection would copy)
+    # no repeat: embedding i belongs to prompt i. Channels-last, so that the transformer's
+    # flatten(2).permute(0, 2, 1) gives contiguous [B, h*w, C] tokens (from NCHW, a transposed view that every
+    # projection would copy)
     src = (image_embeddings + dense_prompt_embeddings).contiguous(memory_format=torch.channels_last)
     pos_src = image_pe.contiguous(memory_format=torch.channels_last).expand(n, -1, -1, -1)
     hs, image_tokens = decoder.transformer(src, pos_src, tokens)  # image_tokens: [B, h*w, C]
@@ -99,9 +100,8 @@ def upscaled_masks(
 def _transposed_conv_2x2(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """A 2x2 stride-2 transposed convolution on pixels as rows ``[N, C_in]`` -> ``[N, 4 * C_out]``, the four
     output pixels ``(a, b)`` of each input pixel in row-major order, channels last."""
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(
-        conv.in_channels, 4 * conv.out_channels
-    )  # (c_in; a, b, c_out)
+    # weight [c_in, c_out, a, b] -> [c_in, (a, b, c_out)]; the bias once per output pixel
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, 4 * conv.out_channels)
     return torch.addmm(conv.bias.repeat(4), x, weight)
 
 
@@ -115,7 +115,8 @@ def _upscaling_parts(upscaling: nn.Sequential) -> tuple[nn.Module, ...]:
             isinstance(c, nn.ConvTranspose2d)
             and c.kernel_size == (2, 2)
             and c.stride == (2, 2)
-            and c.padding == (0, 0)
+            and c.padding == c.output_padding == (0, 0)
+            and c.dilation == (1, 1)
             and c.groups == 1
             and c.bias is not None
             for c in (parts[0], parts[3])
