@@ -47,7 +47,7 @@ from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.decoder import upscaled_masks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor
-from fetalgen.segmentation.preprocess import boxes_to_encoder
+from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working
 
 
 class LoopedDecoderModule(SamFinetuneModule):
@@ -212,8 +212,9 @@ def eval_seconds(module: SamFinetuneModule, items: list[dict], reps: int, batch:
             boxes = torch.tensor([[side * 0.1, side * 0.15, side * 0.85, side * 0.9]]).repeat(reps, n, 1)
             boxes = boxes + torch.arange(reps, dtype=torch.float32)[:, None, None]
             start = time.perf_counter()
-            for b in boxes:
-                LoopedDecoderModule.decode(module, embedded.embeddings, b, hw)
+            for b in boxes:  # as the predictor: logits on the working image, copied out
+                low_res = LoopedDecoderModule.decode(module, embedded.embeddings, b, hw)
+                logits_to_working(module.sam, low_res, hw).numpy()
             seconds["looped"] += time.perf_counter() - start
             start = time.perf_counter()
             predictor.logits(embedded, boxes)
