@@ -9,9 +9,10 @@ process (Lightning ``Trainer.fit``, no validation):
 
 With the encoder frozen, the cached runs encode each image once (epoch 1), then only run the prompt encoder and
 mask decoder. Then evaluation throughput (images/s, 5 box repetitions, one encoder pass per image): the
-decoder once per repetition and image against one batched call per image batch. Last, where the decoder step's time goes: its two-way
-transformer and its output upscaling, forward + backward, image by image against batched, and the upscaling
-as fetalgen runs it (channels-last, ``fetalgen.segmentation.decoder``).
+decoder once per repetition and image against one batched call per image batch. Then the decoder step alone
+(:func:`decoder_steps`), and last where its time goes: its two-way transformer and its output upscaling,
+forward + backward, image by image against batched, and both as fetalgen runs them
+(``fetalgen.segmentation.decoder``).
 
     python experiments/bench/sam_cache.py                      # ViT-B, random weights, 1024 px, 8 images, batch 8
     python experiments/bench/sam_cache.py --model tiny --image-size 128 --working-size 64   # seconds
