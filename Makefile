@@ -2,19 +2,27 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Real HC18 data: a local download (make data) or the shared copy beside the checkout.
-HC18_DIR ?= $(firstword $(wildcard data/hc18/training_set/.. ../shared/data/hc18/training_set/..))
-export FETALGEN_HC18_DIR ?= $(patsubst %/training_set/..,%,$(HC18_DIR))
+# The torch build to install (e.g. TORCH="torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124").
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+# Real HC18 data: a local download (make data) or the shared copy beside the checkout, as an absolute path (tests
+# run scripts from other folders). Nothing is exported when neither exists or the variable is already set, so the
+# configs' own default (data/hc18) stays in force.
+HC18_FOUND := $(firstword $(wildcard $(CURDIR)/data/hc18/training_set $(abspath $(CURDIR)/../shared/data/hc18)/training_set))
+ifeq ($(origin FETALGEN_HC18_DIR),undefined)
+ifneq ($(HC18_FOUND),)
+export FETALGEN_HC18_DIR := $(patsubst %/training_set,%,$(HC18_FOUND))
+endif
+endif
 PRESET ?= cpu
 
-.PHONY: install test test-fast demo data weights lint format reproduce-paper bench clean
+.PHONY: install test demo data weights lint format reproduce-paper bench clean show-data
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -44,6 +52,9 @@ reproduce-paper: install
 bench: install
 	$(BIN)/python experiments/bench/samplers.py
 	$(BIN)/python experiments/bench/sam_cache.py
+
+show-data: # where the tests and scripts will look for HC18 (empty: not found, they skip)
+	@echo "FETALGEN_HC18_DIR=$$FETALGEN_HC18_DIR"
 
 clean:
 	rm -rf outputs logs results .pytest_cache

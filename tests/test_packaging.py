@@ -15,7 +15,10 @@ def test_every_package_and_the_configs_are_listed_for_the_wheel():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fetalgen").rglob("__init__.py")}
-    assert on_disk | {"fetalgen.conf"} == set(setuptools["packages"])
+    data_dirs = {".".join(p.relative_to(ROOT).parts) for p in (ROOT / "fetalgen" / "data" / "lists").rglob("*")
+                 if p.is_dir()} | {"fetalgen.data.lists"}  # fmt: skip
+    config_dirs = {".".join(("fetalgen", *p.relative_to(ROOT).parts)) for p in (ROOT / "conf").rglob("*") if p.is_dir()}
+    assert on_disk | data_dirs | config_dirs | {"fetalgen.conf"} == set(setuptools["packages"])
     assert setuptools["package-dir"] == {"fetalgen.conf": "conf"}
 
 
@@ -25,12 +28,17 @@ def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(t
     # environment through a .pth file (a real user's pip would download them). The checkout is not on its path.
     source = tmp_path / "source"  # a copy: building writes build/ beside the sources
     for name in ("fetalgen", "conf"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "local"))
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "conf" / "local" / "default.yaml").write_text("# a machine's own settings\n")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel")],
-                   check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
+    build = subprocess.run([*pip, "-v", "wheel", "--no-deps", "--no-build-isolation", str(source), "-w",
+                            str(tmp_path / "wheel")], check=True, capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    # A quiet install: setuptools has nothing to warn about (it warned ~740 lines about undeclared config folders).
+    warnings = [line for line in (build.stdout + build.stderr).splitlines()
+                if "Warning" in line or "would be ignored" in line]  # fmt: skip
+    assert warnings == [], warnings[:5]
     wheel = next((tmp_path / "wheel").glob("fetalgen-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run(
@@ -46,6 +54,7 @@ def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(t
         [*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True, capture_output=True
     )
     assert (site / "fetalgen" / "conf" / "finetune.yaml").is_file() and not (site / "conf").exists()
+    assert not list((site / "fetalgen" / "conf" / "local").glob("*.yaml"))  # never a machine's own settings
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def run(*args: str) -> subprocess.CompletedProcess:
