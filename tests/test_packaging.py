@@ -17,7 +17,9 @@ def test_every_package_and_the_configs_are_listed_for_the_wheel():
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fetalgen").rglob("__init__.py")}
     data_dirs = {".".join(p.relative_to(ROOT).parts) for p in (ROOT / "fetalgen" / "data" / "lists").rglob("*")
                  if p.is_dir()} | {"fetalgen.data.lists"}  # fmt: skip
-    config_dirs = {".".join(("fetalgen", *p.relative_to(ROOT).parts)) for p in (ROOT / "conf").rglob("*") if p.is_dir()}
+    config_dirs = {
+        ".".join(("fetalgen", *p.relative_to(ROOT).parts)) for p in (ROOT / "conf").rglob("*") if p.is_dir()
+    }
     assert on_disk | data_dirs | config_dirs | {"fetalgen.conf"} == set(setuptools["packages"])
     assert setuptools["package-dir"] == {"fetalgen.conf": "conf"}
 
