@@ -14,6 +14,7 @@ the frame is ``k`` in ``..._k_of_n`` names, else 1.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def read_column_csv(path: Path, column: str) -> dict[str, float]:
     """``{file stem: value}`` from a CSV with a ``filename`` column and ``column``.
 
     Raises:
-        DataError: the columns are missing, a value is not a number, or a file has two rows.
+        DataError: the columns are missing, a value is not a finite positive number (every column read so is a
+            size: a pixel size, a circumference), or a file has two rows.
     """
     out: dict[str, float] = {}
     lines: dict[str, int] = {}
@@ -68,9 +70,14 @@ def read_column_csv(path: Path, column: str) -> dict[str, float]:
             raise DataError(path, f"{row['filename']} has two rows (lines {lines[stem]} and {lineno})")
         lines[stem] = lineno
         try:
-            out[stem] = float(row[column])
+            value = float(row[column])
         except ValueError as err:
             raise DataError(path, f"line {lineno}: '{row[column]}' in '{column}' is not a number") from err
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(
+                path, f"line {lineno}: '{column}' must be a finite positive number, got {row[column]}"
+            )
+        out[stem] = value
     return out
 
 

@@ -113,8 +113,8 @@ def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]
     """``{file stem: (x0, y0, x1, y1)}`` in image pixels from a CSV with columns ``name, x0, y0, x1, y1``.
 
     Raises:
-        DataError: a missing column, a value that is not a number, a box with x1 <= x0 or y1 <= y0, or a name
-            with two rows.
+        DataError: a missing column, a value that is not a finite number, a box with x1 <= x0 or y1 <= y0, or a
+            name with two rows. (Boxes are checked against their image when it is read: outside it is an error.)
     """
     path = Path(path)
     if not path.is_file():
@@ -131,6 +131,8 @@ def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]
             box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
         except ValueError as err:
             raise DataError(path, f"line {lineno}: a box coordinate is not a number") from err
+        if not all(math.isfinite(v) for v in box):
+            raise DataError(path, f"line {lineno}: box {box} has a coordinate that is not finite")
         if box[2] <= box[0] or box[3] <= box[1]:
             raise DataError(path, f"line {lineno}: box {box} needs x1 > x0 and y1 > y0")
         out[stem] = box  # type: ignore[assignment]

@@ -296,7 +296,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate a checkpoint (or raw/random SAM) on ``cfg.eval_data``; returns flat ``eval/<name>/...`` metrics."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    module, train_cfg, provenance = load_module(cfg.get("model"), cfg.get("ckpt_path"))
+    module, train_cfg, provenance = load_module(
+        cfg.get("model"), cfg.get("ckpt_path"), cfg.allow_random_weights
+    )
     trained_size = (train_cfg or {}).get("data", {}).get("image_size") or 256
     test = load_eval_set(cfg.eval_data, trained_size)
     check_lineage(provenance, cfg.get("ckpt_path"), test.name, test.cases)

@@ -5,10 +5,8 @@ image, the mask's outline in red, the fitted ellipse in green, the prompt box in
 ``measurements.csv``, and one row of ``hc18_submission.csv`` (HC18 challenge format). ``summary.json`` counts
 what was done and skipped; ``skipped.txt`` lists skipped files.
 
-Geometry: images are padded bottom/right to a square and resized to the working size (as in training), the
-mask is predicted there, the ellipse fitted to it (:func:`~fetalgen.metrics.biometry.fit_ellipse`) and mapped
-back to image pixels (``x_image = (x_working + 0.5) * scale - 0.5`` with ``scale = max(H, W) / size``, axes
-times ``scale``). HC18 columns: centre and semi-axes in mm, ``semi_axes_a_mm`` the semi-axis along
+Geometry: :mod:`fetalgen.segmentation.segmenter` (the same object as the Python API): the mask is predicted at the
+working size, brought back to the image's own size, and the ellipse fitted there. HC18 columns: centre and semi-axes in mm, ``semi_axes_a_mm`` the semi-axis along
 ``angle_rad`` (the major one), the angle measured from the image x axis towards y (rows down), in [0, pi).
 """
 
@@ -17,25 +15,23 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.images import ImageFile, read_boxes, read_images
 from fetalgen.data.io import check_on_bad, load_image, warn_skipped
-from fetalgen.data.transforms import pad_resize
-from fetalgen.metrics.biometry import Ellipse, ellipse_circumference, fit_ellipse
-from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
+from fetalgen.metrics.biometry import Ellipse
+from fetalgen.segmentation.predictor import load_module
+from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, segmenter_for
 from fetalgen.utils.files import write_json, write_png
-from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
+from fetalgen.utils.task import output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -50,66 +46,18 @@ SUBMISSION_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Working:
-    """An image brought to the working size: the square working image, its scale and the original shape."""
-
-    image: np.ndarray  # uint8 S x S
-    scale: float  # image pixels per working pixel
-    shape: tuple[int, int]  # (H, W) of the image
-
-
-def to_working(image: np.ndarray, size: int) -> Working:
-    """Pad and resize ``image`` (uint8 HxW) as the data layer does for training (:func:`pad_resize`)."""
-    working, _, scale = pad_resize(image, np.zeros(image.shape, bool), size)
-    return Working(working, scale, image.shape[:2])
-
-
-def logits_to_image(logits: np.ndarray, work: Working, threshold: float = 0.0) -> np.ndarray:
-    """Working-size mask logits (or a 0/1 mask with ``threshold=0.5``) -> a bool mask of the image's own size:
-    a linear resize of the square, thresholded, then the padding cropped (a smooth outline, not working pixels)."""
-    side = round(work.scale * logits.shape[0])
-    big = cv2.resize(logits.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR) > threshold
-    h, w = work.shape
-    return np.ascontiguousarray(big[:h, :w])
-
-
-def ellipse_to_image(e: Ellipse, scale: float) -> Ellipse:
-    """An ellipse fitted at working resolution, in image pixels (pixel centres map as ``(x + 0.5) * scale - 0.5``)."""
-    return Ellipse(
-        (e.cx + 0.5) * scale - 0.5,
-        (e.cy + 0.5) * scale - 0.5,
-        e.semi_major * scale,
-        e.semi_minor * scale,
-        e.angle_deg,
-    )
-
-
-def box_to_working(box: Sequence[float], scale: float, size: int) -> np.ndarray:
-    """An XYXY box in image pixels -> working pixels, clipped to the working image."""
-    return np.clip(np.asarray(box, np.float32) / scale, 0, size - 1).astype(np.float32)
-
-
-def measurement_row(
-    item: ImageFile, prompt: str, box_image: np.ndarray, mask: np.ndarray, ellipse: Ellipse | None
-) -> dict[str, Any]:
+def measurement_row(item: ImageFile, head: HeadMeasurement) -> dict[str, Any]:
     """One row of ``measurements.csv``: the prompt and its box, the mask area, the ellipse and HC/BPD/OFD in
     pixels and mm (nan without a fit or a pixel size)."""
-    ps = item.pixel_size_mm
-    row: dict[str, Any] = {"name": item.name, "file": item.path.name, "prompt": prompt}
-    row |= dict(zip(("box_x0", "box_y0", "box_x1", "box_y1"), (float(v) for v in box_image), strict=True))
-    row["mask_area_px"] = int(mask.sum())
-    row["status"] = "ok" if ellipse is not None else ("no head found" if not mask.any() else "no ellipse fit")
-    e = ellipse or Ellipse(math.nan, math.nan, math.nan, math.nan, math.nan)
-    hc = ellipse_circumference(e.semi_major, e.semi_minor) if ellipse is not None else math.nan
-    px = {
-        "center_x": e.cx, "center_y": e.cy, "semi_major": e.semi_major, "semi_minor": e.semi_minor,
-        "hc": hc, "bpd": 2 * e.semi_minor, "ofd": 2 * e.semi_major,
-    }  # fmt: skip
+    row: dict[str, Any] = {"name": item.name, "file": item.path.name, "prompt": head.prompt}
+    row |= dict(zip(("box_x0", "box_y0", "box_x1", "box_y1"), (float(v) for v in head.box), strict=True))
+    row["mask_area_px"] = int(head.mask.sum())
+    row["status"] = head.status
+    px = head.biometry_px()
     row |= {f"{k}_px": v for k, v in px.items()}
-    row["angle_deg"] = e.angle_deg
-    row["pixel_size_mm"] = ps
-    row |= {f"{k}_mm": v * ps for k, v in px.items()}
+    row["angle_deg"] = head.ellipse.angle_deg if head.ellipse is not None else math.nan
+    row["pixel_size_mm"] = head.pixel_size_mm
+    row |= {f"{k}_mm": v * head.pixel_size_mm for k, v in px.items()}
     return row
 
 
@@ -143,13 +91,11 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray, ellipse: Ellipse | None, b
 
 
 def predict_images(
-    predictor: SamBoxPredictor,
+    segmenter: Segmenter,
     items: Sequence[ImageFile],
     out: Path,
-    image_size: int,
     boxes: Mapping[str, Sequence[float]] | None = None,
     batch_size: int = 8,
-    auto_rounds: int = AUTO_ROUNDS,
     on_bad: str = "raise",
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[DataError]]:
@@ -163,62 +109,36 @@ def predict_images(
     skipped: list[DataError] = []
     with tqdm(total=len(items), desc="predict", unit="img", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
-            chunk, images, works = [], [], []
+            chunk, images = [], []
             for item in items[start : start + batch_size]:
                 try:
-                    image = load_image(item.path)
+                    images.append(load_image(item.path))
+                    chunk.append(item)
                 except DataError as err:
                     if on_bad == "raise":
                         raise
                     skipped.append(err)
-                    continue
-                chunk.append(item)
-                images.append(image)
-                works.append(to_working(image, image_size))
             if chunk:
-                rows += _predict_batch(predictor, chunk, images, works, out, image_size, boxes, auto_rounds)
+                heads = segmenter.predict(
+                    images,
+                    [boxes.get(item.name) for item in chunk],
+                    [item.pixel_size_mm for item in chunk],
+                    names=[str(item.path) for item in chunk],
+                )
+                for item, image, head in zip(chunk, images, heads, strict=True):
+                    write_png(out / "masks" / f"{item.name}.png", head.mask.astype(np.uint8) * 255)
+                    overlay = draw_overlay(image, head.mask, head.ellipse, head.box)
+                    write_png(out / "overlays" / f"{item.name}.png", overlay)
+                    rows.append(measurement_row(item, head))
             bar.update(len(items[start : start + batch_size]))
     return pd.DataFrame(rows), skipped
-
-
-def _predict_batch(
-    predictor: SamBoxPredictor,
-    items: list[ImageFile],
-    images: list[np.ndarray],
-    works: list[Working],
-    out: Path,
-    size: int,
-    boxes: Mapping[str, Sequence[float]],
-    auto_rounds: int,
-) -> list[dict[str, Any]]:
-    tensor = torch.from_numpy(np.stack([w.image for w in works])).float().div(255.0)[:, None]
-    embedded = predictor.embed(tensor)
-    given = [i for i, item in enumerate(items) if item.name in boxes]
-    automatic = [i for i in range(len(items)) if i not in given]
-    working_boxes = np.zeros((len(items), 4), np.float32)
-    if automatic:
-        working_boxes[automatic] = predictor.auto_boxes(embedded.select(automatic), auto_rounds)
-    if given:
-        working_boxes[given] = [box_to_working(boxes[items[i].name], works[i].scale, size) for i in given]
-    logits = predictor.logits(embedded, torch.from_numpy(working_boxes)[None])[0]
-    threshold = predictor.threshold
-    rows = []
-    for i, (item, image, work) in enumerate(zip(items, images, works, strict=True)):
-        fit = fit_ellipse(logits[i] > threshold)
-        ellipse = ellipse_to_image(fit, work.scale) if fit is not None else None
-        mask = logits_to_image(logits[i], work, threshold)
-        box = np.asarray(boxes[item.name], np.float32) if i in given else working_boxes[i] * work.scale
-        write_png(out / "masks" / f"{item.name}.png", mask.astype(np.uint8) * 255)
-        write_png(out / "overlays" / f"{item.name}.png", draw_overlay(image, mask, ellipse, box))
-        rows.append(measurement_row(item, "box" if i in given else "auto", box, mask, ellipse))
-    return rows
 
 
 @task_wrapper
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run ``fetalgen-predict`` (``conf/predict.yaml``); returns the summary written to ``summary.json``."""
-    module, train_cfg, _ = load_module(cfg.get("model"), cfg.get("ckpt_path"))
-    image_size = int(cfg.get("image_size") or (train_cfg or {}).get("data", {}).get("image_size") or 256)
+    loaded = load_module(cfg.get("model"), cfg.get("ckpt_path"), cfg.allow_random_weights)
+    segmenter = segmenter_for(loaded, cfg.get("image_size"), cfg.get("device"), cfg.auto_rounds)
     items = read_images(cfg.images.root, cfg.images.get("pixel_sizes"), on_bad=cfg.on_bad_image)
     boxes = read_boxes(cfg.images.boxes) if cfg.images.get("boxes") else {}
     unknown = sorted(set(boxes) - {item.name for item in items})
@@ -227,18 +147,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             cfg.images.boxes, f"boxes for images not in {cfg.images.root}: {', '.join(unknown[:5])}"
         )
     out = output_dir(cfg)
-    predictor = SamBoxPredictor(module, resolve_device(cfg.get("device")))
-    rows, bad = predict_images(
-        predictor,
-        items,
-        out,
-        image_size,
-        boxes,
-        cfg.batch_size,
-        cfg.auto_rounds,
-        cfg.on_bad_image,
-        cfg.progress,
-    )
+    rows, bad = predict_images(segmenter, items, out, boxes, cfg.batch_size, cfg.on_bad_image, cfg.progress)
     skipped = [*items.skipped, *bad]
     warn_skipped(bad, f"images in {cfg.images.root}")
     rows.to_csv(out / MEASUREMENTS, index=False)
@@ -249,7 +158,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "checkpoint": str(cfg.get("ckpt_path") or "raw/random SAM"),
         "images": str(cfg.images.root),
-        "image_size": image_size,
+        "image_size": segmenter.image_size,
         "n_images": len(rows),
         "n_auto": int((rows["prompt"] == "auto").sum()) if len(rows) else 0,
         "n_box": int((rows["prompt"] == "box").sum()) if len(rows) else 0,

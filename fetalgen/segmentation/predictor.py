@@ -25,7 +25,7 @@ from fetalgen.segmentation.cache import encode_in_chunks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import full_box, tight_box
-from fetalgen.utils.checkpoints import load_checkpoint, run_config
+from fetalgen.utils.checkpoints import CheckpointError, load_checkpoint, run_config
 from fetalgen.utils.masks import largest_component
 
 log = logging.getLogger(__name__)
@@ -135,23 +135,86 @@ class LoadedModel(NamedTuple):
     provenance: dict[str, Any] | None  # {"training_cases", "generator_cases"} (fetalgen.data.provenance)
 
 
-def load_module(model_cfg: DictConfig | None, ckpt_path: str | Path | None = None) -> LoadedModel:
+class RandomWeightsError(ValueError):
+    """A model without trained weights was asked for without ``allow_random_weights``."""
+
+
+def require_weights(
+    ckpt_path: str | Path | None, weights: str | Path | None, allow_random_weights: bool
+) -> None:
+    """Refuse a model without trained weights (no checkpoint, no weights file) unless explicitly allowed.
+
+    Raises:
+        RandomWeightsError: saying what to give.
+    """
+    if ckpt_path is None and not weights and not allow_random_weights:
+        raise RandomWeightsError(
+            "no trained weights: give ckpt_path=<a fetalgen-finetune .ckpt>, or raw SAM weights "
+            "(model=sam/vit_b with model.sam.checkpoint=<file>, `make weights`); allow_random_weights=true "
+            "runs a random-init model (its masks and measurements mean nothing: for tests only)"
+        )
+
+
+# What a model config stored in a checkpoint may build: the project's own builders and the optimisers they take.
+# Anything else (any other callable a crafted checkpoint names) is refused before anything is built.
+REBUILDABLE_TARGETS = frozenset(
+    {
+        "fetalgen.segmentation.module.SamFinetuneModule",
+        "fetalgen.segmentation.build.build_sam",
+        "fetalgen.segmentation.cache.EmbeddingCache",
+        "torch.optim.AdamW",
+        "torch.optim.Adam",
+        "torch.optim.SGD",
+        "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "torch.optim.lr_scheduler.StepLR",
+        "torch.optim.lr_scheduler.LinearLR",
+    }
+)
+
+
+def check_rebuildable(config: Any, source: str | Path, where: str = "model") -> None:
+    """Raise :class:`~fetalgen.utils.checkpoints.CheckpointError` when the stored ``config`` names a target outside
+    :data:`REBUILDABLE_TARGETS` or holds an interpolation (``${...}``: resolvers run code too)."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "_target_" and value not in REBUILDABLE_TARGETS:
+                raise CheckpointError(
+                    f"{source}: its config names {value!r} at {where}._target_, which fetalgen does not rebuild "
+                    f"from a checkpoint (allowed: {', '.join(sorted(REBUILDABLE_TARGETS))}); refused, nothing ran"
+                )
+            check_rebuildable(value, source, f"{where}.{key}")
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            check_rebuildable(value, source, f"{where}[{i}]")
+    elif isinstance(config, str) and "${" in config:
+        raise CheckpointError(f"{source}: its config holds an interpolation at {where} ({config!r}); refused")
+
+
+def load_module(
+    model_cfg: DictConfig | None, ckpt_path: str | Path | None = None, allow_random_weights: bool = False
+) -> LoadedModel:
     """The module to predict with, and the training run's config and provenance when it comes from a checkpoint.
 
     ``ckpt_path``: a ``fetalgen-finetune`` checkpoint (``.ckpt``); the model is rebuilt from the config saved
-    in it (else from ``model_cfg``) with random init and no cache, then its weights loaded. Without
-    ``ckpt_path``, ``model_cfg`` is built as is (raw SAM/MedSAM weights via ``model.sam.checkpoint``, or a
-    random ``sam/tiny``).
+    in it (else from ``model_cfg``) with random init and no cache, then its weights loaded; the stored config may
+    only name the project's own builders (:data:`REBUILDABLE_TARGETS`). Without ``ckpt_path``, ``model_cfg`` is
+    built as is: raw SAM/MedSAM weights via ``model.sam.checkpoint``, or, with ``allow_random_weights``, a
+    random-init model (:func:`require_weights`).
     """
     if ckpt_path is None:
         if model_cfg is None:
             raise ValueError("no model: give ckpt_path or a model config")
+        require_weights(None, (model_cfg.get("sam") or {}).get("checkpoint"), allow_random_weights)
         return LoadedModel(hydra.utils.instantiate(model_cfg), None, None)
     path = Path(ckpt_path)
     checkpoint = load_checkpoint(path, "finetune")
     train_cfg = run_config(checkpoint)
     if train_cfg is None and model_cfg is None:
         raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")
+    if train_cfg is not None:
+        if not isinstance(train_cfg, dict) or not isinstance(train_cfg.get("model"), dict):
+            raise CheckpointError(f"{path}: its stored config has no model section")
+        check_rebuildable(train_cfg["model"], path)
     cfg = OmegaConf.create(
         train_cfg["model"] if train_cfg else OmegaConf.to_container(model_cfg, resolve=True)
     )

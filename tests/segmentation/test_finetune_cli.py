@@ -141,6 +141,7 @@ def test_evaluate_cli_on_a_folder_with_random_tiny_sam(phantom_dir: Path, tmp_pa
     cmd = [
         sys.executable, "-m", "fetalgen.cli.evaluate", "eval_data=folder", f"eval_data.source.root={phantom_dir}",
         "eval_data.name=ph", "eval_data.image_size=64", "model.sam.image_size=64", "eval.repetitions=2",
+        "allow_random_weights=true",
         "eval.progress=false", f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}",
     ]  # fmt: skip
     done = subprocess.run(
@@ -166,6 +167,7 @@ def test_evaluate_on_real_hc18_cases(compose_cfg, hc18_dir: Path, tmp_path: Path
     cfg = compose_cfg(
         "evaluate",
         ["eval_data=hc18", f"eval_data.source.root={hc18_dir}", f"eval_data.source.list_file={names}", "eval_data.image_size=64",
+         "allow_random_weights=true",
          "model.sam.image_size=64", "eval.repetitions=2", "eval.progress=false", "eval.figure=false"],
     )  # fmt: skip
     metrics = evaluate(cfg)
@@ -306,6 +308,7 @@ def test_skipped_pairs_are_counted_and_listed(compose_cfg, phantom_dir: Path, tm
     listed = (Path(cfg.paths.output_dir) / "skipped.txt").read_text().splitlines()
     assert len(listed) == 2 and any(masks[1].name in line for line in listed)
     ecfg = compose_cfg("evaluate", ["eval_data=folder", f"eval_data.source.root={data}", "eval_data.on_bad_pair=skip",
+                                    "allow_random_weights=true",
                                     "eval.repetitions=1", "eval.progress=false", "eval.figure=false"])  # fmt: skip
     with pytest.warns(UserWarning):
         emetrics = evaluate(ecfg)

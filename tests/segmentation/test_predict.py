@@ -20,6 +20,7 @@ from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predict import SUBMISSION_COLUMNS, predict, predict_images
 from fetalgen.segmentation.predictor import Embedded, SamBoxPredictor
 from fetalgen.segmentation.prompts import tight_box
+from fetalgen.segmentation.segmenter import Segmenter
 
 SIZE = 128
 
@@ -64,7 +65,9 @@ class Oracle:
 
 def test_hc_in_the_measurements_matches_the_phantoms_known_hc(phantom_dir: Path, tmp_path: Path):
     items = read_images(unlabelled(phantom_dir, tmp_path / "images", n=8))
-    rows, skipped = predict_images(Oracle(phantom_dir), items, tmp_path / "out", SIZE, progress=False)
+    rows, skipped = predict_images(
+        Segmenter(Oracle(phantom_dir), SIZE), items, tmp_path / "out", progress=False
+    )
     assert not skipped and len(rows) == 8 and (rows["status"] == "ok").all()
     known = pd.read_csv(phantom_dir / "heads.csv").set_index("filename")["head circumference (mm)"]
     error = (rows["hc_mm"] - rows["file"].map(known)) / rows["file"].map(known)
@@ -89,7 +92,8 @@ def test_predict_cli_writes_masks_overlays_and_both_csvs(compose_cfg, phantom_di
         f"name,x0,y0,x1,y1\n{names[0]}.png,20,30,150,120\n{names[1]},10,10,90,80\n"
     )
     cfg = compose_cfg("predict", [f"images.root={root}", f"images.boxes={tmp_path / 'boxes.csv'}",
-                                  "image_size=64", "model.sam.image_size=64", "progress=false", "batch_size=4"])  # fmt: skip
+                                  "image_size=64", "model.sam.image_size=64", "progress=false", "batch_size=4",
+                                  "allow_random_weights=true"])  # fmt: skip
     summary = predict(cfg)
     out = Path(cfg.paths.output_dir)
     assert (
@@ -129,7 +133,13 @@ def test_bad_images_are_named_or_skipped_and_counted(compose_cfg, phantom_dir: P
     root = unlabelled(phantom_dir, tmp_path / "scans", n=3)
     broken = sorted((root / "images").iterdir())[1]
     broken.write_bytes(b"not an image")
-    common = [f"images.root={root}", "image_size=32", "model.sam.image_size=64", "progress=false"]
+    common = [
+        f"images.root={root}",
+        "image_size=32",
+        "model.sam.image_size=64",
+        "progress=false",
+        "allow_random_weights=true",
+    ]
     with pytest.raises(DataError, match=f"{broken.name}: unreadable or corrupt image"):
         predict(compose_cfg("predict", common))
     cfg = compose_cfg("predict", [*common, "on_bad_image=skip"])
