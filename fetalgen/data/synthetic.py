@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fetalgen.data.cases import Case, DataError
+from fetalgen.utils.files import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class ManifestEntry:
     nearest_train: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """One manifest line, standard JSON (a NaN figure, e.g. a failed fit in ``qc``, is null)."""
+        return json.dumps(json_safe(asdict(self)), sort_keys=True, allow_nan=False)
 
 
 def read_manifest(root: str | Path) -> list[ManifestEntry]:

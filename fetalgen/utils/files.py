@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -39,9 +40,43 @@ def _umask() -> int:
     return mask
 
 
+NULL_REASONS = (
+    "null_reasons"  # in a JSON object written by write_json: {"dotted.key": "NaN" | "inf" | "-inf"}
+)
+
+
+def json_safe(obj: Any, reasons: dict[str, str] | None = None, where: str = "") -> Any:
+    """``obj`` with every non-finite float (NaN, inf; numpy's too) replaced by None, which JSON can hold; each
+    replacement recorded in ``reasons`` as ``{dotted path: "NaN" | "inf" | "-inf"}``."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v, reasons, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v, reasons, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        if math.isfinite(value):
+            return value
+        if reasons is not None:
+            reasons[where] = "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def json_text(obj: Any, **dumps: Any) -> str:
+    """Standard JSON for ``obj`` (:func:`json_safe`: no NaN or inf, which jq and JavaScript reject); an object gets
+    the replaced values' reasons under :data:`NULL_REASONS`."""
+    reasons: dict[str, str] = {}
+    safe = json_safe(obj, reasons)
+    if reasons and isinstance(safe, dict):
+        safe[NULL_REASONS] = {key: f"{what}: not a number" for key, what in reasons.items()}
+    return json.dumps(safe, allow_nan=False, default=str, **dumps)
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON."""
-    return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+    """Atomically write ``obj`` as indented, standard JSON (:func:`json_text`)."""
+    return atomic_write(path, lambda p: p.write_text(json_text(obj, indent=2) + "\n"))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
