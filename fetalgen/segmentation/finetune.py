@@ -60,6 +60,10 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     )
     provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
     write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
+    datamodule.setup("fit")  # load now: skips and the epoch length are known before the first step
+    check_validation_schedule(
+        cfg.trainer, math.ceil(len(datamodule.train_set) / datamodule.batch_size), len(datamodule.val_set)
+    )
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
 
@@ -102,13 +106,35 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def check_validation_schedule(trainer_cfg: DictConfig) -> None:
-    """Refuse a step budget shorter than the validation interval: no validation, so no best checkpoint."""
+def check_validation_schedule(
+    trainer_cfg: DictConfig, batches_per_epoch: int | None = None, num_val: int | None = None
+) -> None:
+    """Refuse, before training, settings under which no validation would run (so no ``val/dice`` and no best
+    checkpoint): a step budget shorter than the validation interval; an epoch budget (``trainer.max_epochs``, a
+    Lightning habit) whose batches end before it; validation switched off (``limit_val_batches=0``); and, once
+    the data are loaded, an empty validation split (e.g. every validation pair skipped as bad)."""
     steps, every = trainer_cfg.get("max_steps", -1), trainer_cfg.get("val_check_interval")
-    if isinstance(every, int) and trainer_cfg.get("check_val_every_n_epoch") is None and 0 < steps < every:
+    by_steps = isinstance(every, int) and trainer_cfg.get("check_val_every_n_epoch") is None
+    if by_steps and 0 < steps < every:
         raise ValueError(
             f"trainer.val_check_interval={every} > trainer.max_steps={steps}: no validation would run and no best "
             "checkpoint be kept; set trainer.val_check_interval to at most max_steps"
+        )
+    if trainer_cfg.get("limit_val_batches", 1.0) in (0, 0.0):
+        raise ValueError(
+            "trainer.limit_val_batches=0: no validation would run and no best checkpoint be kept"
+        )
+    epochs = trainer_cfg.get("max_epochs") or -1
+    if by_steps and batches_per_epoch is not None and epochs > 0 and epochs * batches_per_epoch < every:
+        raise ValueError(
+            f"trainer.max_epochs={epochs} x {batches_per_epoch} batches per epoch = {epochs * batches_per_epoch} "
+            f"batches, fewer than trainer.val_check_interval={every}: no validation would run. Training is "
+            "step-based here: set trainer.max_steps (and keep trainer.max_epochs=-1), or lower val_check_interval"
+        )
+    if num_val == 0:
+        raise ValueError(
+            "the validation split is empty (no validation pair, or every one skipped as bad): no validation would "
+            "run; give validation pairs (data.num_val, data.split_file) or fix the skipped files"
         )
 
 

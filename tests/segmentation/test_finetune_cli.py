@@ -278,6 +278,20 @@ def test_a_budget_shorter_than_the_validation_interval_is_refused_before_trainin
         finetune(cfg)
 
 
+def test_an_epoch_budget_that_ends_before_the_first_validation_is_refused_before_training(compose_cfg):
+    # A Lightning habit: trainer.max_epochs=2 with the step-based validation of fine-tuning (every 50 batches).
+    # The phantom pool gives a few batches an epoch: it trained, then failed on the missing val/dice.
+    cfg = compose_cfg("finetune", ["logger=none", "trainer.max_epochs=2", "model.sam.image_size=64"])
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=2 x \d+ batches per epoch .* fewer than "
+                                         r"trainer.val_check_interval=50"):  # fmt: skip
+        finetune(cfg)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+    with pytest.raises(ValueError, match="limit_val_batches=0"):
+        finetune(compose_cfg("finetune", ["logger=none", "+trainer.limit_val_batches=0"]))
+    with pytest.raises(ValueError, match="the validation split is empty"):
+        finetune(compose_cfg("finetune", ["logger=none", "model.sam.image_size=64", "data.num_val=0"]))
+
+
 def test_settings_that_would_fail_after_training_fail_before_it(compose_cfg, tmp_path: Path):
     cfg = compose_cfg("finetune", ["logger=none", "eval.prompt_mode=boxes"])
     with pytest.raises(ValueError, match="eval prompt mode 'boxes' is unknown"):
