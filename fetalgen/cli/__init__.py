@@ -19,6 +19,11 @@ def config_dir() -> Path:
 
 CONFIG_DIR = str(config_dir())
 
+# ${fetalgen_help:<config>} in conf/hydra/default.yaml: the command's --help page, made from its config.
+OmegaConf.register_new_resolver(
+    "fetalgen_help", lambda name: __import__("fetalgen.cli.help").cli.help.hydra_template(name), replace=True
+)
+
 # ${fetalgen_dir:} in configs: the installed package's folder (for the files it ships, e.g. the paper's lists).
 OmegaConf.register_new_resolver(
     "fetalgen_dir", lambda: str(Path(__file__).resolve().parents[1]), replace=True
