@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 
 from fetalgen.utils.checkpoints import CONFIG_KEY, RunRecord
+from fetalgen.utils.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ def build_trainer(cfg: DictConfig, record: dict[str, Any] | None = None) -> tupl
     """The Trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg``; the config is logged.
 
     ``record``: entries every checkpoint carries besides the resolved config (:class:`RunRecord`), e.g. the
-    provenance. Without a logger, LearningRateMonitor (which refuses to run then) is left out.
+    provenance. Without a logger, LearningRateMonitor (which refuses to run then) is left out. Under a step budget
+    the progress bar counts steps (:class:`~fetalgen.utils.progress.StepProgressBar`).
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [
@@ -107,6 +109,8 @@ def build_trainer(cfg: DictConfig, record: dict[str, Any] | None = None) -> tupl
     loggers = instantiate_loggers(cfg.get("logger"))
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if (cfg.trainer.get("max_steps") or -1) > 0 and cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())  # "step 340/1000, val/dice 0.81" instead of "Epoch 749: 2/2"
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_trainer(trainer, callbacks, requested_precision=cfg.trainer.get("precision"))
     log_config(loggers, cfg)
