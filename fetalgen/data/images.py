@@ -8,7 +8,8 @@ Layouts of ``root``:
   left out), pixel sizes from ``<root>.name + _pixel_size*.csv`` beside the folder (HC18's
   ``test_set_pixel_size.csv``) or ``pixel_sizes.csv`` inside it.
 
-A CSV given explicitly (``filename`` and ``pixel size(mm)`` columns) wins over the detected one.
+A CSV given explicitly (``filename`` and ``pixel size(mm)`` columns) wins over the detected one. DICOM files
+(``.dcm``) are read frame by frame, their pixel size from the header first (:mod:`fetalgen.data.dicom`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fetalgen.data.cases import CaseList, DataError
+from fetalgen.data.dicom import DICOM_EXTS, dicom_pixel_size, frame_count, load_dicom_frame
 from fetalgen.data.folder import (
     ANNOTATION_SUFFIX,
     IMAGE_EXTS,
@@ -25,18 +29,26 @@ from fetalgen.data.folder import (
     read_column_csv,
     read_csv_rows,
 )
-from fetalgen.data.io import check_on_bad, warn_skipped
+from fetalgen.data.io import check_on_bad, load_image, warn_skipped
 
 PIXEL_COLUMN = "pixel size(mm)"
 
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One image to segment: its name (file stem), path and pixel size in mm (nan when unknown)."""
+    """One image to segment: its name (file stem; ``<stem>_f<frame>`` for a frame of a multi-frame DICOM), path,
+    pixel size in mm (nan when unknown) and, for DICOM, the frame."""
 
     name: str
     path: Path
     pixel_size_mm: float = math.nan
+    frame: int | None = None
+
+    def load(self) -> np.ndarray:
+        """The image as uint8 HxW grayscale (:func:`~fetalgen.data.io.load_image`, or the DICOM frame)."""
+        if self.frame is not None:
+            return load_dicom_frame(self.path, self.frame)
+        return load_image(self.path)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -44,7 +56,9 @@ def image_files(folder: Path) -> list[Path]:
     files = sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.stem.endswith(ANNOTATION_SUFFIX)
+        if p.is_file()
+        and p.suffix.lower() in (*IMAGE_EXTS, *DICOM_EXTS)
+        and not p.stem.endswith(ANNOTATION_SUFFIX)
     )
     seen: dict[str, Path] = {}
     for p in files:
@@ -95,6 +109,14 @@ def read_images(root: str | Path, pixel_sizes: str | Path | None = None, on_bad:
     table = read_column_csv(csv_path, PIXEL_COLUMN) if csv_path is not None else None
     items, skipped = [], []
     for p in files:
+        if p.suffix.lower() in DICOM_EXTS:
+            try:
+                items += dicom_items(p, table)
+            except DataError as error:
+                if on_bad == "raise":
+                    raise
+                skipped.append(error)
+            continue
         size = math.nan
         if table is not None:
             if p.stem not in table:
@@ -107,6 +129,18 @@ def read_images(root: str | Path, pixel_sizes: str | Path | None = None, on_bad:
         items.append(ImageFile(p.stem, p, size))
     warn_skipped(skipped, f"images in {folder}")
     return CaseList(items, skipped)
+
+
+def dicom_items(path: Path, table: dict[str, float] | None) -> list[ImageFile]:
+    """The frames of a DICOM file; the pixel size from its header (:mod:`fetalgen.data.dicom`), else the CSV row
+    of the file, else unknown (nan: no mm figures, counted in the summary)."""
+    size = dicom_pixel_size(path)
+    if math.isnan(size) and table is not None and path.stem in table:
+        size = table[path.stem]
+    frames = frame_count(path)
+    if frames == 1:
+        return [ImageFile(path.stem, path, size, 0)]
+    return [ImageFile(f"{path.stem}_f{i:03d}", path, size, i) for i in range(frames)]
 
 
 def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]:

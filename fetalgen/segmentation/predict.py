@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.images import ImageFile, read_boxes, read_images
-from fetalgen.data.io import check_on_bad, load_image, warn_skipped
+from fetalgen.data.io import check_on_bad, warn_skipped
 from fetalgen.metrics.biometry import Ellipse
 from fetalgen.segmentation.predictor import load_module
 from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, segmenter_for
@@ -112,7 +112,7 @@ def predict_images(
             chunk, images = [], []
             for item in items[start : start + batch_size]:
                 try:
-                    images.append(load_image(item.path))
+                    images.append(item.load())
                     chunk.append(item)
                 except DataError as err:
                     if on_bad == "raise":
