@@ -7,6 +7,9 @@
   the EMA weights, ``scheduler/`` with the training noise schedule, ``model_index.json``):
   ``UNet2DModel.from_pretrained(<out>, subfolder="unet")``.
 
+* ``format=onnx`` with a ``fetalgen-finetune`` checkpoint -> ``encoder.onnx`` and ``decoder.onnx`` at the run's
+  working size (:mod:`fetalgen.segmentation.onnx`), for onnxruntime.
+
 Beside each, ``MODEL_CARD.md``: what the model is, the data it saw (cohorts, counts, licence), its training steps
 and, when the run's ``metrics.json`` sits next to the checkpoint folder, its measured numbers.
 """
@@ -48,6 +51,27 @@ def export_sam(checkpoint: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def export_sam_onnx(ckpt_path: Path, out: Path) -> Path:
+    """Write the fine-tuned SAM of ``ckpt_path`` as ``encoder.onnx`` + ``decoder.onnx``; returns the encoder's path."""
+    from fetalgen.segmentation.onnx import export_onnx
+    from fetalgen.segmentation.predictor import load_module
+
+    loaded = load_module(None, ckpt_path)  # the project's own builders only
+    size = int((loaded.config or {}).get("data", {}).get("image_size") or 256)
+    return export_onnx(loaded.module.sam, size, out)[0]
+
+
+ONNX_USE = """```python
+import numpy as np, onnxruntime as ort
+encoder, decoder = ort.InferenceSession("encoder.onnx"), ort.InferenceSession("decoder.onnx")
+# images: float32 [B, 1, S, S] in [0, 1], each image padded bottom/right to a square and resized to S = {size}
+(embeddings,) = encoder.run(None, {{"images": images}})
+# boxes: float32 [B, 4], XYXY in working pixels (the whole image, [0, 0, S-1, S-1], when there is no box)
+(logits,) = decoder.run(None, {{"embeddings": embeddings, "boxes": boxes}})
+masks = logits[:, 0] > 0  # [B, S, S]: resize to the image's own size (undo the padding) before measuring
+```"""
+
+
 def export_generator(ckpt_path: Path, out: Path) -> Path:
     """Write the generator of ``ckpt_path`` (EMA weights) as a diffusers pipeline folder; returns the folder."""
     from diffusers import DDPMPipeline, DDPMScheduler
@@ -76,7 +100,9 @@ def describe_cases(records: list[dict[str, Any]] | None) -> list[str]:
     ]
 
 
-def model_card(kind: str, ckpt_path: Path, checkpoint: dict[str, Any], exported: Path) -> str:
+def model_card(
+    kind: str, ckpt_path: Path, checkpoint: dict[str, Any], exported: Path, fmt: str = "pytorch"
+) -> str:
     """The model card (Markdown) of an exported model."""
     config = run_config(checkpoint) or {}
     provenance = checkpoint.get(PROVENANCE_KEY) or {}
@@ -88,7 +114,11 @@ def model_card(kind: str, ckpt_path: Path, checkpoint: dict[str, Any], exported:
         model_type, size = sam.get("model_type", "?"), int(sam.get("image_size", 1024))
         registry = REGISTRY_TYPES.get(model_type)
         lines += ["## Use", ""]
-        if registry and size == 1024:
+        if fmt == "onnx":
+            working = config.get("data", {}).get("image_size", 256)
+            lines += ["Two ONNX models (opset 18), run with onnxruntime; fetalgen's predictor in two calls:", "",
+                      ONNX_USE.format(size=working), ""]  # fmt: skip
+        elif registry and size == 1024:
             lines += ["```python", "from segment_anything import sam_model_registry, SamPredictor",
                       f'sam = sam_model_registry["{registry}"](checkpoint="{exported.name}")', "```"]  # fmt: skip
         else:
@@ -139,10 +169,18 @@ def export(cfg: DictConfig) -> dict[str, str]:
         raise CheckpointError(
             f"{ckpt_path}: not a fetalgen checkpoint (fetalgen-finetune or fetalgen-train-diffusion)"
         )
+    fmt = cfg.get("format") or "pytorch"
+    if fmt not in ("pytorch", "onnx") or (fmt == "onnx" and kind != "finetune"):
+        raise ValueError(
+            f"format={fmt} is not available for a {WRITERS[kind]} checkpoint (pytorch; onnx for SAM)"
+        )
     out = Path(cfg.out) if cfg.get("out") else output_dir(cfg) / "export"
     out.mkdir(parents=True, exist_ok=True)
-    exported = export_sam(checkpoint, out) if kind == "finetune" else export_generator(ckpt_path, out)
+    if kind == "finetune":
+        exported = export_sam_onnx(ckpt_path, out) if fmt == "onnx" else export_sam(checkpoint, out)
+    else:
+        exported = export_generator(ckpt_path, out)
     card = out / MODEL_CARD
-    card.write_text(model_card(kind, ckpt_path, checkpoint, exported))
+    card.write_text(model_card(kind, ckpt_path, checkpoint, exported, fmt))
     log.info("exported %s -> %s (model card %s)", ckpt_path, exported, card)
     return {"kind": kind, "model": str(exported), "card": str(card)}
