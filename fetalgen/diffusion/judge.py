@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
@@ -43,6 +44,9 @@ class RealPairs:
         return len(self.images)
 
 
+FEW_FOR_REALISM = 20  # kept pairs below which KID/FID get a warning in the summary
+
+
 @dataclass(frozen=True)
 class JudgeSettings:
     """How a set is judged (``fidelity.*`` of ``conf/sample.yaml``)."""
@@ -54,6 +58,8 @@ class JudgeSettings:
     segmenter_steps: int = 300
     min_agreement: float | None = None  # a pair below it fails QC (reason ``agreement``)
     seed: int = 0
+    progress: bool = True  # a bar over the segmenter's steps and the images embedded
+    embed_chunk: int = 8  # images per features call (the bar moves once per call)
 
 
 def as_tensor(images: np.ndarray) -> torch.Tensor:
@@ -116,6 +122,16 @@ def judge_synthetic(
         raise ValueError(f"judging {root} needs at least 2 training pairs and 1 synthetic pair")
     size = int(train.images.shape[-1])
     pairs = read_pairs(root, entries, size)
+    n_held = len(heldout) if heldout is not None and len(heldout) >= 2 else 0
+    bar = tqdm(total=settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held, desc="judge",
+               unit="step|img", disable=not settings.progress)  # fmt: skip
+
+    def embed(images: np.ndarray) -> torch.Tensor:
+        out = []
+        for k in range(0, len(images), settings.embed_chunk):
+            out.append(features(as_tensor(images[k : k + settings.embed_chunk])))
+            bar.update(len(out[-1]))
+        return torch.cat(out)
 
     # Agreement: a segmenter fitted on real training pairs only.
     if heldout is not None and len(heldout):
@@ -125,8 +141,12 @@ def judge_synthetic(
         ceiling = RealPairs(train.images[held], train.masks[held])
         ceiling_source = f"{len(held)} training pair(s) held out from the segmenter (no held-out set given)"
     segmenter = ReferenceSegmenter(size, seed=settings.seed)
+    bar.set_postfix_str("reference segmenter")
     losses = segmenter.fit(
-        as_tensor(train.images[fit]), as_tensor(train.masks[fit]), steps=settings.segmenter_steps
+        as_tensor(train.images[fit]),
+        as_tensor(train.masks[fit]),
+        steps=settings.segmenter_steps,
+        on_step=lambda: bar.update(1),
     )
     # The mask checks' own verdict (``qc["passed"]``; ``qc_pass`` adds the agreement threshold), so that a
     # re-judged set recomputes its agreement verdicts instead of stacking them.
@@ -144,9 +164,10 @@ def judge_synthetic(
     )
 
     # Features: synthetic (and mirrored), training, held-out.
-    syn_feats = features(as_tensor(pairs.images))
-    syn_mirror = features(as_tensor(pairs.images[:, :, ::-1]))
-    train_feats = features(as_tensor(train.images))
+    bar.set_postfix_str(f"features ({features.name})")
+    syn_feats = embed(pairs.images)
+    syn_mirror = embed(pairs.images[:, :, ::-1])
+    train_feats = embed(train.images)
     similarity, nearest = nearest_neighbours(syn_feats, syn_mirror, train_feats)
 
     for e, reasons, ok, agree, sim, near in zip(
@@ -168,12 +189,16 @@ def judge_synthetic(
     if kept.sum() < 2:
         log.warning("%s: %d kept pair(s): realism and diversity need 2", root, int(kept.sum()))
     realism: dict[str, Any] = {}
+    if 2 <= kept.sum() < FEW_FOR_REALISM:
+        realism["note"] = (f"KID/FID from {int(kept.sum())} kept pairs: too few to read (the estimators need tens "
+                           "to hundreds of images); compare sets of equal size only")  # fmt: skip
+        log.warning("%s: %s", root, realism["note"])
     if kept.sum() >= 2:
         realism["train"] = kid_fid(
             train_feats, syn_feats[kept], settings.kid_subset_size, settings.kid_subsets, settings.seed
         )
-        if heldout is not None and len(heldout) >= 2:
-            held_feats = features(as_tensor(heldout.images))
+        if n_held:
+            held_feats = embed(heldout.images)
             realism["heldout"] = kid_fid(
                 held_feats, syn_feats[kept], settings.kid_subset_size, settings.kid_subsets, settings.seed
             )
@@ -181,6 +206,7 @@ def judge_synthetic(
               "train": diversity(as_tensor(train.images), settings.diversity_pairs, settings.seed)}  # fmt: skip
     if heldout is not None and len(heldout) >= 2:
         spread["heldout"] = diversity(as_tensor(heldout.images), settings.diversity_pairs, settings.seed)
+    bar.close()
     gallery = save_gallery(
         pairs.images, train.images, similarity, nearest, [e.name for e in entries], root / GALLERY,
         k=settings.gallery, feature_name=features.name, train_names=train_names,

@@ -401,6 +401,7 @@ def build_judge(
         segmenter_steps=int(fid.segmenter_steps),
         min_agreement=fid.get("min_agreement"),
         seed=int(cfg.seed),
+        progress=bool(cfg.get("progress", True)),
     )
     train = RealPairs(reference.images, reference.masks)
 

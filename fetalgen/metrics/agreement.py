@@ -12,6 +12,8 @@ mirror flips: it needs no weights from outside and no box, so it cannot be steer
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,8 +59,10 @@ class ReferenceSegmenter:
         steps: int = 300,
         batch_size: int = 16,
         lr: float = 2e-3,
+        on_step: Callable[[], None] | None = None,
     ) -> list[float]:
-        """Train on real pairs ``[M, 1, S, S]`` (images in [0, 1], masks 0/1); returns the loss per step."""
+        """Train on real pairs ``[M, 1, S, S]`` (images in [0, 1], masks 0/1); returns the loss per step.
+        ``on_step`` is called after each step (a progress bar)."""
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr)
         losses = []
@@ -77,6 +81,8 @@ class ReferenceSegmenter:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            if on_step is not None:
+                on_step()
         self.net.eval()
         return losses
 

@@ -36,3 +36,20 @@ def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_t
     again = sorted(read_manifest(root), key=lambda e: e.index)
     assert [e.qc_pass for e in again] == before
     assert not any(r.startswith("agreement") for e in again for r in e.qc["reasons"])
+
+
+def test_judging_shows_progress_and_says_when_a_set_is_too_small_for_kid(
+    phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path, capsys
+):
+    root = tmp_path / "synthetic"
+    shutil.copytree(phantom_synthetic, root)
+    data = PairDataset(read_folder(phantom_dir)[:6], 32)
+    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
+    names = [c.name for c in data.cases]
+    features = build_features({"kind": "sam", "model_type": "tiny", "checkpoint": None, "image_size": 64})
+    settings = JudgeSettings(segmenter_steps=7, kid_subsets=5, embed_chunk=2)
+    figures = judge_synthetic(root, train, names, names, features, settings)
+    n = len(read_manifest(root))
+    err = capsys.readouterr().err
+    assert "judge: 100%" in err and f"{7 + 2 * n + 6}/{7 + 2 * n + 6}" in err  # steps + images embedded
+    assert "too few to read" in figures["realism"]["note"]
