@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
-from fetalgen.utils.checkpoints import WRITERS, CheckpointError, checkpoint_kind, read_weights, run_config
+from fetalgen.utils.checkpoints import WRITERS, RunCheckpoint, read_run_checkpoint
 from fetalgen.utils.task import output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -40,14 +39,14 @@ DATA_LICENCES = {
 }
 
 
-def export_sam(checkpoint: dict[str, Any], out: Path) -> Path:
+def export_sam(checkpoint: RunCheckpoint, out: Path) -> Path:
     """Write the fine-tuned SAM of ``checkpoint`` as a ``segment-anything`` state dict; returns its path."""
     from fetalgen.segmentation.build import sam_state_from_finetune
 
-    model = (run_config(checkpoint) or {}).get("model", {}).get("sam", {})
+    model = (checkpoint.config or {}).get("model", {}).get("sam", {})
     model_type = model.get("model_type", "vit_b")
     path = out / f"sam_{model_type}.pth"
-    torch.save(sam_state_from_finetune(checkpoint), path)
+    torch.save(sam_state_from_finetune(checkpoint.contents), path)
     return path
 
 
@@ -100,15 +99,14 @@ def describe_cases(records: list[dict[str, Any]] | None) -> list[str]:
     ]
 
 
-def model_card(
-    kind: str, ckpt_path: Path, checkpoint: dict[str, Any], exported: Path, fmt: str = "pytorch"
-) -> str:
+def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") -> str:
     """The model card (Markdown) of an exported model."""
-    config = run_config(checkpoint) or {}
-    provenance = checkpoint.get(PROVENANCE_KEY) or {}
+    kind, ckpt_path = checkpoint.task, checkpoint.path
+    config = checkpoint.config or {}
+    provenance = checkpoint.provenance or {}
     lines = [f"# fetalgen {'fine-tuned SAM' if kind == 'finetune' else 'joint image-mask generator'}", ""]
     lines += [f"Exported by `fetalgen-export` from `{ckpt_path}` ({WRITERS[kind]}), "
-              f"{int(checkpoint.get('global_step', 0))} optimizer steps.", ""]  # fmt: skip
+              f"{int(checkpoint.contents.get('global_step', 0))} optimizer steps.", ""]  # fmt: skip
     if kind == "finetune":
         sam = config.get("model", {}).get("sam", {})
         model_type, size = sam.get("model_type", "?"), int(sam.get("image_size", 1024))
@@ -161,26 +159,22 @@ def model_card(
 def export(cfg: DictConfig) -> dict[str, str]:
     """Export ``cfg.ckpt_path`` into ``cfg.out`` (the module doc); returns ``{"kind", "model", "card"}``."""
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-    checkpoint = read_weights(ckpt_path)
-    kind = checkpoint_kind(checkpoint)
-    if kind is None:
-        raise CheckpointError(
-            f"{ckpt_path}: not a fetalgen checkpoint (fetalgen-finetune or fetalgen-train-diffusion)"
-        )
+    checkpoint = read_run_checkpoint(ckpt_path)
+    kind = checkpoint.task
     fmt = cfg.get("format") or "pytorch"
     if fmt not in ("pytorch", "onnx") or (fmt == "onnx" and kind != "finetune"):
         raise ValueError(
             f"format={fmt} is not available for a {WRITERS[kind]} checkpoint (pytorch; onnx for SAM)"
         )
     out = Path(cfg.out) if cfg.get("out") else output_dir(cfg) / "export"
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: give a new out= folder (two exports would mix)")
     out.mkdir(parents=True, exist_ok=True)
     if kind == "finetune":
         exported = export_sam_onnx(ckpt_path, out) if fmt == "onnx" else export_sam(checkpoint, out)
     else:
         exported = export_generator(ckpt_path, out)
     card = out / MODEL_CARD
-    card.write_text(model_card(kind, ckpt_path, checkpoint, exported, fmt))
+    card.write_text(model_card(checkpoint, exported, fmt))
     log.info("exported %s -> %s (model card %s)", ckpt_path, exported, card)
     return {"kind": kind, "model": str(exported), "card": str(card)}

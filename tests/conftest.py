@@ -32,6 +32,32 @@ def hc18_dir() -> Path:
     return root
 
 
+TEST_GENERATOR = {"checkpoint": "", "sha256": "0" * 64, "global_step": 0}  # the generator of the test sets
+
+
+def seal_synthetic_set(root: Path, training_cases: list | None = None) -> Path:
+    """Write ``provenance.json`` as fetalgen-sample does last (the manifest's hash, the generator of its lines)."""
+    from fetalgen.data.provenance import write_synthetic_provenance
+
+    return write_synthetic_provenance(root, TEST_GENERATOR, training_cases or [])
+
+
+@pytest.fixture(scope="session")
+def seal():
+    """:func:`seal_synthetic_set`, for test modules."""
+    return seal_synthetic_set
+
+
+@pytest.fixture(scope="session")
+def other_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 phantom pairs of another seed: stand-ins for synthetic pairs that copy no image of ``phantom_dir``."""
+    from fetalgen.data.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("other_phantoms")
+    write_phantom_dataset(root, n=12, seed=1, shape=(135, 200))
+    return root
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 phantom pairs (small, 135x200) in the generic folder layout, shared by the whole session."""
@@ -97,8 +123,9 @@ def sweep_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def phantom_synthetic(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A synthetic-layout dataset (manifest.jsonl) made of 9 phantom pairs; every third failed QC.
+def phantom_synthetic(other_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic-layout dataset (manifest.jsonl, provenance.json) made of 9 phantom pairs of another seed than
+    ``phantom_dir`` (no copy of its images); every third failed QC.
 
     It stands in for a diffusion model's output where a test needs reliable pairs rather than a model.
     """
@@ -110,8 +137,8 @@ def phantom_synthetic(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactor
     (root / "images").mkdir()
     (root / "masks").mkdir()
     lines = []
-    for i, image in enumerate(sorted((phantom_dir / "images").glob("*.png"))[:9]):
-        mask = next((phantom_dir / "masks").glob(f"{image.stem}*"))
+    for i, image in enumerate(sorted((other_phantoms / "images").glob("*.png"))[:9]):
+        mask = next((other_phantoms / "masks").glob(f"{image.stem}*"))
         name = f"syn_{i:06d}"
         shutil.copy(image, root / "images" / f"{name}.png")
         shutil.copy(mask, root / "masks" / f"{name}.png")
@@ -122,6 +149,7 @@ def phantom_synthetic(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactor
         )  # fmt: skip
         lines.append(entry.to_json())
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    seal_synthetic_set(root)
     return root
 
 
@@ -150,4 +178,5 @@ def judged_synthetic(
     settings = JudgeSettings(segmenter_steps=30, kid_subsets=10)
     fidelity = judge_synthetic(root, train, names, names, features, settings)
     (root / "summary.json").write_text(json.dumps({"n": 9, "fidelity": fidelity}))
+    seal_synthetic_set(root)  # the judge rewrote the manifest
     return root

@@ -131,3 +131,13 @@ def test_a_file_that_is_no_fetalgen_checkpoint_is_refused(compose_cfg, tmp_path:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="other.pth: not a fetalgen checkpoint"):
         export(compose_cfg("export", [f"ckpt_path={tmp_path / 'other.pth'}"]))
+
+
+def test_an_export_into_a_non_empty_folder_is_refused(compose_cfg, tmp_path: Path):
+    module = SamFinetuneModule(build_sam("tiny", image_size=64, seed=0), optimizer=partial(torch.optim.AdamW))
+    ckpt = finetune_checkpoint(module, tmp_path / "best.ckpt", "tiny", 64)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sam_vit_b.pth").write_bytes(b"an earlier export")
+    with pytest.raises(FileExistsError, match="out is not empty"):
+        export(compose_cfg("export", [f"ckpt_path={ckpt}", f"out={tmp_path / 'out'}"]))
+    assert (tmp_path / "out" / "sam_vit_b.pth").read_bytes() == b"an earlier export"

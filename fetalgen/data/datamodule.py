@@ -69,8 +69,9 @@ class PairDataModule(pl.LightningDataModule):
         augment_views: with augmentation, ``K`` seeded views per training pair instead of a fresh draw every
             time (:class:`~fetalgen.data.dataset.PairDataset` ``views``): what an embedding cache can reuse.
         synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded). Its
-            ``provenance.json`` must show that its generator never saw a validation or test case or subject
-            (else :class:`~fetalgen.data.provenance.LeakageError`); a set without one gets a loud warning.
+            ``provenance.json`` must match its files and show that its generator never saw a validation or test
+            case or subject (else :class:`~fetalgen.data.provenance.LeakageError`); a set without one, or with one
+            that does not match, is refused (:class:`~fetalgen.data.provenance.UnverifiedSetError`).
         synthetic_ratio: synthetic pairs per real training image (``round(ratio * num_real)``).
         num_synthetic: number of synthetic pairs (overrides ``synthetic_ratio``); ``"all"``: every pair
             that passed QC (the paper's "w/ synthesis" arm).
@@ -83,6 +84,8 @@ class PairDataModule(pl.LightningDataModule):
         keep_memorised: keep synthetic pairs flagged as near-copies of a generator training image (default:
             excluded and counted in ``synthetic_counts["memorised_excluded"]``).
         mask_regions: a mask of several separate regions: ``raise`` or keep the ``largest`` (with a warning).
+        allow_unverified_synthetic: use a synthetic set whose provenance is missing or does not match its files
+            (a loud warning; leakage through its generator is then not ruled out).
 
     Batches are dicts as in :class:`~fetalgen.data.dataset.PairDataset`.
     """
@@ -108,6 +111,7 @@ class PairDataModule(pl.LightningDataModule):
         load_holdout: bool = True,
         keep_memorised: bool = False,
         mask_regions: str = "raise",
+        allow_unverified_synthetic: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = int(image_size)
@@ -119,6 +123,7 @@ class PairDataModule(pl.LightningDataModule):
         self.on_bad_pair = on_bad_pair
         self.keep_memorised = bool(keep_memorised)
         self.mask_regions = mask_regions
+        self.allow_unverified_synthetic = bool(allow_unverified_synthetic)
         self.reader_skipped: list = list(getattr(source, "skipped", []))  # bad files the reader skipped
         source = list(source)
         choose = choose_per_trimester if balance_trimesters else choose_subjects
@@ -197,7 +202,7 @@ class PairDataModule(pl.LightningDataModule):
 
     def _check_generator(self, root: str | Path) -> None:
         """Refuse a synthetic set whose generator saw a validation or test case (or subject) of this split."""
-        provenance = read_synthetic_provenance(root)
+        provenance = read_synthetic_provenance(root, self.allow_unverified_synthetic)
         if provenance is None:
             return
         self.generator_cases = provenance["training_cases"]

@@ -7,8 +7,8 @@ Layout::
     <root>/pixel_sizes.csv      (optional)    filename,pixel size(mm)
     <root>/heads.csv            (optional)    filename,head circumference (mm)
 
-The subject is the ``Patient00188`` / ``patient001`` prefix of the stem where there is one, else the stem;
-the frame is ``k`` in ``..._k_of_n`` names, else 1.
+The subject is the ``Patient00188`` / ``patient001`` prefix of the stem where there is one, ``NNN`` of an HC18 name
+(``NNN_HC``, ``NNN_kHC``), else the stem; the frame is ``k`` in ``..._k_of_n`` (or HC18's) names, else 1.
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ ANNOTATION_SUFFIX = "_Annotation"
 PIXEL_SIZES_CSV, HEADS_CSV = "pixel_sizes.csv", "heads.csv"
 _SUBJECT = re.compile(r"^(patient\d+)", re.IGNORECASE)
 _FRAME = re.compile(r"_(\d+)_of_\d+$")
+_HC18_NAME = re.compile(r"^(\d{3})_(\d*)HC$")  # HC18's NNN_HC / NNN_kHC, copied into a folder layout
 
 
 def parse_subject(stem: str) -> tuple[str, int]:
-    """``(subject, frame)`` of a file stem: ``Patient00188_Plane3_2_of_3`` -> ``("Patient00188", 2)``."""
+    """``(subject, frame)`` of a file stem: ``Patient00188_Plane3_2_of_3`` -> ``("Patient00188", 2)``; HC18 names
+    keep HC18's rule (``010_2HC`` -> ``("010", 2)``), so another frame of a subject is its subject here too."""
+    hc18 = _HC18_NAME.match(stem)
+    if hc18:
+        return hc18.group(1), int(hc18.group(2) or 1)
     m = _SUBJECT.match(stem)
     f = _FRAME.search(stem)
     return (m.group(1) if m else stem), (int(f.group(1)) if f else 1)

@@ -2,7 +2,8 @@
 
 A resumed run then sees exactly the batches an uninterrupted run would have seen: the epoch's order is a
 function of the seed and the epoch number (not of how many epochs this process has run), and the loader's
-``state_dict`` (saved by Lightning in every checkpoint) says how many batches of the epoch were already used.
+``state_dict`` (saved by Lightning in every checkpoint) says how many batches of the epoch were already used
+(none to skip when the checkpoint was written after an epoch's last batch: Lightning starts the next epoch).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class ResumableLoader(DataLoader):
         return {"epoch": getattr(self.sampler, "epoch", 0), "batches_done": getattr(self, "batches_done", 0)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["batches_done"]) >= len(self):
+            # Saved after the epoch's last batch: Lightning counts that epoch as done and starts the next one
+            # (setting its epoch on the sampler); skipping here would empty it and shift every later order.
+            return
         self.resume_batches = int(state["batches_done"])
         if isinstance(self.sampler, EpochShuffle):
             self.sampler.set_epoch(int(state["epoch"]))

@@ -3,12 +3,15 @@
 Every training run writes ``training_cases.csv`` (:data:`TRAINING_CASES`) into its run folder and the same
 records into its checkpoint; ``fetalgen-sample`` copies the generator's records into ``provenance.json`` of
 the synthetic set (:data:`PROVENANCE`). Before a model is evaluated, :func:`check_no_leak` refuses any held-out
-case whose image or subject a model in its lineage (SAM, or the generator of its synthetic pairs) trained on.
+case whose image or subject a model in its lineage (SAM, or the generator of its synthetic pairs) trained on: by
+name and subject, and by pixel content (every record carries the image's fingerprint, :mod:`fetalgen.data.
+fingerprint`), so a copy under another name is found too.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -16,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from fetalgen.data.cases import Case, DataError
-from fetalgen.utils.files import atomic_write, write_json
+from fetalgen.data.fingerprint import Fingerprint, find_copies, fingerprint_file
+from fetalgen.utils.checkpoints import read_run_checkpoint
+from fetalgen.utils.files import atomic_write, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
 TRAINING_CASES = "training_cases.csv"
 PROVENANCE = "provenance.json"
-# The entry of a Lightning checkpoint (both tasks) holding {"training_cases": [...], "generator_cases": [...]}.
-CHECKPOINT_KEY = "fetalgen_provenance"
-FIELDS = ("name", "subject", "cohort", "image_path", "mask_path", "pixel_size_mm")
+FIELDS = ("name", "subject", "cohort", "image_path", "mask_path", "pixel_size_mm", "fingerprint")
 
 Record = dict[str, str]
 
@@ -34,12 +37,33 @@ class LeakageError(ValueError):
 
 
 def case_records(cases: Iterable[Case]) -> list[Record]:
-    """Plain records of cases (:data:`FIELDS`, all strings; JSON- and CSV-safe)."""
+    """Plain records of cases (:data:`FIELDS`, all strings; JSON- and CSV-safe), each with its image's
+    fingerprint (the image is read; an unreadable one gets none)."""
     return [
         {"name": c.name, "subject": c.subject, "cohort": c.cohort, "image_path": str(c.image_path),
-         "mask_path": str(c.mask_path), "pixel_size_mm": "" if c.pixel_size_mm is None else str(c.pixel_size_mm)}
+         "mask_path": str(c.mask_path), "pixel_size_mm": "" if c.pixel_size_mm is None else str(c.pixel_size_mm),
+         "fingerprint": _fingerprint_text(c.image_path)}
         for c in cases
     ]  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_fingerprint(path: str, mtime_ns: int, size: int) -> Fingerprint:
+    return fingerprint_file(path)
+
+
+def case_fingerprint(path: str | Path) -> Fingerprint | None:
+    """The fingerprint of an image file (cached by path, time and size), None when it cannot be read."""
+    try:
+        stat = Path(path).stat()
+        return _cached_fingerprint(str(path), stat.st_mtime_ns, stat.st_size)
+    except (OSError, DataError):
+        return None
+
+
+def _fingerprint_text(path: str | Path) -> str:
+    fp = case_fingerprint(path)
+    return fp.encode() if fp is not None else ""
 
 
 def record_case(record: Record) -> Case:
@@ -79,40 +103,90 @@ def read_training_cases(path: str | Path) -> list[Record]:
     return rows
 
 
+class UnverifiedSetError(DataError):
+    """A synthetic set whose provenance is missing or does not match its files."""
+
+
 def write_synthetic_provenance(root: str | Path, generator: Mapping[str, Any], records: list[Record]) -> Path:
-    """``<root>/provenance.json``: the generator (checkpoint, hash, step) and the cases it was trained on."""
-    return write_json(Path(root) / PROVENANCE, {"generator": dict(generator), "training_cases": records})
+    """``<root>/provenance.json``: the generator (checkpoint, hash, step), the cases it was trained on and the
+    hash of the set's final ``manifest.jsonl``; written once the set is complete (and judged)."""
+    root = Path(root)
+    manifest = root / "manifest.jsonl"
+    return write_json(root / PROVENANCE, {"generator": dict(generator), "training_cases": records,
+                                          "manifest_sha256": sha256_file(manifest)})  # fmt: skip
 
 
-def read_synthetic_provenance(root: str | Path) -> dict[str, Any] | None:
-    """The provenance of a synthetic set, or None (with a loud warning) for a set written without one."""
-    path = Path(root) / PROVENANCE
-    if not path.is_file():
-        log.warning(
-            "SYNTHETIC SET WITHOUT PROVENANCE: %s has no %s (written by an older fetalgen-sample?). The cases "
-            "its generator was trained on are unknown, so test leakage through it cannot be ruled out. "
-            "Re-sample it with the current fetalgen-sample.",
-            root, PROVENANCE,
-        )  # fmt: skip
-        return None
+def read_synthetic_provenance(root: str | Path, allow_unverified: bool = False) -> dict[str, Any] | None:
+    """The provenance of a synthetic set, verified against its files: the manifest's hash, the generator hash
+    of every manifest line, and, where the generator checkpoint is still at its recorded path with its recorded
+    hash, the cases that checkpoint lists.
+
+    Raises:
+        UnverifiedSetError: no provenance, or one that does not match (unless ``allow_unverified``: then a loud
+            warning, and the provenance as it is, or None).
+    """
+    root = Path(root)
+    path = root / PROVENANCE
     try:
-        data = json.loads(path.read_text())
-        records = list(data["training_cases"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(path, f"not a synthetic-set provenance file: {err}") from err
+        if not path.is_file():
+            raise UnverifiedSetError(path, "missing: the cases its generator was trained on are unknown, so test "
+                                           "leakage through it cannot be ruled out; re-sample the set")  # fmt: skip
+        try:
+            data = json.loads(path.read_text())
+            records = list(data["training_cases"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(path, f"not a synthetic-set provenance file: {err}") from err
+        verify_synthetic_provenance(root, data)
+    except UnverifiedSetError as err:
+        if not allow_unverified:
+            raise UnverifiedSetError(
+                err.path, f"{err.problem} (data.allow_unverified_synthetic=true uses it anyway)"
+            ) from None
+        log.warning("UNVERIFIED SYNTHETIC SET, used as asked (allow_unverified_synthetic): %s", err)
+        return None if not path.is_file() else {"generator": {}, "training_cases": []}
     return {"generator": data.get("generator", {}), "training_cases": records}
 
 
+def verify_synthetic_provenance(root: Path, data: Mapping[str, Any]) -> None:
+    """Raise :class:`UnverifiedSetError` where ``provenance.json`` does not describe the files beside it."""
+    path, manifest = root / PROVENANCE, root / "manifest.jsonl"
+    if data.get("manifest_sha256") != (sha256_file(manifest) if manifest.is_file() else None):
+        raise UnverifiedSetError(path, "its manifest hash does not match manifest.jsonl (edited, copied from "
+                                       "another set, or the set changed after it was written)")  # fmt: skip
+    generator = data.get("generator") or {}
+    hashes = {json.loads(line).get("checkpoint_sha256") for line in manifest.read_text().splitlines() if line}
+    if hashes != {generator.get("sha256")}:
+        raise UnverifiedSetError(
+            path, "the manifest's pairs come from another generator than the one it names"
+        )
+    checkpoint = Path(str(generator.get("checkpoint", "")))
+    if checkpoint.is_file() and sha256_file(checkpoint) == generator.get("sha256"):
+        listed = {r["name"] for r in (read_run_checkpoint(checkpoint, "diffusion").provenance or {}).get(
+            "training_cases", [])}  # fmt: skip
+        if listed != {r["name"] for r in data["training_cases"]}:
+            raise UnverifiedSetError(path, f"its training cases differ from those {checkpoint} records")
+
+
 def find_overlap(seen: Iterable[Record], held_out: Iterable[Case]) -> list[str]:
-    """Held-out cases that are a seen case or share its subject (within one cohort), described one a line."""
+    """Held-out cases that are a seen case, share its subject (within one cohort), or whose image is a seen image
+    under any name (its fingerprint, mirror and re-encoding included), described one a line."""
     names = {r["name"]: r for r in seen}
     subjects = {(r.get("cohort", ""), r["subject"]): r["name"] for r in names.values()}
-    found = []
+    found, rest = [], []
     for case in held_out:
         if case.name in names:
             found.append(f"{case.name} (the same image)")
         elif (case.cohort, case.subject) in subjects:
             found.append(f"{case.name} (subject {case.subject}, as {subjects[(case.cohort, case.subject)]})")
+        else:
+            rest.append(case)
+    seen_prints = {n: Fingerprint.decode(r["fingerprint"]) for n, r in names.items() if r.get("fingerprint")}
+    if len(seen_prints) < len(names):
+        log.warning("%d training record(s) carry no image fingerprint (an older fetalgen): their pixels are not "
+                    "compared with the held-out images", len(names) - len(seen_prints))  # fmt: skip
+    held_prints = {c.name: fp for c in rest if (fp := case_fingerprint(c.image_path)) is not None}
+    for held, seen_name, how in find_copies(held_prints, seen_prints):
+        found.append(f"{held} (its image is {seen_name}'s: {how})")
     return found
 
 

@@ -124,6 +124,8 @@ def read_synthetic(
                 continue
         image, mask = root / e.image, root / e.mask
         for p in (image, mask):
+            if not p.resolve().is_relative_to(root.resolve()):
+                raise DataError(root / MANIFEST, f"index {e.index} names {p}, outside the set: refused")
             if not p.is_file():
                 raise DataError(p, f"listed in {root / MANIFEST} (index {e.index}) but missing")
         cases.append(

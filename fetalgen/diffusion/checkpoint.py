@@ -15,27 +15,9 @@ from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from fetalgen.data.cases import DataError
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.diffusion.module import CHECKPOINT_KEY, EMA_KEY
-from fetalgen.utils.checkpoints import run_config
+from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
 from fetalgen.utils.files import sha256_file
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a diffusion checkpoint on the CPU; a file that is not one raises :class:`DataError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or truncated file
-        raise DataError(path, f"cannot read checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise DataError(
-            path,
-            "not a fetalgen diffusion checkpoint (no 'fetalgen' entry); train with fetalgen-train-diffusion",
-        )
-    return ckpt
 
 
 def load_generator(
@@ -48,13 +30,21 @@ def load_generator(
         device: where to put the UNet.
         use_ema: load the EMA weights (the default; the raw training weights otherwise).
 
+    Raises:
+        FileNotFoundError, CheckpointError: no such file, unreadable, not a generator checkpoint
+            (:func:`~fetalgen.utils.checkpoints.read_run_checkpoint`); DataError: weights or EMA that do not fit.
+
     Returns:
         ``(unet, noise_scheduler_config, meta)``: the UNet in eval mode without gradients;
         ``meta`` holds ``config`` (the resolved run config or None), ``global_step``, ``epoch``, ``image_size``,
         ``num_classes``, ``class_key``, ``training_cases`` (provenance records, None for older checkpoints), ``ema`` (whether EMA weights were loaded), ``sha256`` and ``path``.
     """
     path = Path(path)
-    ckpt = read_checkpoint(path)
+    record = read_run_checkpoint(path, "diffusion")
+    ckpt = record.contents
+    if not isinstance(ckpt.get(CHECKPOINT_KEY), dict):
+        raise CheckpointError(f"{path}: holds no generator description ('{CHECKPOINT_KEY}'); train with "
+                              "fetalgen-train-diffusion")  # fmt: skip
     extra = ckpt[CHECKPOINT_KEY]
     unet = UNet2DModel.from_config(extra["unet_config"])
     prefix = "unet."
@@ -79,14 +69,14 @@ def load_generator(
         ema_loaded = True
     unet.to(device).eval().requires_grad_(False)
     meta = {
-        "config": run_config(ckpt),
+        "config": record.config,
         "global_step": int(ckpt.get("global_step", 0)),
         "epoch": int(ckpt.get("epoch", 0)),
         "image_size": int(extra["image_size"]),
         "num_classes": int(extra["num_classes"]),
         "class_key": extra["class_key"],
         "ema": ema_loaded,
-        "training_cases": (ckpt.get(PROVENANCE_KEY) or {}).get("training_cases"),
+        "training_cases": (record.provenance or {}).get("training_cases"),
         "sha256": sha256_file(path),
         "path": str(path.resolve()),
     }

@@ -189,10 +189,11 @@ def judge_synthetic(
     if kept.sum() < 2:
         log.warning("%s: %d kept pair(s): realism and diversity need 2", root, int(kept.sum()))
     realism: dict[str, Any] = {}
+    realism_note = None
     if 2 <= kept.sum() < FEW_FOR_REALISM:
-        realism["note"] = (f"KID/FID from {int(kept.sum())} kept pairs: too few to read (the estimators need tens "
-                           "to hundreds of images); compare sets of equal size only")  # fmt: skip
-        log.warning("%s: %s", root, realism["note"])
+        realism_note = (f"KID/FID from {int(kept.sum())} kept pairs: too few to read (the estimators need tens "
+                        "to hundreds of images); compare sets of equal size only")  # fmt: skip
+        log.warning("%s: %s", root, realism_note)
     if kept.sum() >= 2:
         realism["train"] = kid_fid(
             train_feats, syn_feats[kept], settings.kid_subset_size, settings.kid_subsets, settings.seed
@@ -215,6 +216,7 @@ def judge_synthetic(
         "features": features.name,
         "over": f"{int(kept.sum())} kept pairs (QC passed, not memorised) of {len(entries)}",
         "realism": realism,
+        "realism_note": realism_note,
         "diversity": spread,
         "agreement": {
             "synthetic": agreement["synthetic"],

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from fetalgen.diffusion.sampling import (
 )
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
-from fetalgen.utils.files import atomic_write, png_intact, write_json, write_png
+from fetalgen.utils.files import append_line, atomic_write, png_intact, write_json, write_png
 from fetalgen.utils.seeds import derive_seed, seeded_rng
 from fetalgen.utils.task import resolve_device, task_wrapper
 
@@ -55,14 +54,6 @@ MODES = ("joint", "mask_conditioned")
 def pair_name(index: int) -> str:
     """File stem of pair ``index`` (``syn_000042``)."""
     return f"syn_{index:06d}"
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one line and make it durable (flush + fsync) before returning."""
-    with open(path, "a") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @dataclass(frozen=True)
@@ -436,11 +427,6 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     judge = build_judge(
         cfg, reference, size, device
     )  # before sampling: a missing feature checkpoint fails now
-    generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
-    if meta.get("training_cases") is None:
-        log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
-    else:
-        write_synthetic_provenance(cfg.out, generator, meta["training_cases"])
     summary = write_synthetic(
         cfg.out,
         int(cfg.n),
@@ -456,6 +442,12 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         progress=bool(cfg.progress),
         judge=judge,
     )
+    # Last: the set is complete and judged, and the resume check passed (a refused run changes nothing).
+    generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
+    if meta.get("training_cases") is None:
+        log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
+    else:
+        write_synthetic_provenance(cfg.out, generator, meta["training_cases"])
     from fetalgen.metrics.fidelity import summary_row
 
     return {

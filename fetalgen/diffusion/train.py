@@ -9,10 +9,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
 from fetalgen.diffusion.module import JointDiffusionModule
-from fetalgen.utils.checkpoints import load_checkpoint
+from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
 
@@ -37,14 +36,19 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model: JointDiffusionModule = hydra.utils.instantiate(cfg.model)
-    records = case_records(datamodule.train_cases)
+    datamodule.setup("fit")  # load now: the cases listed are those trained on, skipped pairs left out
+    records = case_records(datamodule.train_set.cases)
     write_training_cases(out / TRAINING_CASES, records)
     log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)
-    trainer, loggers = build_trainer(cfg, record={PROVENANCE_KEY: {"training_cases": records}})
+    skipped = datamodule.skipped()
+    if skipped:
+        (out / "skipped.txt").write_text("".join(f"{line}\n" for line in skipped))
+        log.warning("%d bad file(s) skipped, listed in %s", len(skipped), out / "skipped.txt")
+    trainer, loggers = build_trainer(cfg, "diffusion", {"training_cases": records})
     if cfg.get("ckpt_path"):
-        load_checkpoint(
+        read_run_checkpoint(
             cfg.ckpt_path, "diffusion"
-        )  # safe (weights_only) and the right kind, before Lightning
+        )  # safe (weights_only), the right kind, before Lightning
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -53,6 +57,7 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_cb is not None:
         checkpoint = getattr(ckpt_cb, "last_model_path", "") or ckpt_cb.best_model_path or None
     metrics.update(global_step=trainer.global_step, checkpoint=checkpoint, output_dir=str(out))
+    metrics.update({"data/num_train": len(records), "data/skipped": len(skipped)})
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
     log.info("Diffusion training done at step %d; last checkpoint: %s", trainer.global_step, checkpoint)

@@ -275,6 +275,8 @@ def format_fidelity(fidelity: dict[str, Any]) -> list[str]:
         lines.append(
             f"{'KID ± std / FID vs ' + ref:<34}{_fmt(kid['kid'])}{_fmt(kid['kid_std'])}{_fmt(kid['fid'])}"
         )
+    if fidelity.get("realism_note"):
+        lines.append(f"{'':<34}({fidelity['realism_note']})")
     lines.append(f"{'pair agreement: synthetic':<34}{_fmt(agree['synthetic'])}")
     lines.append(f"{'  ceiling (real) / floor (shuffled)':<34}{_fmt(agree['ceiling'])}{_fmt(agree['floor'])}")
     lines.append(f"{'MS-SSIM within set (lower=diverse)':<34}" + "".join(

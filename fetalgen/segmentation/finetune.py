@@ -12,17 +12,15 @@ from typing import Any
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
 from fetalgen.data.sources import EvalSet, load_eval_set, source_root
 from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor
-from fetalgen.utils.checkpoints import load_checkpoint
+from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
 
@@ -50,43 +48,48 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     test_sets = build_test_sets(
         cfg.get("test_sets"), datamodule, cfg.data.image_size, cfg.get("test_split", True)
     )
-    sam_cases = case_records(datamodule.train_cases)
-    generator_cases = datamodule.generator_cases or []
+    # Every image SAM would train on (real, synthetic) and its generator's, against the held-out cases: by name,
+    # subject and pixels (a held-out image put into a synthetic set, or copied under a new name, is found too).
+    trained_on = case_records(datamodule.train_cases + datamodule.synthetic_cases)
     check_no_leak(
-        sam_cases + generator_cases,
+        trained_on + (datamodule.generator_cases or []),
         {"validation": datamodule.val_cases} | {f"test set {t.name!r}": t.cases for t in test_sets},
         model="SAM (or the generator of its synthetic pairs)",
         fix="evaluate on cases outside the training pool, or drop the test set from test_sets",
     )
-    provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
-    write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
     datamodule.setup("fit")  # load now: skips and the epoch length are known before the first step
     check_validation_schedule(
         cfg.trainer, math.ceil(len(datamodule.train_set) / datamodule.batch_size), len(datamodule.val_set)
     )
+    used = {c.name for c in datamodule.train_set.cases}  # skipped pairs are not trained on, nor listed
+    sam_cases = [r for r in trained_on if r["name"] in used and r["cohort"] != "synthetic"]
+    provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
+    write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
+    write_skipped(output_dir(cfg), datamodule.skipped())
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
 
-    trainer, loggers = build_trainer(cfg, record={PROVENANCE_KEY: provenance})
+    trainer, loggers = build_trainer(cfg, "finetune", provenance)
     for lg in loggers:
         lg.log_hyperparams(counts)
     if cfg.data.get("synthetic_dir"):
         log_synthetic_set(loggers, Path(cfg.data.synthetic_dir))
     if cfg.get("ckpt_path"):
-        load_checkpoint(cfg.ckpt_path, "finetune")  # safe (weights_only) and the right kind, before Lightning
+        read_run_checkpoint(
+            cfg.ckpt_path, "finetune"
+        )  # safe (weights_only) and the right kind, before Lightning
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out
     metrics |= seen_counts(model.seen_names, datamodule)
-    write_skipped(output_dir(cfg), datamodule.skipped())
     metrics["train/steps"] = float(trainer.global_step)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
     if not trainer.is_global_zero:
         return metrics
     if best:
-        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        checkpoint = read_run_checkpoint(best, "finetune").contents
         model.load_state_dict(checkpoint["state_dict"])
         if ckpt.monitor == "val/dice":
             # Read from the file: spawned DDP processes hand back the best path but not its score.

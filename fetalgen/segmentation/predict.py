@@ -5,6 +5,10 @@ image, the mask's outline in red, the fitted ellipse in green, the prompt box in
 ``measurements.csv``, and one row of ``hc18_submission.csv`` (HC18 challenge format). ``summary.json`` counts
 what was done and skipped; ``skipped.txt`` lists skipped files.
 
+The output folder is the run's own: an empty one (Hydra's files aside), or the folder of an interrupted run with
+the same settings (``predict_settings.json``), which is resumed: the images listed in ``done.jsonl`` (appended once
+an image's files are written) are skipped, temporary files of the kill removed. Anything else is refused.
+
 Geometry: :mod:`fetalgen.segmentation.segmenter` (the same object as the Python API): the mask is predicted at the
 working size, brought back to the image's own size, and the ellipse fitted there. HC18 columns: centre and semi-axes in mm, ``semi_axes_a_mm`` the semi-axis along
 ``angle_rad`` (the major one), the angle measured from the image x axis towards y (rows down), in [0, pi).
@@ -12,6 +16,7 @@ working size, brought back to the image's own size, and the ellipse fitted there
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -30,12 +35,28 @@ from fetalgen.data.io import check_on_bad, warn_skipped
 from fetalgen.metrics.biometry import Ellipse
 from fetalgen.segmentation.predictor import load_module
 from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, segmenter_for
-from fetalgen.utils.files import write_json, write_png
+from fetalgen.utils.files import append_line, claim_folder, json_safe, write_json, write_png
 from fetalgen.utils.task import output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
 
 MEASUREMENTS, SUBMISSION = "measurements.csv", "hc18_submission.csv"
+JOURNAL, SETTINGS = "done.jsonl", "predict_settings.json"  # the images done so far; what a resume must repeat
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The rows of the images done before (a last line cut by a kill is left out: that image is redone)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append({k: (math.nan if v is None else v) for k, v in json.loads(line).items()})
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 SUBMISSION_COLUMNS = (
     "filename",
     "center_x_mm",
@@ -98,9 +119,11 @@ def predict_images(
     batch_size: int = 8,
     on_bad: str = "raise",
     progress: bool = True,
+    journal: Path | None = None,
 ) -> tuple[pd.DataFrame, list[DataError]]:
     """Segment and measure ``items`` (the module doc); images with a row in ``boxes`` use that box (image
-    pixels), the others the automatic prompt. Returns the measurement rows and the skipped bad images."""
+    pixels), the others the automatic prompt. Returns the measurement rows and the skipped bad images.
+    ``journal``: each image's row is appended there (durably) once its files are written: what a resume skips."""
     check_on_bad(on_bad)
     boxes = boxes or {}
     for sub in ("masks", "overlays"):
@@ -130,6 +153,8 @@ def predict_images(
                     overlay = draw_overlay(image, head.mask, head.ellipse, head.box)
                     write_png(out / "overlays" / f"{item.name}.png", overlay)
                     rows.append(measurement_row(item, head))
+                    if journal is not None:
+                        append_line(journal, json.dumps(json_safe(rows[-1]), allow_nan=False))
             bar.update(len(items[start : start + batch_size]))
     return pd.DataFrame(rows), skipped
 
@@ -147,7 +172,21 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             cfg.images.boxes, f"boxes for images not in {cfg.images.root}: {', '.join(unknown[:5])}"
         )
     out = output_dir(cfg)
-    rows, bad = predict_images(segmenter, items, out, boxes, cfg.batch_size, cfg.on_bad_image, cfg.progress)
+    settings = {"checkpoint": str(cfg.get("ckpt_path") or ""), "model": str((cfg.get("model") or {}).get("sam")),
+                "images": str(Path(cfg.images.root).resolve()), "pixel_sizes": str(cfg.images.get("pixel_sizes")),
+                "boxes": str(cfg.images.get("boxes")), "image_size": segmenter.image_size,
+                "auto_rounds": cfg.auto_rounds}  # fmt: skip
+    done = read_journal(out / JOURNAL) if claim_folder(out, settings, SETTINGS) else []
+    if done:
+        log.info("%s: resuming, %d image(s) done before", out, len(done))
+    finished = {row["name"] for row in done}
+    todo = [item for item in items if item.name not in finished]
+    new, bad = predict_images(segmenter, todo, out, boxes, cfg.batch_size, cfg.on_bad_image, cfg.progress,
+                              journal=out / JOURNAL)  # fmt: skip
+    order = {item.name: k for k, item in enumerate(items)}
+    rows = pd.concat([pd.DataFrame(done), new], ignore_index=True) if done else new
+    if len(rows):
+        rows = rows.sort_values("name", key=lambda names: names.map(order)).reset_index(drop=True)
     skipped = [*items.skipped, *bad]
     warn_skipped(bad, f"images in {cfg.images.root}")
     rows.to_csv(out / MEASUREMENTS, index=False)

@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fetalgen.data.provenance import CHECKPOINT_KEY as PROVENANCE_KEY
 from fetalgen.segmentation.cache import encode_in_chunks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import full_box, tight_box
-from fetalgen.utils.checkpoints import CheckpointError, load_checkpoint, run_config
+from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
 from fetalgen.utils.masks import largest_component
 
 log = logging.getLogger(__name__)
@@ -207,8 +206,8 @@ def load_module(
         require_weights(None, (model_cfg.get("sam") or {}).get("checkpoint"), allow_random_weights)
         return LoadedModel(hydra.utils.instantiate(model_cfg), None, None)
     path = Path(ckpt_path)
-    checkpoint = load_checkpoint(path, "finetune")
-    train_cfg = run_config(checkpoint)
+    checkpoint = read_run_checkpoint(path, "finetune")
+    train_cfg = checkpoint.config
     if train_cfg is None and model_cfg is None:
         raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")
     if train_cfg is not None:
@@ -222,6 +221,6 @@ def load_module(
         cfg.sam.checkpoint = None  # the weights come from the checkpoint
         cfg.cache = None
     module = hydra.utils.instantiate(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
+    module.load_state_dict(checkpoint.state_dict)
     log.info("Loaded fine-tuned SAM from %s", path)
-    return LoadedModel(module, train_cfg, checkpoint.get(PROVENANCE_KEY))
+    return LoadedModel(module, train_cfg, checkpoint.provenance)

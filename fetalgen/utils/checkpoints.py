@@ -1,12 +1,13 @@
-"""Lightning checkpoints of fetalgen: one record of the run in every checkpoint of both training tasks (its resolved
-config and what it trained on), read safely (``weights_only=True``) with a check of which task wrote them, and a
-best checkpoint that survives a resume into another run folder."""
+"""Lightning checkpoints of fetalgen, one contract both ways: one writer of the run record (:class:`RunRecord`: the
+task, its resolved config and what it trained on) and one reader (:func:`read_run_checkpoint`: ``weights_only=True``,
+the task checked), used by every task; and a best checkpoint that survives a resume into another run folder."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,31 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 log = logging.getLogger(__name__)
 
 WRITERS = {"diffusion": "fetalgen-train-diffusion", "finetune": "fetalgen-finetune"}
-CONFIG_KEY = "fetalgen_config"  # the resolved run config, in the checkpoints of both training tasks
+# The run record every checkpoint of both training tasks carries (written by RunRecord, read by read_run_checkpoint):
+TASK_KEY = "fetalgen_task"  # which task wrote it: a key of WRITERS (its builder: BUILDERS)
+CONFIG_KEY = "fetalgen_config"  # the resolved run config
+PROVENANCE_KEY = "fetalgen_provenance"  # {"training_cases": [...], "generator_cases": [...]}
+# What rebuilds a task's model from its checkpoint; nothing stored in a checkpoint is instantiated beyond it.
+BUILDERS = {
+    "finetune": "fetalgen.segmentation.predictor.load_module",
+    "diffusion": "fetalgen.diffusion.checkpoint.load_generator",
+}
+
+
+def record_entries(task: str, config: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """The run record's entries (the one place its keys are written)."""
+    if task not in WRITERS:
+        raise ValueError(f"unknown task {task!r}; one of {', '.join(WRITERS)}")
+    return {TASK_KEY: task, CONFIG_KEY: config, PROVENANCE_KEY: provenance}
 
 
 class RunRecord(Callback):
-    """Writes the run's record into every checkpoint Lightning saves: ``entries`` (the resolved config under
-    :data:`CONFIG_KEY`, the provenance under ``fetalgen.data.provenance.CHECKPOINT_KEY``), the same way for the
-    generator and for SAM. The modules themselves store only what rebuilds them."""
+    """Writes the run record into every checkpoint Lightning saves (:func:`record_entries`: the task, the
+    resolved config, the provenance), the same way for the generator and for SAM. The modules themselves store
+    only what rebuilds them."""
 
-    def __init__(self, entries: dict[str, Any]) -> None:
-        self.entries = dict(entries)
+    def __init__(self, task: str, config: dict[str, Any], provenance: dict[str, Any]) -> None:
+        self.entries = record_entries(task, config, provenance)
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -34,23 +50,17 @@ class RunRecord(Callback):
         checkpoint.update(self.entries)
 
 
-def run_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The resolved run config a checkpoint carries (None when it has none); generator checkpoints of fetalgen
-    before the run record kept it in ``hyper_parameters["config"]``."""
-    config = checkpoint.get(CONFIG_KEY)
-    if config is None:
-        config = (checkpoint.get("hyper_parameters") or {}).get("config")
-    return config
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or was written by another task than the one reading it."""
 
 
 def checkpoint_kind(checkpoint: Any) -> str | None:
-    """``diffusion``, ``finetune`` or None (not a fetalgen Lightning checkpoint)."""
+    """``diffusion``, ``finetune`` or None (not a fetalgen Lightning checkpoint): the recorded task, else (files
+    written before the task was recorded) what their keys show."""
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         return None
+    if checkpoint.get(TASK_KEY) in WRITERS:
+        return checkpoint[TASK_KEY]
     if "fetalgen" in checkpoint:
         return "diffusion"
     if CONFIG_KEY in checkpoint or any(k.startswith("sam.") for k in checkpoint["state_dict"]):
@@ -70,24 +80,57 @@ def read_weights(path: Path) -> Any:
         ) from None
 
 
-def load_checkpoint(path: str | Path, expected: str) -> dict[str, Any]:
-    """The checkpoint at ``path``, loaded on the CPU with ``weights_only=True`` (no code runs from the file).
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """A fetalgen training checkpoint as read by :func:`read_run_checkpoint`: the task that wrote it, its record
+    and the whole loaded dict (``contents``: state dict, optimizer, callbacks, ... as Lightning saved them)."""
+
+    path: Path
+    task: str
+    contents: dict[str, Any]
+
+    @property
+    def state_dict(self) -> dict[str, Any]:
+        return self.contents["state_dict"]
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The resolved run config (None when the file has none); generator checkpoints written before the run
+        record kept it in ``hyper_parameters["config"]``."""
+        config = self.contents.get(CONFIG_KEY)
+        if config is None:
+            config = (self.contents.get("hyper_parameters") or {}).get("config")
+        return config
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        return self.contents.get(PROVENANCE_KEY)
+
+    @property
+    def builder(self) -> str:
+        """The function that rebuilds this task's model (:data:`BUILDERS`)."""
+        return BUILDERS[self.task]
+
+
+def read_run_checkpoint(path: str | Path, task: str | None = None) -> RunCheckpoint:
+    """The one reader of fetalgen's training checkpoints: loaded on the CPU with ``weights_only=True`` (no code
+    runs from the file), the task that wrote it checked against ``task`` (None: either task).
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: unreadable (truncated, corrupt, or holding objects other than tensors and plain
-            data), or written by another task than ``expected`` (``diffusion`` or ``finetune``); one line
-            naming the file.
+            data), not a fetalgen checkpoint, or written by another task than ``task``; one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = read_weights(path)
-    kind = checkpoint_kind(checkpoint)
-    if kind != expected:
+    contents = read_weights(path)
+    kind = checkpoint_kind(contents)
+    if kind is None or (task is not None and kind != task):
         what = f"a {WRITERS[kind]} checkpoint" if kind else "not a fetalgen checkpoint"
-        raise CheckpointError(f"{path}: {what}, but this needs a {WRITERS[expected]} checkpoint")
-    return checkpoint
+        needed = WRITERS[task] if task else "fetalgen-finetune or fetalgen-train-diffusion"
+        raise CheckpointError(f"{path}: {what}, but this needs a {needed} checkpoint")
+    return RunCheckpoint(path, kind, contents)
 
 
 class KeepBestOnResume(ModelCheckpoint):
@@ -114,6 +157,10 @@ class KeepBestOnResume(ModelCheckpoint):
                 )
                 super().load_state_dict(state_dict)
                 return
+            try:  # only a fine-tuning checkpoint is copied (a crafted record could name any readable file)
+                read_run_checkpoint(source, "finetune")
+            except (CheckpointError, FileNotFoundError) as err:
+                raise CheckpointError(f"resume: the recorded best checkpoint is refused: {err}") from None
             moved[path] = str(copy_into(source, Path(self.dirpath)))
         log.info("resume: best checkpoint(s) of %s copied into %s with their scores", old_dir, self.dirpath)
         super().load_state_dict(

@@ -111,3 +111,44 @@ def png_intact(path: str | Path, shape: tuple[int, ...] | None = None) -> bool:
         return False
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     return array is not None and (shape is None or array.shape == tuple(shape))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line and make it durable (flush + fsync) before returning."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+HYDRA_OWN = (".hydra",)  # what Hydra writes into a run folder before the task starts (and ``*.log``)
+
+
+def claim_folder(folder: str | Path, settings: dict[str, Any], marker: str) -> bool:
+    """Make ``folder`` this run's own: empty (but for Hydra's files) or holding an earlier run with the same
+    ``settings`` (recorded in ``<folder>/<marker>``); returns whether it resumes such a run. Temporary files of
+    an interrupted atomic write are removed.
+
+    Raises:
+        FileExistsError: the folder holds other files, or a run with other settings (naming the difference).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / marker
+    wanted = json.loads(json_text(settings))
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier != wanted:
+            changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
+            raise FileExistsError(f"{folder} holds a run with other settings ({', '.join(changed)} differ): "
+                                  "give a new output folder, or repeat the earlier settings to resume it")  # fmt: skip
+        for tmp in folder.rglob(".*"):  # atomic_write's temporary files (.<name>.<random><suffix>) of a kill
+            if tmp.is_file() and not set(HYDRA_OWN) & set(tmp.relative_to(folder).parts):
+                tmp.unlink()
+        return True
+    others = [p.name for p in folder.iterdir() if p.name not in HYDRA_OWN and p.suffix != ".log"]
+    if others:
+        raise FileExistsError(f"{folder} is not empty ({', '.join(sorted(others)[:5])}): give a new output folder "
+                              "(results of two runs would mix)")  # fmt: skip
+    write_json(record, settings)
+    return False

@@ -20,7 +20,7 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 
-from fetalgen.utils.checkpoints import CONFIG_KEY, RunRecord
+from fetalgen.utils.checkpoints import RunRecord
 from fetalgen.utils.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,16 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def build_trainer(cfg: DictConfig, record: dict[str, Any] | None = None) -> tuple[pl.Trainer, list[Logger]]:
+def build_trainer(cfg: DictConfig, task: str, provenance: dict[str, Any]) -> tuple[pl.Trainer, list[Logger]]:
     """The Trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg``; the config is logged.
 
-    ``record``: entries every checkpoint carries besides the resolved config (:class:`RunRecord`), e.g. the
-    provenance. Without a logger, LearningRateMonitor (which refuses to run then) is left out. Under a step budget
+    Every checkpoint carries the run record (:class:`RunRecord`): ``task``, the resolved config and
+    ``provenance``. Without a logger, LearningRateMonitor (which refuses to run then) is left out. Under a step budget
     the progress bar counts steps (:class:`~fetalgen.utils.progress.StepProgressBar`).
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [
-        RunRecord({CONFIG_KEY: resolved, **(record or {})}),
+        RunRecord(task, resolved, provenance),
         *instantiate_callbacks(cfg.get("callbacks")),
     ]
     loggers = instantiate_loggers(cfg.get("logger"))

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import seal_synthetic_set
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -53,6 +54,7 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         lines.append(entry.to_json())
     (root / MANIFEST).write_text("\n".join(lines) + "\n")
+    seal_synthetic_set(root)
     return root
 
 
@@ -238,6 +240,7 @@ def _flag_memorised(src: Path, dst: Path, memorised: set[int]) -> Path:
         entry["max_train_similarity"] = 0.99 if entry["memorised"] else 0.5
         lines.append(json.dumps(entry))
     (dst / MANIFEST).write_text("\n".join(lines) + "\n")
+    seal_synthetic_set(dst)  # as fetalgen-sample would have written it
     return dst
 
 
@@ -273,14 +276,18 @@ def test_a_generator_that_saw_a_held_out_subject_is_refused(
     dm = PairDataModule(real, image_size=16, num_real=6, num_val=4, num_test=4)
     syn = tmp_path / "syn"
     shutil.copytree(synthetic_dir, syn)
-    write_synthetic_provenance(syn, {"sha256": "0"}, case_records(dm.train_cases))  # the training pool only
+    write_synthetic_provenance(
+        syn, {"sha256": "0" * 64}, case_records(dm.train_cases)
+    )  # the training pool only
     ok = PairDataModule(
         real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn, num_synthetic=2
     )
     assert ok.generator_cases == case_records(dm.train_cases)
     other = dm.test_cases[0]
     sibling = next(c for c in real if c.subject == other.subject and c.name != other.name)
-    write_synthetic_provenance(syn, {"sha256": "0"}, case_records([sibling]))  # a held-out subject's frame
+    write_synthetic_provenance(
+        syn, {"sha256": "0" * 64}, case_records([sibling])
+    )  # a held-out subject's frame
     pattern = f"2 test case.*{other.name} \\(subject {other.subject}, as {sibling.name}\\), {sibling.name} \\(the same"
     with pytest.raises(LeakageError, match=pattern):
         PairDataModule(

@@ -28,6 +28,7 @@ def _pair(root: Path, stem: str, mask_name: str | None = None, rgb: bool = False
 
 def test_parse_subject() -> None:
     assert parse_subject("Patient00188_Plane3_2_of_3") == ("Patient00188", 2)
+    assert parse_subject("010_2HC") == ("010", 2) and parse_subject("010_HC") == ("010", 1)  # HC18's rule
     assert parse_subject("patient001_DZA_plane1") == ("patient001", 1)
     assert parse_subject("phantom_0003") == ("phantom_0003", 1)
 

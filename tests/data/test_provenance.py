@@ -11,6 +11,7 @@ import pytest
 from fetalgen.data.cases import Case, DataError
 from fetalgen.data.provenance import (
     LeakageError,
+    UnverifiedSetError,
     case_records,
     check_no_leak,
     find_overlap,
@@ -52,12 +53,79 @@ def test_check_no_leak_names_the_cases_and_the_fix() -> None:
         check_no_leak(SEEN, {"val": [], "test": [case("020_2HC", "020")]}, model="M", fix="F")
 
 
-def test_synthetic_provenance_and_the_warning_without_one(tmp_path: Path, caplog) -> None:
-    write_synthetic_provenance(tmp_path, {"sha256": "ab"}, SEEN)
-    assert read_synthetic_provenance(tmp_path) == {"generator": {"sha256": "ab"}, "training_cases": SEEN}
+def synthetic_set(root: Path, sha: str = "ab") -> Path:
+    """A two-line manifest of generator ``sha`` (the files themselves are not needed here)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"index": i, "checkpoint_sha256": sha}) for i in range(2)]
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_a_set_is_used_only_with_a_provenance_that_matches_its_files(tmp_path: Path, caplog) -> None:
+    root = synthetic_set(tmp_path / "a")
+    write_synthetic_provenance(root, {"sha256": "ab"}, SEEN)
+    assert read_synthetic_provenance(root) == {"generator": {"sha256": "ab"}, "training_cases": SEEN}
+    # deleted: refused, unless the user says so (then a loud warning)
+    (root / "provenance.json").rename(tmp_path / "kept.json")
+    with pytest.raises(UnverifiedSetError, match="provenance.json: missing.*allow_unverified_synthetic=true"):
+        read_synthetic_provenance(root)
     with caplog.at_level(logging.WARNING):
-        assert read_synthetic_provenance(tmp_path / "old") is None
-    assert "SYNTHETIC SET WITHOUT PROVENANCE" in caplog.text
-    (tmp_path / "provenance.json").write_text(json.dumps({"generator": {}}))
-    with pytest.raises(DataError, match="provenance"):
-        read_synthetic_provenance(tmp_path)
+        assert read_synthetic_provenance(root, allow_unverified=True) is None
+    assert "UNVERIFIED SYNTHETIC SET" in caplog.text
+    # copied from another set, or the set changed after it was written: the manifest hash differs
+    other = synthetic_set(tmp_path / "b")
+    (other / "manifest.jsonl").write_text(
+        (other / "manifest.jsonl").read_text() + json.dumps({"index": 2}) + "\n"
+    )
+    (tmp_path / "kept.json").rename(other / "provenance.json")
+    with pytest.raises(UnverifiedSetError, match="manifest hash does not match"):
+        read_synthetic_provenance(other)
+    # pairs of another generator than the one named
+    third = synthetic_set(tmp_path / "c", sha="cd")
+    write_synthetic_provenance(third, {"sha256": "ab"}, SEEN)
+    with pytest.raises(UnverifiedSetError, match="another generator"):
+        read_synthetic_provenance(third)
+    (third / "provenance.json").write_text(json.dumps({"generator": {}}))
+    with pytest.raises(DataError, match="not a synthetic-set provenance file"):
+        read_synthetic_provenance(third)
+
+
+def test_edited_training_cases_are_found_against_the_generator_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    from fetalgen.utils.files import sha256_file
+
+    ckpt = tmp_path / "gen.ckpt"
+    torch.save(
+        {"state_dict": {}, "fetalgen_task": "diffusion", "fetalgen_provenance": {"training_cases": SEEN}},
+        ckpt,
+    )
+    root = synthetic_set(tmp_path / "s", sha=sha256_file(ckpt))
+    generator = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt)}
+    write_synthetic_provenance(root, generator, SEEN)
+    assert read_synthetic_provenance(root)["training_cases"] == SEEN
+    write_synthetic_provenance(root, generator, SEEN[:1])  # a training case removed by hand, hash redone
+    with pytest.raises(UnverifiedSetError, match="training cases differ from those .*gen.ckpt records"):
+        read_synthetic_provenance(root)
+
+
+def test_a_held_out_image_is_found_under_any_name_by_its_pixels(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = {n: cv2.GaussianBlur(rng.integers(0, 255, (90, 120), dtype=np.uint8), (9, 9), 3) for n in "abcd"}
+    for n, image in images.items():
+        cv2.imwrite(str(tmp_path / f"{n}.png"), image)
+    seen = case_records([Case("912_HC", tmp_path / "a.png", tmp_path / "m.png", "912"),
+                         Case("913_HC", tmp_path / "b.png", tmp_path / "m.png", "913")])  # fmt: skip
+    cv2.imwrite(str(tmp_path / "b_mirror.jpg"), images["b"][:, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+    held = [Case("012_HC", tmp_path / "a.png", tmp_path / "m.png", "012"),  # the same file, renamed
+            Case("013_HC", tmp_path / "b_mirror.jpg", tmp_path / "m.png", "013"),  # mirrored and re-encoded
+            Case("014_HC", tmp_path / "c.png", tmp_path / "m.png", "014")]  # another image: fine  # fmt: skip
+    found = find_overlap(seen, held)
+    assert found[0] == "012_HC (its image is 912_HC's: the same pixels)"
+    assert found[1].startswith("013_HC (its image is 913_HC's: a mirrored near copy, similarity 0.99")
+    assert len(found) == 2
+    with pytest.raises(LeakageError, match="012_HC"):
+        check_no_leak(seen, {"test": held}, model="M", fix="F")

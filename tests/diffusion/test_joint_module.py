@@ -15,6 +15,7 @@ from fetalgen.data.phantom import phantom_cases
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.diffusion.train import train_diffusion
+from fetalgen.utils.checkpoints import CheckpointError
 
 TINY_DATA = [
     "data.num_real=8",
@@ -216,6 +217,7 @@ def test_load_generator_rebuilds_the_ema_model_from_the_file_alone(compose_cfg):
     assert meta["config"]["data"]["num_real"] == 8
     # One run record for both training tasks: the resolved config and the provenance under the same keys as SAM's.
     assert ckpt["fetalgen_config"] == meta["config"] and "config" not in ckpt.get("hyper_parameters", {})
+    assert ckpt["fetalgen_task"] == "diffusion"
     assert len(ckpt["fetalgen_provenance"]["training_cases"]) == 8 == len(meta["training_cases"])
     raw, _, raw_meta = load_generator(path, use_ema=False)
     assert not raw_meta["ema"]
@@ -231,16 +233,22 @@ def test_load_generator_rebuilds_the_ema_model_from_the_file_alone(compose_cfg):
 
 
 def test_load_generator_rejects_other_files(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found"):
         load_generator(tmp_path / "missing.ckpt")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="junk.ckpt: cannot be read"):
         load_generator(junk)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(DataError, match="not a fetalgen diffusion checkpoint"):
+    with pytest.raises(CheckpointError, match="other.ckpt: not a fetalgen checkpoint"):
         load_generator(other)
+    sam = tmp_path / "sam.ckpt"
+    torch.save({"state_dict": {"sam.x": torch.zeros(1)}, "fetalgen_task": "finetune"}, sam)
+    with pytest.raises(
+        CheckpointError, match="a fetalgen-finetune checkpoint, but this needs a fetalgen-train-"
+    ):
+        load_generator(sam)
 
 
 def test_class_embedding_needs_room_for_the_null_class(compose_cfg):

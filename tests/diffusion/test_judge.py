@@ -52,4 +52,4 @@ def test_judging_shows_progress_and_says_when_a_set_is_too_small_for_kid(
     n = len(read_manifest(root))
     err = capsys.readouterr().err
     assert "judge: 100%" in err and f"{7 + 2 * n + 6}/{7 + 2 * n + 6}" in err  # steps + images embedded
-    assert "too few to read" in figures["realism"]["note"]
+    assert "too few to read" in figures["realism_note"] and set(figures["realism"]) == {"train"}

@@ -14,14 +14,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from fetalgen.data.provenance import write_synthetic_provenance
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry
 from fetalgen.segmentation.evaluate import evaluate
 from fetalgen.segmentation.finetune import finetune
 from fetalgen.segmentation.module import SamFinetuneModule
 
 
-def synthetic_set(root: Path, phantom_dir: Path, n: int = 4) -> Path:
-    """A fetalgen-sample-like folder made of phantom pairs; the last pair failed QC."""
+def synthetic_set(root: Path, other_phantoms: Path, n: int = 4) -> Path:
+    """A fetalgen-sample-like folder made of phantom pairs (none a copy of the real ones); the last failed QC."""
+    phantom_dir = other_phantoms
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)
     lines = []
@@ -33,6 +35,7 @@ def synthetic_set(root: Path, phantom_dir: Path, n: int = 4) -> Path:
         entry.qc_pass = i < n - 1
         lines.append(entry.to_json())
     (root / MANIFEST).write_text("\n".join(lines) + "\n")
+    write_synthetic_provenance(root, {"checkpoint": "", "sha256": "0" * 64, "global_step": 0}, [])
     return root
 
 
@@ -56,8 +59,10 @@ def overrides(phantom_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_finetune_then_evaluate_the_checkpoint(compose_cfg, phantom_dir: Path, tmp_path: Path):
-    syn = synthetic_set(tmp_path / "synthetic", phantom_dir)
+def test_finetune_then_evaluate_the_checkpoint(
+    compose_cfg, phantom_dir: Path, other_phantoms: Path, tmp_path: Path
+):
+    syn = synthetic_set(tmp_path / "synthetic", other_phantoms)
     cfg = compose_cfg(
         "finetune", [*overrides(phantom_dir), f"data.synthetic_dir={syn}", "data.num_synthetic=3"]
     )
@@ -83,6 +88,7 @@ def test_finetune_then_evaluate_the_checkpoint(compose_cfg, phantom_dir: Path, t
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     assert (
         checkpoint["fetalgen_config"]["model"]["sam"]["model_type"] == "tiny"
+        and checkpoint["fetalgen_task"] == "finetune"
     )  # the run record, as the generator's
     assert len(checkpoint["fetalgen_provenance"]["training_cases"]) == metrics["data/num_real"]
 
@@ -258,9 +264,9 @@ def test_leakage_through_the_generator_is_refused(compose_cfg, phantom_dir: Path
 
 @pytest.mark.slow
 def test_arms_of_different_sizes_train_the_same_number_of_steps(
-    compose_cfg, phantom_dir: Path, tmp_path: Path
+    compose_cfg, phantom_dir: Path, other_phantoms: Path, tmp_path: Path
 ):
-    syn = synthetic_set(tmp_path / "synthetic", phantom_dir, n=8)
+    syn = synthetic_set(tmp_path / "synthetic", other_phantoms, n=8)
     budget = ["trainer.max_steps=5", "trainer.val_check_interval=5", "test_split=false", "data.batch_size=2"]
     small = finetune(compose_cfg("finetune", [*overrides(phantom_dir), *budget, "data.num_real=2"]))
     large = finetune(compose_cfg("finetune", [*overrides(phantom_dir), *budget, f"data.synthetic_dir={syn}",

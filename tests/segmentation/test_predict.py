@@ -190,3 +190,35 @@ def test_the_automatic_prompt_refines_from_the_whole_image():
     margin = 0.5 * 20 * 64 / 256  # half the largest training jitter (20 px at 256), at 64 px
     assert boxes[0].tolist() == pytest.approx([20 - margin, 10 - margin, 49 + margin, 29 + margin])
     assert masks.shape == (2, 64, 64) and masks[:, 10:30, 20:50].all()
+
+
+def test_predict_owns_its_folder_and_resumes_after_a_kill(compose_cfg, phantom_dir: Path, tmp_path: Path):
+    root = unlabelled(phantom_dir, tmp_path / "scans", n=5)
+    common = [f"images.root={root}", "image_size=32", "model.sam.image_size=64", "progress=false",
+              "allow_random_weights=true", "batch_size=2"]  # fmt: skip
+    cfg = compose_cfg("predict", common)
+    first = predict(cfg)
+    out = Path(cfg.paths.output_dir)
+    full = pd.read_csv(out / "measurements.csv")
+    # A kill after 2 images: the journal lists them, a temporary file of the third is left.
+    journal = (out / "done.jsonl").read_text().splitlines()
+    (out / "done.jsonl").write_text("\n".join(journal[:2]) + "\n")
+    for name in full["name"][2:]:
+        (out / "masks" / f"{name}.png").unlink()
+    (out / "masks" / f".{full['name'][2]}.png.abc.png").write_bytes(b"half")
+    (out / "measurements.csv").unlink()
+    again = predict(compose_cfg("predict", common))
+    assert again["n_images"] == first["n_images"] == 5
+    resumed = pd.read_csv(out / "measurements.csv")
+    assert resumed["name"].tolist() == full["name"].tolist()
+    assert np.allclose(resumed["mask_area_px"], full["mask_area_px"])
+    assert not list((out / "masks").glob(".*")) and len(list((out / "masks").glob("*.png"))) == 5
+    # Another run's settings, or a folder holding other files: refused, nothing touched.
+    with pytest.raises(FileExistsError, match="holds a run with other settings \\(image_size differ\\)"):
+        predict(compose_cfg("predict", [*common[:1], "image_size=64", *common[2:]]))
+    other = compose_cfg("predict", common)
+    stray = Path(other.paths.output_dir)
+    (out / "predict_settings.json").rename(tmp_path / "moved.json")
+    with pytest.raises(FileExistsError, match="is not empty"):
+        predict(other)
+    assert stray == out and (out / "measurements.csv").is_file()

@@ -26,12 +26,14 @@ class KillAtStep(pl.Callback):
 '''
 
 
-def run_finetune(phantom_dir: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> int:
+def run_finetune(
+    phantom_dir: Path, out: Path, *extra: str, env: dict[str, str] | None = None, every: int = 3
+) -> int:
     """``fetalgen-finetune`` in its own process: 8 pairs in batches of 4 (2 steps an epoch), validation and
-    last.ckpt every 3 steps (mid-epoch), 9 steps."""
+    last.ckpt every ``every`` steps (3: mid-epoch; 2: at epoch ends), 9 steps."""
     args = [
         sys.executable, "-m", "fetalgen.cli.finetune", f"hydra.run.dir={out}", f"paths.log_dir={out.parent / 'logs'}",
-        "logger=none", "trainer.max_steps=9", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
+        "logger=none", "trainer.max_steps=9", f"trainer.val_check_interval={every}", "trainer.enable_progress_bar=false",
         f"data.source.root={phantom_dir}", "data.source.n=24", "data.source.shape=[135,200]", "data.num_real=8",
         "data.num_val=4", "data.num_test=0", "data.batch_size=4", "data.image_size=64", "model.sam.image_size=64",
         "model.train_prompt=jitter", "test_split=false", *extra,
@@ -45,23 +47,26 @@ def trained_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_epoch_and_resumed_elsewhere_ends_as_an_uninterrupted_run(
-    phantom_dir: Path, tmp_path
+@pytest.mark.parametrize(("every", "last_step"), [(3, 3), (2, 4)], ids=["mid-epoch", "epoch-boundary"])
+def test_a_killed_run_resumed_elsewhere_ends_as_an_uninterrupted_run(
+    phantom_dir: Path, tmp_path, every: int, last_step: int
 ):
     env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     (tmp_path / "crash_at.py").write_text(CRASH_CALLBACK)
 
-    assert run_finetune(phantom_dir, tmp_path / "whole") == 0
+    assert run_finetune(phantom_dir, tmp_path / "whole", every=every) == 0
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     last = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["global_step"] == 9  # the latest validation, whether or not it improved
+    assert last["global_step"] == 9 // every * every  # the latest validation, whether or not it improved
 
     crash = ["+callbacks.crash._target_=crash_at.KillAtStep", "+callbacks.crash.step=5"]
-    assert run_finetune(phantom_dir, tmp_path / "killed", *crash, env=env) == -9  # SIGKILL at step 5
+    assert (
+        run_finetune(phantom_dir, tmp_path / "killed", *crash, env=env, every=every) == -9
+    )  # SIGKILL at step 5
     killed_last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    assert torch.load(killed_last, map_location="cpu", weights_only=True)["global_step"] == 3
+    assert torch.load(killed_last, map_location="cpu", weights_only=True)["global_step"] == last_step
 
-    assert run_finetune(phantom_dir, tmp_path / "resumed", f"ckpt_path={killed_last}") == 0
+    assert run_finetune(phantom_dir, tmp_path / "resumed", f"ckpt_path={killed_last}", every=every) == 0
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert resumed["val/dice"] == whole["val/dice"] and resumed["train/steps"] == whole["train/steps"] == 9
     (best_whole,) = (tmp_path / "whole" / "checkpoints").glob("best_*.ckpt")
@@ -79,7 +84,9 @@ def test_a_run_killed_mid_epoch_and_resumed_elsewhere_ends_as_an_uninterrupted_r
 def test_the_best_checkpoint_and_score_follow_a_resume_into_another_folder(tmp_path: Path):
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
-    (old / "best_step_000003.ckpt").write_bytes(b"weights")
+    torch.save(
+        {"state_dict": {"sam.w": torch.ones(1)}, "fetalgen_task": "finetune"}, old / "best_step_000003.ckpt"
+    )
     state = {
         "monitor": "val/dice", "best_model_score": torch.tensor(0.73), "best_model_path": str(old / "best_step_000003.ckpt"),
         "current_score": torch.tensor(0.70), "dirpath": str(old), "kth_best_model_path": str(old / "best_step_000003.ckpt"),
@@ -89,7 +96,7 @@ def test_the_best_checkpoint_and_score_follow_a_resume_into_another_folder(tmp_p
     callback = KeepBestOnResume(dirpath=new, monitor="val/dice", mode="max")
     callback.load_state_dict(state)
     copied = new / "best_step_000003.ckpt"
-    assert copied.read_bytes() == b"weights"
+    assert copied.read_bytes() == (old / "best_step_000003.ckpt").read_bytes()
     assert float(callback.best_model_score) == pytest.approx(0.73) and callback.best_model_path == str(copied)
     assert list(callback.best_k_models) == [str(copied)] and callback.kth_best_model_path == str(copied)
 

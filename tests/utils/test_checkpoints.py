@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fetalgen.utils.checkpoints import CheckpointError, checkpoint_kind, load_checkpoint
+from fetalgen.utils.checkpoints import (
+    CheckpointError,
+    KeepBestOnResume,
+    RunRecord,
+    checkpoint_kind,
+    read_run_checkpoint,
+)
 
 FINETUNE = {"state_dict": {"sam.mask_decoder.w": torch.zeros(2)}, "fetalgen_config": {"model": {}}}
 DIFFUSION = {"state_dict": {"unet.w": torch.zeros(2)}, "fetalgen": {"image_size": 32}}
@@ -23,7 +29,38 @@ def test_kinds(tmp_path: Path) -> None:
     assert checkpoint_kind(FINETUNE) == "finetune" and checkpoint_kind(DIFFUSION) == "diffusion"
     assert checkpoint_kind({"model": 1}) is None
     torch.save(FINETUNE, tmp_path / "f.ckpt")
-    assert load_checkpoint(tmp_path / "f.ckpt", "finetune")["fetalgen_config"] == {"model": {}}
+    read = read_run_checkpoint(tmp_path / "f.ckpt", "finetune")
+    assert read.config == {"model": {}} and read.task == "finetune" and read.provenance is None
+    assert read.builder == "fetalgen.segmentation.predictor.load_module"
+    assert read_run_checkpoint(tmp_path / "f.ckpt").task == "finetune"  # either task
+
+
+def test_one_writer_records_the_task_which_wins_over_the_keys(tmp_path: Path) -> None:
+    checkpoint = {"state_dict": {"sam.x": torch.zeros(1)}}  # keys that look like fine-tuning
+    RunRecord("diffusion", {"seed": 0}, {"training_cases": []}).on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint["fetalgen_task"] == "diffusion" and checkpoint_kind(checkpoint) == "diffusion"
+    torch.save(checkpoint, tmp_path / "g.ckpt")
+    read = read_run_checkpoint(tmp_path / "g.ckpt", "diffusion")
+    assert read.config == {"seed": 0} and read.provenance == {"training_cases": []}
+    with pytest.raises(ValueError, match="unknown task 'sample'"):
+        RunRecord("sample", {}, {})
+
+
+def test_a_resume_copies_only_fine_tuning_checkpoints(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a file a crafted checkpoint names as its best")
+    callback = KeepBestOnResume(dirpath=tmp_path / "new", monitor="val/dice", mode="max")
+    state = {"dirpath": str(tmp_path / "old"), "best_k_models": {str(secret): torch.tensor(0.9)},
+             "best_model_path": str(secret), "best_model_score": torch.tensor(0.9)}  # fmt: skip
+    with pytest.raises(CheckpointError, match="resume: the recorded best checkpoint is refused"):
+        callback.load_state_dict(state)
+    assert not (tmp_path / "new" / "secret.txt").exists()
+    torch.save(FINETUNE, tmp_path / "best.ckpt")
+    callback.load_state_dict(state | {"best_k_models": {str(tmp_path / "best.ckpt"): torch.tensor(0.9)},
+                                      "best_model_path": str(tmp_path / "best.ckpt")})  # fmt: skip
+    assert (tmp_path / "new" / "best.ckpt").is_file() and callback.best_model_path == str(
+        tmp_path / "new" / "best.ckpt"
+    )
 
 
 def test_wrong_kind_truncated_missing_and_unsafe_files(
@@ -34,18 +71,18 @@ def test_wrong_kind_truncated_missing_and_unsafe_files(
         CheckpointError,
         match=r"d.ckpt: a fetalgen-train-diffusion checkpoint, but this needs a fetalgen-finetune",
     ):
-        load_checkpoint(tmp_path / "d.ckpt", "finetune")
+        read_run_checkpoint(tmp_path / "d.ckpt", "finetune")
     data = (tmp_path / "d.ckpt").read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(
         CheckpointError, match=r"cut.ckpt: cannot be read as a checkpoint with weights_only=True"
     ):
-        load_checkpoint(tmp_path / "cut.ckpt", "diffusion")
+        read_run_checkpoint(tmp_path / "cut.ckpt", "diffusion")
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt: checkpoint not found"):
-        load_checkpoint(tmp_path / "nowhere.ckpt", "diffusion")
+        read_run_checkpoint(tmp_path / "nowhere.ckpt", "diffusion")
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": {}, "x": Boom()}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # weights_only=True is passed explicitly
     with pytest.raises(CheckpointError, match="evil.ckpt: cannot be read"):
-        load_checkpoint(tmp_path / "evil.ckpt", "finetune")
+        read_run_checkpoint(tmp_path / "evil.ckpt", "finetune")
     assert not (tmp_path / "PWNED").exists()
