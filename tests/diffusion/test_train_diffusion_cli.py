@@ -8,6 +8,7 @@ import cv2
 import hydra
 import pytest
 
+from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import read_manifest
 from fetalgen.diffusion.synthesize import synthesize
 from fetalgen.diffusion.train import train_diffusion
@@ -54,19 +55,17 @@ def test_train_then_sample_through_the_configs(compose_cfg, tmp_path, capsys):
     logged = {k for r in rows for k, v in r.items() if v}
     assert {"train/loss", "val/loss"} <= logged and any(k.startswith("lr-") for k in logged)
 
-    sample = compose_cfg(
-        "sample",
-        [
-            f"ckpt_path={metrics['checkpoint']}",
-            "n=5",
-            "batch_size=4",
-            "steps=4",
-            f"out={tmp_path / 'synthetic'}",
-            "progress=false",
-            "fidelity/features=sam_tiny",
-            "fidelity.segmenter_steps=20",
-        ],
-    )
+    sample_args = [
+        f"ckpt_path={metrics['checkpoint']}",
+        "n=5",
+        "batch_size=4",
+        "steps=4",
+        f"out={tmp_path / 'synthetic'}",
+        "progress=false",
+        "fidelity/features=sam_tiny",
+        "fidelity.segmenter_steps=20",
+    ]
+    sample = compose_cfg("sample", sample_args)
     result = synthesize(sample)
     root = tmp_path / "synthetic"
     entries = read_manifest(root)
@@ -86,6 +85,18 @@ def test_train_then_sample_through_the_configs(compose_cfg, tmp_path, capsys):
     ]
     assert (root / "nearest_neighbours.png").stat().st_size > 1000
     assert "pair agreement" in capsys.readouterr().out  # the printed table
+
+    # Provenance is written last, with the manifest's hash, and checks out; a refused re-sample into the same
+    # folder with another generator leaves it naming the first one.
+    from fetalgen.data.provenance import read_synthetic_provenance
+
+    provenance = json.loads((root / "provenance.json").read_text())
+    assert provenance["generator"]["sha256"] == entries[0].checkpoint_sha256
+    assert read_synthetic_provenance(root)["training_cases"] == provenance["training_cases"]
+    other = train_diffusion(compose_cfg("train_diffusion", [*TINY, "logger=none", "seed=1"]))
+    with pytest.raises(DataError, match="checkpoint_sha256"):
+        synthesize(compose_cfg("sample", [f"ckpt_path={other['checkpoint']}", *sample_args[1:]]))
+    assert json.loads((root / "provenance.json").read_text()) == provenance
 
 
 def test_sample_grid_is_logged_to_wandb_offline(compose_cfg, monkeypatch):
