@@ -166,14 +166,14 @@ def judged_synthetic(
 
     from fetalgen.data.dataset import PairDataset
     from fetalgen.data.folder import read_folder
-    from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
-    from fetalgen.segmentation.features import build_features
+    from fetalgen.segmentation.features import sam_features
+    from fetalgen.synthesis.judge import JudgeSettings, RealPairs, judge_synthetic
 
     root = tmp_path_factory.mktemp("judged") / "synthetic"
     shutil.copytree(phantom_synthetic, root)
     data = PairDataset(read_folder(phantom_dir)[:8], 64)
     train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
-    features = build_features({"kind": "sam", "model_type": "tiny", "checkpoint": None, "image_size": 64})
+    features = sam_features("tiny", None, 64)
     names = [c.name for c in data.cases]
     settings = JudgeSettings(segmenter_steps=30, kid_subsets=10)
     fidelity = judge_synthetic(root, train, names, names, features, settings)

@@ -4,7 +4,7 @@ Trains a model briefly (or loads ``--ckpt``), then samples the same N pairs (sam
 sampler, side by side in one run, and prints wall time per pair, the speed-up against DDPM-1000, the QC pass
 rate (with its binomial standard error), the median ellipse-fit IoU of the masks, and the image-side figures:
 KID against the generator's training images (features: ``--features``, named in the output) and the image-mask
-agreement of a reference segmenter trained on those training pairs (fetalgen.metrics.agreement), so "faster at
+agreement of a reference segmenter trained on those training pairs (fetalgen.synthesis.reference), so "faster at
 equal quality" is judged on the images too, not on the masks alone.
 
     python experiments/bench/samplers.py                       # small model, phantom data, ~5 min on 2 CPUs
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import hydra
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
@@ -152,8 +153,7 @@ class ImageJudge:
     def __init__(self, meta: dict, features_name: str, segmenter_steps: int, seed: int) -> None:
         from fetalgen.data.dataset import PairDataset
         from fetalgen.data.provenance import record_case
-        from fetalgen.metrics.agreement import ReferenceSegmenter
-        from fetalgen.segmentation.features import build_features
+        from fetalgen.synthesis.reference import ReferenceSegmenter
 
         if not meta.get("training_cases"):
             raise SystemExit("the checkpoint lists no training cases: KID and agreement need them")
@@ -164,7 +164,7 @@ class ImageJudge:
             spec = compose(
                 "sample", overrides=["ckpt_path=-", f"fidelity/features={features_name}"]
             ).fidelity.features
-        self.features = build_features(dict(spec))
+        self.features = hydra.utils.instantiate(spec)
         self.train_features = self.features(images)
         self.segmenter = ReferenceSegmenter(meta["image_size"], seed=seed)
         self.segmenter.fit(images, masks, steps=segmenter_steps)

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fetalgen.cli import CONFIG_DIR
-from fetalgen.diffusion.synthesize import synthesize
+from fetalgen.synthesis.task import synthesize
 from fetalgen.utils.task import metric_value
 
 

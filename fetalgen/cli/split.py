@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> None:
         seed=int(cfg.seed),
         pool_list=cfg.pool_list,
         pool_missing=cfg.pool_missing,
+        overwrite=bool(cfg.overwrite),
     )
 
 

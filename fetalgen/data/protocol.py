@@ -26,6 +26,7 @@ def make_split(
     seed: int,
     pool_list: str | Path | None = None,
     pool_missing: str = "raise",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Split ``cases`` into training pool, validation and test subjects and write the folder ``out``.
 
@@ -37,6 +38,11 @@ def make_split(
             outside it. None: the pool is every case not held out.
         pool_missing: ``raise`` when listed pool cases are absent from the data, or ``skip`` them (they are
             counted and named in ``split.json`` and in a warning).
+        overwrite: replace a different split already in ``out`` (the same split written again is fine).
+
+    Raises:
+        ValueError: no cases, or an empty training pool.
+        FileExistsError: ``out`` holds another split (runs trained on it would lose their protocol).
 
     Returns:
         ``split.json``'s content: the settings, counts per part and any pool cases missing from the data.
@@ -59,7 +65,19 @@ def make_split(
                 len(missing), len(pool), pool_list,
             )  # fmt: skip
         pool = [n for n in pool if n in present]
+    if not cases:
+        raise ValueError("no cases to split: the data source is empty (check data.source)")
     parts = holdout_split(cases, num_val, num_test, seed, pool=pool, pool_source=pool_list or "pool list")
+    if not parts["train"]:
+        raise ValueError(
+            f"the training pool is empty ({len(cases)} case(s), num_val={num_val}, num_test={num_test})"
+        )
+    existing = Path(out) / "train.txt"
+    if existing.is_file() and not overwrite:
+        written = {p: read_case_list(Path(out) / f"{p}.txt") for p in ("train", "val", "test")}
+        if written != {p: [c.name for c in parts[p]] for p in ("train", "val", "test")}:
+            raise FileExistsError(f"{out} holds another split: every run trained on it relies on it; write to a "
+                                  "new folder, or overwrite=true")  # fmt: skip
     info = {
         "seed": seed,
         "num_val": num_val,

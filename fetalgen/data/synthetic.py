@@ -48,7 +48,7 @@ class ManifestEntry:
         memorised: whether that similarity is above the configured threshold.
         pixel_size_mm: nominal pixel size of the synthetic image, if known.
         pair_agreement: Dice between a reference segmenter's mask of the image and the generated mask
-            (:mod:`fetalgen.metrics.agreement`); None until the set is judged.
+            (:mod:`fetalgen.synthesis.judge`); None until the set is judged.
         feature_similarity: highest feature-space cosine similarity to a training image, mirror included
             (:mod:`fetalgen.metrics.fidelity`); None until judged.
         nearest_train: the name of that training image.

@@ -37,6 +37,10 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     log.info("Instantiating model <%s>", cfg.model._target_)
     model: JointDiffusionModule = hydra.utils.instantiate(cfg.model)
     datamodule.setup("fit")  # load now: the cases listed are those trained on, skipped pairs left out
+    if not len(datamodule.train_set):
+        raise ValueError(
+            "no training pair left (every one skipped as bad, or none chosen): nothing to train on"
+        )
     records = case_records(datamodule.train_set.cases)
     write_training_cases(out / TRAINING_CASES, records)
     log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)

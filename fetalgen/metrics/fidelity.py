@@ -1,6 +1,7 @@
 """How a synthetic set compares with real images: realism (KID, FID), diversity (MS-SSIM) and nearest neighbours.
 
-* KID and FID are torchmetrics' estimators on features from :mod:`fetalgen.segmentation.features` (computed once and
+* KID and FID are torchmetrics' estimators on image features (:class:`Features`, e.g. those of
+  :mod:`fetalgen.segmentation.features`, computed once and
   handed to torchmetrics through an identity extractor). KID (unbiased, averaged over random subsets) is the one to
   read at tens to hundreds of images; FID is biased upwards at such sizes and is given for familiarity. KID's
   estimator assumes the two sets are independent samples: a set compared with *itself* reads slightly negative.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +26,15 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, the torchmetrics default
+
+
+class Features(Protocol):
+    """Grayscale images ``[N, 1, S, S]`` in [0, 1] -> features ``[N, D]`` (float32, on the CPU), with a ``name``
+    that every result carries."""
+
+    name: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class _Precomputed(torch.nn.Module):

@@ -81,7 +81,7 @@ def build_sam(
 
     Args:
         model_type: a key of ``SAM_ARCHS``.
-        checkpoint: state dict file in SAM's key format (``torch.load(weights_only=True)``); None: random init.
+        checkpoint: state dict file in SAM's key format (read with ``weights_only=True``); None: random init.
         image_size: encoder input size (a multiple of the patch size; 1024 for the pretrained encoders).
         seed: seed of the random initialisation (None: the global torch RNG).
 

@@ -1,17 +1,16 @@
-"""Image features for realism (KID, FID) and nearest-neighbour checks: a pluggable extractor, named in every result.
+"""Image features for realism (KID, FID) and nearest-neighbour checks (the :class:`~fetalgen.metrics.fidelity.
+Features` protocol), named in every result; chosen by ``_target_`` in ``conf/fidelity/features/``:
 
-* ``sam`` (default): the mean-pooled image-encoder embedding of a SAM checkpoint, the network fetalgen fine-tunes,
-  run on the images as the segmenter sees them (:func:`~fetalgen.segmentation.preprocess.to_encoder_input`).
-* ``inception``: torchmetrics' Inception-v3 pool features (2048-d), the usual FID space; needs ``torch-fidelity``
-  and its weights (downloaded by torch-fidelity on first use).
+* :func:`sam_features` (default): the mean-pooled image-encoder embedding of a SAM checkpoint, the network fetalgen
+  fine-tunes, run on the images as the segmenter sees them (:func:`~fetalgen.segmentation.preprocess.to_encoder_input`).
+* :class:`InceptionFeatures`: torchmetrics' Inception-v3 pool features (2048-d), the usual FID space; needs
+  ``torch-fidelity`` and its weights (downloaded by torch-fidelity on first use).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +19,6 @@ from fetalgen.segmentation.cache import encode_in_chunks
 from fetalgen.segmentation.preprocess import to_encoder_input
 
 log = logging.getLogger(__name__)
-
-FEATURE_KINDS = ("sam", "inception")
-
-
-class Features(Protocol):
-    """Grayscale images ``[N, 1, S, S]`` in [0, 1] -> features ``[N, D]`` (float32, on the CPU)."""
-
-    name: str
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class SamFeatures:
@@ -65,8 +54,8 @@ class InceptionFeatures:
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).to(device)
         except (ImportError, ModuleNotFoundError, RuntimeError, OSError) as err:
             raise RuntimeError(
-                "fidelity.features kind=inception needs torch-fidelity (pip install torch-fidelity) and its "
-                f"Inception weights (downloaded on first use): {err}; or use kind=sam"
+                "fidelity/features=inception needs torch-fidelity (pip install torch-fidelity) and its "
+                f"Inception weights (downloaded on first use): {err}; or use fidelity/features=sam_vit_b"
             ) from err
         self.batch_size, self.device = batch_size, torch.device(device)
 
@@ -80,32 +69,29 @@ class InceptionFeatures:
         return torch.cat(out) if out else torch.zeros(0, 2048)
 
 
-def build_features(spec: Mapping[str, Any], device: str | torch.device = "cpu") -> Features:
-    """The extractor of a ``fidelity.features`` config: ``{kind, model_type, checkpoint, image_size, seed}``.
+def sam_features(
+    model_type: str = "vit_b",
+    checkpoint: str | Path | None = None,
+    image_size: int = 1024,
+    seed: int = 0,
+    batch_size: int = 2,
+    device: str | torch.device = "cpu",
+) -> SamFeatures:
+    """The mean-pooled encoder of a SAM size (``checkpoint`` None: random init, a smoke test only).
 
     Raises:
-        FileNotFoundError: a SAM checkpoint that is not there (with the ways out).
-        ValueError: an unknown kind.
+        FileNotFoundError: a checkpoint that is not there (with the ways out).
     """
-    kind = spec.get("kind", "sam")
-    if kind == "inception":
-        return InceptionFeatures(device=device)
-    if kind != "sam":
-        raise ValueError(
-            f"fidelity.features.kind={kind!r} is unknown; choose one of {', '.join(FEATURE_KINDS)}"
-        )
     from fetalgen.segmentation.build import build_sam
 
-    model_type, checkpoint = spec.get("model_type", "vit_b"), spec.get("checkpoint")
-    size = int(spec.get("image_size") or 1024)
     if checkpoint and not Path(checkpoint).is_file():
         raise FileNotFoundError(
             f"fidelity.features.checkpoint {checkpoint} not found: `make weights` downloads SAM ViT-B; or "
             "fidelity/features=sam_tiny (random init: a smoke test only), or fidelity.enabled=false"
         )
-    sam = build_sam(model_type, checkpoint=checkpoint, image_size=size, seed=int(spec.get("seed") or 0))
+    sam = build_sam(model_type, checkpoint=checkpoint, image_size=int(image_size), seed=int(seed))
     source = Path(checkpoint).name if checkpoint else "random init"
-    name = f"sam-{model_type} encoder ({source}, {size} px, mean-pooled)"
+    name = f"sam-{model_type} encoder ({source}, {image_size} px, mean-pooled)"
     if not checkpoint:
         log.warning("fidelity features from a randomly initialised SAM (%s): only a smoke test", model_type)
-    return SamFeatures(sam, name, device=device)
+    return SamFeatures(sam, name, batch_size=batch_size, device=device)

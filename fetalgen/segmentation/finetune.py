@@ -58,6 +58,10 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         fix="evaluate on cases outside the training pool, or drop the test set from test_sets",
     )
     datamodule.setup("fit")  # load now: skips and the epoch length are known before the first step
+    if not len(datamodule.train_set):
+        raise ValueError(
+            "no training pair left (every one skipped as bad, or none chosen): nothing to train on"
+        )
     check_validation_schedule(
         cfg.trainer, math.ceil(len(datamodule.train_set) / datamodule.batch_size), len(datamodule.val_set)
     )

@@ -296,3 +296,17 @@ def test_a_generator_that_saw_a_held_out_subject_is_refused(
     # Real-only arms of a sweep that names the set do not read it (nothing of the generator reaches SAM).
     real_only = PairDataModule(real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn)
     assert real_only.generator_cases is None and real_only.synthetic_cases == []
+
+
+def test_a_manifest_path_outside_the_set_is_refused(synthetic_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from fetalgen.data.synthetic import read_synthetic
+
+    root = tmp_path / "syn"
+    shutil.copytree(synthetic_dir, root)
+    lines = (root / MANIFEST).read_text().splitlines()
+    entry = json.loads(lines[0]) | {"image": "../../elsewhere/012_HC.png"}
+    (root / MANIFEST).write_text("\n".join([json.dumps(entry), *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match="index 0 names .*012_HC.png, outside the set: refused"):
+        read_synthetic(root)

@@ -65,3 +65,18 @@ def test_restrict_pool_keeps_val_and_test(tmp_path: Path) -> None:
     assert ref["train"] == pool[:3] and ref["val"] == full["val"] and ref["test"] == full["test"]
     with pytest.raises(DataError, match="not in the pool"):
         restrict_pool(tmp_path / "split", [full["test"][0]], tmp_path / "bad")
+
+
+def test_an_existing_split_is_not_overwritten_and_an_empty_pool_is_refused(tmp_path: Path) -> None:
+    make_split(_cases(), tmp_path / "split", 2, 2, seed=0)
+    before = read_split_file(tmp_path / "split")
+    make_split(_cases(), tmp_path / "split", 2, 2, seed=0)  # the same split again: fine
+    with pytest.raises(FileExistsError, match="holds another split"):
+        make_split(_cases(), tmp_path / "split", 2, 2, seed=1)
+    assert read_split_file(tmp_path / "split") == before
+    make_split(_cases(), tmp_path / "split", 2, 2, seed=1, overwrite=True)
+    assert read_split_file(tmp_path / "split") != before
+    with pytest.raises(ValueError, match="no cases to split"):
+        make_split([], tmp_path / "empty", 0, 0, seed=0)
+    with pytest.raises(ValueError, match="the training pool is empty"):
+        make_split(_cases()[:4], tmp_path / "all_held", 2, 2, seed=0)

@@ -10,8 +10,8 @@ import pytest
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import read_manifest
-from fetalgen.diffusion.synthesize import synthesize
 from fetalgen.diffusion.train import train_diffusion
+from fetalgen.synthesis.task import synthesize
 
 TINY = [
     "model=diffusion/tiny",

@@ -10,7 +10,7 @@ from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
 from fetalgen.metrics.fidelity import diversity, kid_fid, ms_ssim_scales, nearest_neighbours, save_gallery
 from fetalgen.segmentation.build import build_sam
-from fetalgen.segmentation.features import SamFeatures, build_features
+from fetalgen.segmentation.features import SamFeatures, sam_features
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,18 @@ def test_nearest_neighbours_find_copies_and_mirror_images(phantoms, features, tm
 
 def test_a_missing_feature_checkpoint_says_how_to_go_on(tmp_path):
     with pytest.raises(FileNotFoundError, match="make weights.*sam_tiny.*fidelity.enabled=false"):
-        build_features({"kind": "sam", "model_type": "vit_b", "checkpoint": str(tmp_path / "none.pth")})
-    with pytest.raises(ValueError, match="fidelity.features.kind='clip' is unknown"):
-        build_features({"kind": "clip"})
+        sam_features("vit_b", str(tmp_path / "none.pth"))
+
+
+def test_every_feature_config_names_a_builder(compose_cfg):
+    import hydra
+
+    for option in ("sam_tiny", "sam_vit_b", "inception"):
+        spec = compose_cfg("sample", ["ckpt_path=-", f"fidelity/features={option}"]).fidelity.features
+        assert spec._target_.startswith("fetalgen.segmentation.features.") and "kind" not in spec
+    tiny = hydra.utils.instantiate(
+        compose_cfg("sample", ["ckpt_path=-", "fidelity/features=sam_tiny"]).fidelity.features
+    )
+    assert tiny(torch.rand(2, 1, 32, 32)).shape[0] == 2 and tiny.name.startswith(
+        "sam-tiny encoder (random init"
+    )

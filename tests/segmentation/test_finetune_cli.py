@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from fetalgen.data.provenance import write_synthetic_provenance
+from fetalgen.data.provenance import LeakageError, read_training_cases, write_synthetic_provenance
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry
 from fetalgen.segmentation.evaluate import evaluate
 from fetalgen.segmentation.finetune import finetune
@@ -214,8 +214,8 @@ def test_leakage_through_the_generator_is_refused(compose_cfg, phantom_dir: Path
     from fetalgen.data.phantom import phantom_cases
     from fetalgen.data.protocol import make_split
     from fetalgen.data.provenance import LeakageError, read_training_cases
-    from fetalgen.diffusion.synthesize import synthesize
     from fetalgen.diffusion.train import train_diffusion
+    from fetalgen.synthesis.task import synthesize
 
     split = tmp_path / "split"
     make_split(phantom_cases(phantom_dir, n=24, shape=(135, 200)), split, num_val=4, num_test=4, seed=0)
@@ -296,6 +296,54 @@ def test_an_epoch_budget_that_ends_before_the_first_validation_is_refused_before
         finetune(compose_cfg("finetune", ["logger=none", "+trainer.limit_val_batches=0"]))
     with pytest.raises(ValueError, match="the validation split is empty"):
         finetune(compose_cfg("finetune", ["logger=none", "model.sam.image_size=64", "data.num_val=0"]))
+
+
+def test_a_split_emptied_by_skips_is_refused_before_training_and_records_hold_the_used_cases(
+    compose_cfg, phantom_dir: Path, tmp_path: Path
+):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    names = sorted(p.stem for p in (data / "images").iterdir())
+    (data / "masks" / f"{names[0]}.png").write_bytes(b"not a png")  # the only validation pair: skipped
+    (data / "masks" / f"{names[1]}.png").write_bytes(b"not a png")  # a training pair: skipped
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "val.txt").write_text(f"{names[0]}\n")
+    (split / "test.txt").write_text("")
+    (split / "train.txt").write_text("".join(f"{n}\n" for n in names[1:8]))
+    common = ["data=folder", f"data.source.root={data}", "data.on_bad_pair=skip", f"data.split_file={split}",
+              "data.num_real=7", "data.image_size=32", "model.sam.image_size=64", "logger=none", "test_split=false",
+              "trainer.max_steps=2", "trainer.val_check_interval=1"]  # fmt: skip
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="the validation split is empty"):
+        finetune(compose_cfg("finetune", common))
+    (split / "val.txt").write_text(f"{names[9]}\n")
+    cfg = compose_cfg("finetune", common)
+    with pytest.warns(UserWarning):
+        metrics = finetune(cfg)
+    listed = read_training_cases(Path(cfg.paths.output_dir) / "training_cases.csv")
+    assert [r["name"] for r in listed] == names[2:8] and metrics[
+        "data/num_real"
+    ] == 6  # the skipped one left out
+
+
+def test_a_held_out_image_put_into_a_synthetic_set_is_found(
+    compose_cfg, phantom_dir: Path, other_phantoms: Path, tmp_path: Path
+):
+    syn = synthetic_set(tmp_path / "synthetic", other_phantoms)
+    cfg = compose_cfg(
+        "finetune", [*overrides(phantom_dir), f"data.synthetic_dir={syn}", "data.num_synthetic=3"]
+    )
+    from fetalgen.data.datamodule import PairDataModule
+
+    test_case = instantiate(cfg.data).test_cases[0]
+    shutil.copy(test_case.image_path, syn / "images" / "syn_000001.png")  # a held-out image, renamed
+    shutil.copy(test_case.mask_path, syn / "masks" / "syn_000001.png")
+    write_synthetic_provenance(syn, {"checkpoint": "", "sha256": "0" * 64, "global_step": 0}, [])
+    assert isinstance(instantiate(cfg.data), PairDataModule)  # the set itself is consistent
+    with pytest.raises(
+        LeakageError, match=f"{test_case.name} \\(its image is syn_000001's: the same pixels\\)"
+    ):
+        finetune(cfg)
 
 
 def test_settings_that_would_fail_after_training_fail_before_it(compose_cfg, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Write a synthetic dataset from a trained joint diffusion model (``fetalgen-sample``).
+"""Write a synthetic dataset from a trained joint diffusion model (step 1 of ``fetalgen-sample``).
 
 Layout (see :mod:`fetalgen.data.synthetic`): ``images/syn_XXXXXX.png``, ``masks/syn_XXXXXX.png`` (0/255),
 ``manifest.jsonl`` (one :class:`~fetalgen.data.synthetic.ManifestEntry` a line) and ``summary.json``.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.dataset import PairDataset
-from fetalgen.data.provenance import record_case, write_synthetic_provenance
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
 from fetalgen.diffusion.channels import unpack
-from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.postprocess import clean_mask
 from fetalgen.diffusion.sampling import (
     make_sampler,
@@ -41,9 +38,9 @@ from fetalgen.diffusion.sampling import (
 )
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
+from fetalgen.synthesis.verdict import qc_verdict
 from fetalgen.utils.files import append_line, atomic_write, png_intact, write_json, write_png
 from fetalgen.utils.seeds import derive_seed, seeded_rng
-from fetalgen.utils.task import resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +214,8 @@ def write_synthetic(
     similarity_size: int = 64,
     qc: dict[str, Any] | None = None,
     progress: bool = True,
-    judge: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Sample pairs ``0..n-1`` into ``out`` (resuming), judge the set, then write and return its summary.
+    """Sample pairs ``0..n-1`` into ``out`` (resuming); returns the settings the set was written with.
 
     Args:
         out: dataset root (created).
@@ -234,12 +230,9 @@ def write_synthetic(
         similarity_size: thumbnail side of the similarity check.
         qc: keyword arguments of :func:`fetalgen.metrics.synthesis.qc_mask`.
         progress: show a tqdm progress bar.
-        judge: called with the dataset root once every pair is written (:func:`fetalgen.diffusion.judge.
-            judge_synthetic`): it may update the manifest and returns the ``fidelity`` figures of the summary.
 
     Returns:
-        The summary (``summarise_synthetic`` figures, ``fidelity`` and ``settings``), also written to
-        ``summary.json``.
+        The settings of the set (the spec, the steps, ``n``, the checkpoint's hash), for :func:`summarise_dataset`.
     """
     root = Path(out)
     (root / IMAGES).mkdir(parents=True, exist_ok=True)
@@ -286,7 +279,8 @@ def write_synthetic(
             if index in done or index >= n:  # block padding: computed for bit-exact batches, not written
                 continue
             mask = clean_mask(channels[j], spec.mask_threshold)
-            verdict = qc_mask(mask, **qc_kwargs)
+            checks = qc_mask(mask, **qc_kwargs)
+            passed, reasons = qc_verdict(checks.passed, checks.reasons)
             sim = None if similarity is None else float(similarity[j])
             name = pair_name(index)
             write_png(root / IMAGES / f"{name}.png", np.round(images[j] * 255).astype(np.uint8))
@@ -298,8 +292,8 @@ def write_synthetic(
                 mask=f"{MASKS}/{name}.png",
                 seed=seeds[j],
                 class_label=labels[j],
-                qc_pass=verdict.passed,
-                qc=verdict.to_dict(),
+                qc_pass=passed,
+                qc={**checks.to_dict(), "reasons": reasons},
                 max_train_similarity=sim,
                 memorised=bool(sim is not None and sim > similarity_threshold),
                 pixel_size_mm=reference.pixel_size_mm,
@@ -308,9 +302,7 @@ def write_synthetic(
             append_line(root / MANIFEST, entry.to_json())  # last: the pair counts as done from here on
             bar.update(1)
     bar.close()
-    settings = {**asdict(spec), "steps": steps, "n": n, "checkpoint_sha256": checkpoint_sha256}
-    fidelity = judge(root) if judge is not None else None
-    return summarise_dataset(root, reference, similarity_threshold, settings, fidelity)
+    return {**asdict(spec), "steps": steps, "n": n, "checkpoint_sha256": checkpoint_sha256}
 
 
 def summarise_dataset(
@@ -338,122 +330,3 @@ def summarise_dataset(
     write_json(root / SUMMARY, summary)
     print(f"Synthetic dataset {root}\n{format_summary(summary)}")
     return summary
-
-
-def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainReference:
-    """Training images for the memorisation check: ``cfg.memorisation.train_dir`` (a folder with ``images/``
-    and ``masks/``) or the training cases recorded in the checkpoint (its provenance)."""
-    mem = cfg.memorisation
-    if not mem.enabled:
-        log.warning("memorisation check switched off (memorisation.enabled=false)")
-        return TrainReference.empty(size)
-    if mem.get("train_dir"):
-        from fetalgen.data.folder import read_folder
-
-        cases = read_folder(mem.train_dir)
-    elif meta.get("training_cases"):
-        cases = [record_case(r) for r in meta["training_cases"]]
-    else:
-        raise DataError(
-            meta["path"], "checkpoint lists no training cases (older fetalgen); set memorisation.train_dir"
-        )
-    return TrainReference.from_dataset(PairDataset(cases, size))
-
-
-def build_judge(
-    cfg: DictConfig, reference: TrainReference, size: int, device: torch.device
-) -> Callable[[Path], dict[str, Any]] | None:
-    """The fidelity judge of ``cfg.fidelity`` (None when switched off or without training pairs to judge by)."""
-    from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
-    from fetalgen.segmentation.features import build_features
-
-    fid = cfg.get("fidelity")
-    if not fid or not fid.enabled:
-        log.warning("fidelity figures switched off (fidelity.enabled=false)")
-        return None
-    if len(reference.images) < 2:
-        log.warning("fidelity figures need the generator's training pairs (memorisation.enabled): skipped")
-        return None
-    features = build_features(OmegaConf.to_container(fid.features, resolve=True), device)
-    heldout = None
-    if fid.get("heldout"):
-        from fetalgen.data.sources import load_eval_set
-
-        data = load_eval_set(fid.heldout, size).dataset
-        heldout = RealPairs(
-            np.stack([np.asarray(i, np.float32) / 255.0 for i in data.images]),
-            np.stack([np.asarray(m) > 0 for m in data.masks]),
-        )
-    settings = JudgeSettings(
-        kid_subset_size=int(fid.kid_subset_size),
-        kid_subsets=int(fid.kid_subsets),
-        diversity_pairs=int(fid.diversity_pairs),
-        gallery=int(fid.gallery),
-        segmenter_steps=int(fid.segmenter_steps),
-        min_agreement=fid.get("min_agreement"),
-        seed=int(cfg.seed),
-        progress=bool(cfg.get("progress", True)),
-    )
-    train = RealPairs(reference.images, reference.masks)
-
-    def judge(root: Path) -> dict[str, Any]:
-        return judge_synthetic(root, train, reference.names, reference.subjects, features, settings, heldout)
-
-    return judge
-
-
-@task_wrapper
-def synthesize(cfg: DictConfig) -> dict[str, Any]:
-    """Load the checkpoint, sample ``cfg.n`` pairs into ``cfg.out`` with QC and memorisation flags, summarise.
-
-    Returns:
-        Flat metrics: ``qc_pass_rate``, ``memorisation_rate``, ``n`` and ``out``.
-    """
-    device = resolve_device(cfg.device)
-    unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
-    size = int(unet.config.sample_size)
-    spec = SynthesisSpec(
-        sampler=cfg.sampler,
-        steps=cfg.steps,
-        seed=int(cfg.seed),
-        mode=cfg.mode,
-        class_label=cfg.class_label,
-        guidance_scale=float(cfg.guidance_scale),
-        batch_size=int(cfg.batch_size),
-        mask_threshold=float(cfg.mask_threshold),
-        heads=OmegaConf.to_container(cfg.heads, resolve=True),
-    )
-    reference = train_reference(cfg, meta, size)
-    judge = build_judge(
-        cfg, reference, size, device
-    )  # before sampling: a missing feature checkpoint fails now
-    summary = write_synthetic(
-        cfg.out,
-        int(cfg.n),
-        unet,
-        scheduler_config,
-        meta["sha256"],
-        spec,
-        num_classes=meta["num_classes"],
-        reference=reference,
-        similarity_threshold=float(cfg.memorisation.threshold),
-        similarity_size=int(cfg.memorisation.size),
-        qc=OmegaConf.to_container(cfg.qc, resolve=True),
-        progress=bool(cfg.progress),
-        judge=judge,
-    )
-    # Last: the set is complete and judged, and the resume check passed (a refused run changes nothing).
-    generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
-    if meta.get("training_cases") is None:
-        log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
-    else:
-        write_synthetic_provenance(cfg.out, generator, meta["training_cases"])
-    from fetalgen.metrics.fidelity import summary_row
-
-    return {
-        "n": summary["n"],
-        "qc_pass_rate": summary["qc_pass_rate"],
-        "memorisation_rate": summary["memorisation"]["rate"],
-        **(summary_row(summary["fidelity"]) if "fidelity" in summary else {}),
-        "out": str(Path(cfg.out).resolve()),
-    }

@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
 from fetalgen.data.transforms import pad_resize
-from fetalgen.metrics.agreement import ReferenceSegmenter, calibrated_agreement
-from fetalgen.metrics.fidelity import diversity, kid_fid, nearest_neighbours, save_gallery
-from fetalgen.segmentation.features import Features
+from fetalgen.metrics.agreement import calibrated_agreement
+from fetalgen.metrics.fidelity import Features, diversity, kid_fid, nearest_neighbours, save_gallery
+from fetalgen.synthesis.reference import ReferenceSegmenter
+from fetalgen.synthesis.verdict import AGREEMENT, qc_verdict
 from fetalgen.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -148,13 +149,11 @@ def judge_synthetic(
         steps=settings.segmenter_steps,
         on_step=lambda: bar.update(1),
     )
-    # The mask checks' own verdict (``qc["passed"]``; ``qc_pass`` adds the agreement threshold), so that a
-    # re-judged set recomputes its agreement verdicts instead of stacking them.
-    other_reasons = [[r for r in e.qc.get("reasons", []) if not r.startswith("agreement")] for e in entries]
-    other_pass = [bool(e.qc.get("passed", e.qc_pass)) for e in entries]
-    kept = np.array([ok and not e.memorised for ok, e in zip(other_pass, entries, strict=True)])
+    # The mask checks' own verdict (``qc["passed"]``): a re-judged set recomputes its agreement verdicts.
+    mask_passed = [bool(e.qc.get("passed", e.qc_pass)) for e in entries]
+    kept = np.array([ok and not e.memorised for ok, e in zip(mask_passed, entries, strict=True)])
     agreement = calibrated_agreement(
-        segmenter,
+        segmenter.predict,
         as_tensor(pairs.images),
         pairs.masks,
         as_tensor(ceiling.images),
@@ -170,19 +169,16 @@ def judge_synthetic(
     train_feats = embed(train.images)
     similarity, nearest = nearest_neighbours(syn_feats, syn_mirror, train_feats)
 
-    for e, reasons, ok, agree, sim, near in zip(
-        entries, other_reasons, other_pass, agreement["per_pair"], similarity, nearest, strict=True
+    for e, ok, agree, sim, near in zip(
+        entries, mask_passed, agreement["per_pair"], similarity, nearest, strict=True
     ):
         e.pair_agreement, e.feature_similarity, e.nearest_train = (
             float(agree),
             float(sim),
             train_names[int(near)],
         )
-        too_low = settings.min_agreement is not None and agree < settings.min_agreement
-        if too_low:
-            reasons = [*reasons, f"agreement: {agree:.3f} < {settings.min_agreement}"]
+        e.qc_pass, reasons = qc_verdict(ok, e.qc.get("reasons", []), float(agree), settings.min_agreement)
         e.qc = {**e.qc, "passed": ok, "reasons": reasons}
-        e.qc_pass = ok and not too_low
     atomic_write(root / MANIFEST, lambda tmp: tmp.write_text("".join(e.to_json() + "\n" for e in entries)))
 
     kept = np.array([e.qc_pass and not e.memorised for e in entries])  # now with the agreement verdict
@@ -230,7 +226,7 @@ def judge_synthetic(
             f"(final loss {losses[-1]:.3f})",
             "min_agreement": settings.min_agreement,
             "qc_failed": int(
-                sum(1 for e in entries if any(r.startswith("agreement") for r in e.qc.get("reasons", [])))
+                sum(1 for e in entries if any(r.startswith(AGREEMENT) for r in e.qc.get("reasons", [])))
             ),
         },
         "nearest_neighbours": {

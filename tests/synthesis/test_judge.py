@@ -8,8 +8,8 @@ import numpy as np
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
 from fetalgen.data.synthetic import read_manifest
-from fetalgen.diffusion.judge import JudgeSettings, RealPairs, judge_synthetic
-from fetalgen.segmentation.features import build_features
+from fetalgen.segmentation.features import sam_features
+from fetalgen.synthesis.judge import JudgeSettings, RealPairs, judge_synthetic
 
 
 def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_them(
@@ -20,7 +20,7 @@ def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_t
     data = PairDataset(read_folder(phantom_dir)[:8], 32)
     train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
     names = [c.name for c in data.cases]
-    features = build_features({"kind": "sam", "model_type": "tiny", "checkpoint": None, "image_size": 64})
+    features = sam_features("tiny", None, 64)
     before = [e.qc_pass for e in sorted(read_manifest(root), key=lambda e: e.index)]
 
     strict = JudgeSettings(segmenter_steps=5, kid_subsets=5, min_agreement=1.01)  # no pair can reach it
@@ -46,7 +46,7 @@ def test_judging_shows_progress_and_says_when_a_set_is_too_small_for_kid(
     data = PairDataset(read_folder(phantom_dir)[:6], 32)
     train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
     names = [c.name for c in data.cases]
-    features = build_features({"kind": "sam", "model_type": "tiny", "checkpoint": None, "image_size": 64})
+    features = sam_features("tiny", None, 64)
     settings = JudgeSettings(segmenter_steps=7, kid_subsets=5, embed_chunk=2)
     figures = judge_synthetic(root, train, names, names, features, settings)
     n = len(read_manifest(root))

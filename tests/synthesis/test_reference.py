@@ -1,4 +1,5 @@
-"""Image-mask agreement: a reference segmenter trained on real pairs separates aligned from misaligned masks."""
+"""The judge's reference segmenter, trained on real pairs, separates aligned from misaligned masks (with the
+agreement functions of fetalgen.metrics.agreement); it is seeded by the seed rule and leaves the global state."""
 
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import torch
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
-from fetalgen.metrics.agreement import ReferenceSegmenter, calibrated_agreement, derangement, pair_dice
+from fetalgen.metrics.agreement import calibrated_agreement, derangement, pair_dice
+from fetalgen.synthesis.reference import ReferenceSegmenter
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def test_a_mask_shifted_off_the_head_agrees_less_than_the_aligned_mask(fitted):
 
 def test_the_shuffled_mask_floor_is_below_the_aligned_figure_and_the_ceiling(fitted):
     segmenter, images, masks = fitted
-    result = calibrated_agreement(segmenter, images, masks, images, masks, seed=0)
+    result = calibrated_agreement(segmenter.predict, images, masks, images, masks, seed=0)
     assert result["floor"] < result["synthetic"] - 0.05 and result["ceiling"] == pytest.approx(
         result["synthetic"]
     )
@@ -44,3 +46,16 @@ def test_derangement_moves_every_item_and_is_seeded():
         perm = derangement(n, seed=n)
         assert sorted(perm) == list(range(n)) and (perm != np.arange(n)).all()
     assert (derangement(10, 1) == derangement(10, 1)).all()
+
+
+def test_the_same_seed_gives_the_same_segmenter_and_the_global_state_is_untouched():
+    torch.manual_seed(123)
+    images, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.5).float()
+    before = torch.random.get_rng_state()
+    a, b = ReferenceSegmenter(16, seed=4), ReferenceSegmenter(16, seed=4)
+    assert a.fit(images, masks, steps=3) == b.fit(images, masks, steps=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    other = ReferenceSegmenter(16, seed=5)
+    assert not torch.equal(
+        next(other.net.parameters()), next(ReferenceSegmenter(16, seed=4).net.parameters())
+    )

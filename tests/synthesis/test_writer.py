@@ -11,12 +11,18 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-import fetalgen.diffusion.synthesize as synth
+import fetalgen.synthesis.writer as synth
 import fetalgen.utils.files as files
 from fetalgen.cli import CONFIG_DIR
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, read_manifest, read_synthetic
-from fetalgen.diffusion.synthesize import SynthesisSpec, TrainReference, blocks, write_synthetic
+from fetalgen.synthesis.writer import (
+    SynthesisSpec,
+    TrainReference,
+    blocks,
+    summarise_dataset,
+    write_synthetic,
+)
 from fetalgen.utils.seeds import derive_seed
 
 SHA = "0" * 64
@@ -41,8 +47,11 @@ SPEC = SynthesisSpec(sampler="ddim", steps=4, seed=3, batch_size=4)
 
 
 def run(generator, out, n, spec=SPEC, **kwargs):
+    """Write the set, then summarise it (what fetalgen-sample does, without the judge)."""
     unet, scheduler_config = generator
-    return write_synthetic(out, n, unet, scheduler_config, SHA, spec, progress=False, **kwargs)
+    settings = write_synthetic(out, n, unet, scheduler_config, SHA, spec, progress=False, **kwargs)
+    reference = kwargs.get("reference") or TrainReference.empty(int(unet.config.sample_size))
+    return summarise_dataset(Path(out), reference, kwargs.get("similarity_threshold", 0.95), settings)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -220,3 +229,14 @@ def test_a_png_that_cannot_be_written_whole_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="could not write .*x.png whole"):
         files.write_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_sets_folder_must_be_named_so_that_a_rerun_resumes_it():
+    from omegaconf.errors import MissingMandatoryValue
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("sample", overrides=["ckpt_path=x.ckpt"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(MissingMandatoryValue, match="out"):
+        _ = cfg.out
