@@ -12,15 +12,19 @@ from fetalgen.segmentation.features import sam_features
 from fetalgen.synthesis.judge import JudgeSettings, RealPairs, judge_synthetic
 
 
+def judging(synthetic: Path, phantom_dir: Path, tmp_path: Path, n_train: int) -> tuple:
+    """A copy of the set to judge, ``n_train`` real training pairs, their names and tiny random features."""
+    root = tmp_path / "synthetic"
+    shutil.copytree(synthetic, root)
+    data = PairDataset(read_folder(phantom_dir)[:n_train], 32)
+    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
+    return root, train, [c.name for c in data.cases], sam_features("tiny", None, 64)
+
+
 def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_them(
     phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path
 ):
-    root = tmp_path / "synthetic"
-    shutil.copytree(phantom_synthetic, root)
-    data = PairDataset(read_folder(phantom_dir)[:8], 32)
-    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
-    names = [c.name for c in data.cases]
-    features = sam_features("tiny", None, 64)
+    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 8)
     before = [e.qc_pass for e in sorted(read_manifest(root), key=lambda e: e.index)]
 
     strict = JudgeSettings(segmenter_steps=5, kid_subsets=5, min_agreement=1.01)  # no pair can reach it
@@ -41,12 +45,7 @@ def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_t
 def test_judging_shows_progress_and_says_when_a_set_is_too_small_for_kid(
     phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path, capsys
 ):
-    root = tmp_path / "synthetic"
-    shutil.copytree(phantom_synthetic, root)
-    data = PairDataset(read_folder(phantom_dir)[:6], 32)
-    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
-    names = [c.name for c in data.cases]
-    features = sam_features("tiny", None, 64)
+    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 6)
     settings = JudgeSettings(segmenter_steps=7, kid_subsets=5, embed_chunk=2)
     figures = judge_synthetic(root, train, names, names, features, settings)
     n = len(read_manifest(root))
