@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -13,7 +14,7 @@ from fetalgen.data.provenance import TRAINING_CASES, case_records, write_trainin
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
+from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,11 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
             "no training pair left (every one skipped as bad, or none chosen): nothing to train on"
         )
     records = case_records(datamodule.train_set.cases)
-    write_training_cases(out / TRAINING_CASES, records)
-    log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)
     skipped = datamodule.skipped()
-    if skipped:
+    if is_rank_zero():  # the run's files, once (the extra ranks of trainer=ddp run this function too)
+        write_training_cases(out / TRAINING_CASES, records)
+        log.info("Generator training cases (%d) listed in %s", len(records), out / TRAINING_CASES)
+    if skipped and is_rank_zero():
         (out / "skipped.txt").write_text("".join(f"{line}\n" for line in skipped))
         log.warning("%d bad file(s) skipped, listed in %s", len(skipped), out / "skipped.txt")
     trainer, loggers = build_trainer(cfg, "diffusion", {"training_cases": records})
@@ -60,9 +62,17 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = None
     if ckpt_cb is not None:
         checkpoint = getattr(ckpt_cb, "last_model_path", "") or ckpt_cb.best_model_path or None
-    metrics.update(global_step=trainer.global_step, checkpoint=checkpoint, output_dir=str(out))
+        written = Path(ckpt_cb.dirpath or "") / "last.ckpt"  # trainer=ddp_cpu: the spawned ranks wrote it
+        if checkpoint is None and ckpt_cb.dirpath and written.is_file():
+            checkpoint = str(written)
+    step = trainer.global_step
+    if (
+        not step and checkpoint
+    ):  # trainer=ddp_cpu trained in spawned processes: this one's trainer never stepped
+        step = int(read_run_checkpoint(checkpoint, "diffusion").contents.get("global_step", 0))
+    metrics.update(global_step=step, checkpoint=checkpoint, output_dir=str(out))
     metrics.update({"data/num_train": len(records), "data/skipped": len(skipped)})
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
-    log.info("Diffusion training done at step %d; last checkpoint: %s", trainer.global_step, checkpoint)
+    log.info("Diffusion training done at step %d; last checkpoint: %s", step, checkpoint)
     return metrics

@@ -22,7 +22,7 @@ from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import build_trainer, output_dir, task_wrapper
+from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,9 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     used = {c.name for c in datamodule.train_set.cases}  # skipped pairs are not trained on, nor listed
     sam_cases = [r for r in trained_on if r["name"] in used and r["cohort"] != "synthetic"]
     provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
-    write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
-    write_skipped(output_dir(cfg), datamodule.skipped())
+    if is_rank_zero():  # the run's files, once (the extra ranks of trainer=ddp run this function too)
+        write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
+        write_skipped(output_dir(cfg), datamodule.skipped())
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
 

@@ -69,6 +69,14 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
     return wrapped
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 (always, outside DDP): the one that writes a run's files. The extra ranks of
+    ``trainer=ddp`` run the task too, from its start (Lightning reads the rank from the environment)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def close_wandb() -> None:
     """Finish the active W&B run, if W&B was used at all."""
     import sys
