@@ -14,7 +14,7 @@ from fetalgen.data.provenance import TRAINING_CASES, case_records, write_trainin
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, task_wrapper
+from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, resume_checkpoint, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,7 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
         (out / "skipped.txt").write_text("".join(f"{line}\n" for line in skipped))
         log.warning("%d bad file(s) skipped, listed in %s", len(skipped), out / "skipped.txt")
     trainer, loggers = build_trainer(cfg, "diffusion", {"training_cases": records})
-    if cfg.get("ckpt_path"):
-        read_run_checkpoint(
-            cfg.ckpt_path, "diffusion"
-        )  # safe (weights_only), the right kind, before Lightning
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, "diffusion"))
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt_cb = trainer.checkpoint_callback

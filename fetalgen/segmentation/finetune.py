@@ -22,7 +22,7 @@ from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, task_wrapper
+from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, resume_checkpoint, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(counts)
     if cfg.data.get("synthetic_dir"):
         log_synthetic_set(loggers, Path(cfg.data.synthetic_dir))
-    if cfg.get("ckpt_path"):
-        read_run_checkpoint(
-            cfg.ckpt_path, "finetune"
-        )  # safe (weights_only) and the right kind, before Lightning
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, "finetune"))
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out

@@ -77,6 +77,30 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def resume_checkpoint(cfg: DictConfig, task: str) -> str | None:
+    """The checkpoint a training run resumes from: ``cfg.ckpt_path``, else, by ``cfg.auto_resume``, the run
+    folder's own ``checkpoints/last.ckpt``: ``requeue`` (default) when SLURM restarted the job (a preempted or
+    timed-out job that the launcher requeued runs again in the same folder), ``true`` whenever it is there, ``false``
+    never. The file is checked (:func:`~fetalgen.utils.checkpoints.read_run_checkpoint`) before Lightning reads it.
+    """
+    import os
+
+    from fetalgen.utils.checkpoints import read_run_checkpoint
+
+    path = cfg.get("ckpt_path")
+    own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    mode = cfg.get("auto_resume", "requeue")
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    if path is None and own.is_file() and (mode is True or (mode == "requeue" and requeued)):
+        log.info(
+            "resuming this run's own %s (auto_resume=%s%s)", own, mode, ", a requeued job" if requeued else ""
+        )
+        path = str(own)
+    if path is not None:
+        read_run_checkpoint(path, task)  # safe (weights_only) and the right kind, before Lightning
+    return path
+
+
 def close_wandb() -> None:
     """Finish the active W&B run, if W&B was used at all."""
     import sys

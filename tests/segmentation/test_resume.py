@@ -107,3 +107,21 @@ def test_the_best_checkpoint_and_score_follow_a_resume_into_another_folder(tmp_p
     with pytest.warns(UserWarning, match="dirpath has changed"):
         plain.load_state_dict(state)
     assert plain.best_model_score is None
+
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_from_its_own_last_checkpoint(phantom_dir: Path, tmp_path):
+    # A SLURM job preempted and requeued by the launcher runs the same command in the same folder: with
+    # auto_resume=requeue (the default) it picks up its own last.ckpt and ends as an uninterrupted run.
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "crash_at.py").write_text(CRASH_CALLBACK)
+    assert run_finetune(phantom_dir, tmp_path / "whole") == 0
+    crash = ["+callbacks.crash._target_=crash_at.KillAtStep", "+callbacks.crash.step=5"]
+    job = tmp_path / "job"
+    assert run_finetune(phantom_dir, job, *crash, env=env) == -9
+    assert run_finetune(phantom_dir, job, env=env | {"SLURM_RESTART_COUNT": "1"}) == 0
+    whole, requeued = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "job"))
+    assert requeued["val/dice"] == whole["val/dice"] and requeued["train/steps"] == 9
+    a, b = (trained_weights(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("whole", "job"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "resuming this run's own" in (job / "finetune.log").read_text()
