@@ -46,8 +46,8 @@ format: install
 	$(BIN)/ruff format fetalgen tests experiments
 	$(BIN)/ruff check --fix fetalgen tests experiments
 
-reproduce-paper: install
-	$(BIN)/python experiments/reproduce_paper.py --preset $(PRESET)
+reproduce-paper: install # DRY_RUN=1: the plan and a GPU-hours estimate only
+	$(BIN)/python experiments/reproduce_paper.py --preset $(PRESET) $(if $(DRY_RUN),--dry-run)
 
 bench: install
 	$(BIN)/python experiments/bench/samplers.py

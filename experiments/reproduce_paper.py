@@ -148,12 +148,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="comma-separated extra arms to leave out: matched, reference (default: none)",
     )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hours estimate only")
+    parser.add_argument("--gpu-figures", type=Path, default=Path(__file__).parent / "bench" / "gpu.json",
+                        help="gpu.py --out figures for the estimate")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def dry_run(args: argparse.Namespace, preset: Preset) -> None:
+    """Print the plan of ``preset`` as every cohort and test set were present and every N_real fit the pool."""
+    from plan import format_plan, plan
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(preset.seeds)
+    arms = args.arms.split(",") if args.arms else list(preset.arms)
+    skip = set(filter(None, args.skip.split(",")))
+    matched = [] if "matched" in skip else list(preset.matched_num_real)
+    matched_seeds = [s for s in (preset.matched_seeds or seeds) if s in seeds]
+    cohorts = ["hc18", "spanish"] if args.preset == "paper" else ["hc18"]
+    test_sets = ["spanish", "african"] if args.preset == "paper" else []
+    print(f"reproduce-paper {args.preset}: cohorts {', '.join(cohorts)}, N_real {list(preset.num_real)}, arms "
+          f"{arms}, seeds {seeds} (as if every cohort were present and every N_real fit the pool)")  # fmt: skip
+    work = plan(preset, list(preset.num_real), seeds, arms, matched, matched_seeds, "reference" not in skip,
+                cohorts, test_sets)  # fmt: skip
+    print(format_plan(work, args.gpu_figures))
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.dry_run:
+        dry_run(args, preset)
+        return Path()
     out = (args.out or Path(f"outputs/reproduce-paper-{args.preset}")).resolve()
     paths = resolved_paths()
     data_dir = paths["data_dir"].resolve()

@@ -159,7 +159,8 @@ def check_trainer(trainer: pl.Trainer, callbacks: list[Callback], requested_prec
     precision = str(requested_precision if requested_precision is not None else trainer.precision)
     if isinstance(trainer.accelerator, CPUAccelerator) and precision.startswith("16"):
         raise ValueError(
-            f"trainer.precision={precision} needs a GPU; on a CPU use trainer.precision=bf16-mixed or 32"
+            f"trainer.precision={precision} needs a GPU (float16 autocast with Lightning's gradient scaler runs on CUDA "
+            "only); on a CPU use trainer.precision=bf16-mixed or 32"
         )
     for cb in callbacks:
         folder = getattr(cb, "dirpath", None)

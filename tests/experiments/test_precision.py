@@ -46,5 +46,8 @@ def test_mixed_precision_on_gpu(compose_cfg, phantom_dir: Path, precision: str) 
 
 
 def test_fp16_on_a_cpu_is_refused_before_training(compose_cfg, phantom_dir: Path) -> None:
-    with pytest.raises(ValueError, match="trainer.precision=16-mixed needs a GPU"):
+    with pytest.raises(ValueError, match="trainer.precision=16-mixed needs a GPU .*gradient scaler"):
         finetune(compose_cfg("finetune", [*_sam(phantom_dir), "trainer.precision=16-mixed"]))
+    with pytest.raises(ValueError, match="trainer.precision=16-mixed needs a GPU"):
+        train_diffusion(compose_cfg("train_diffusion", [*DIFFUSION, "trainer.precision=16-mixed"]))
+    assert not list(Path(compose_cfg("train_diffusion", DIFFUSION).paths.output_dir).rglob("*.ckpt"))
