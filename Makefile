@@ -15,7 +15,7 @@ endif
 endif
 PRESET ?= cpu
 
-.PHONY: install test demo data weights lint format reproduce-paper bench clean show-data
+.PHONY: install test demo data weights lint format reproduce-paper bench gpu-check clean show-data
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,9 @@ reproduce-paper: install # DRY_RUN=1: the plan and a GPU-hours estimate only
 bench: install
 	$(BIN)/python experiments/bench/samplers.py
 	$(BIN)/python experiments/bench/sam_cache.py
+
+gpu-check: install # the first GPU machine: gpu.py, then both tasks for 20 steps (bf16-mixed, DDP over every GPU)
+	$(BIN)/python experiments/bench/gpu_check.py
 
 show-data: # where the tests and scripts will look for HC18 (empty: not found, they skip)
 	@echo "FETALGEN_HC18_DIR=$$FETALGEN_HC18_DIR"

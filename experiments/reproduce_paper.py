@@ -54,6 +54,8 @@ class Preset:
     finetune: tuple[str, ...] = ()
     arms: tuple[str, ...] = ARMS
     logger: str = "wandb"
+    reference: bool = True  # the label-budget reference arm
+    use_the_model: bool = False  # then export the first run's best checkpoint and predict with it
 
 
 PAPER_LISTS = "${paths.paper_lists_dir}"
@@ -68,6 +70,21 @@ PRESETS = {
         "cpu", (5, 20, 50), (0, 1, 2), 120, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
         matched_num_real=(5, 20), matched_seeds=(0,), arms=("real", "synthetic"),
         sample=("fidelity/features=sam_tiny",),  # no SAM weights here; ViT-B takes seconds per image on a CPU
+    ),
+    # PRESET=paper rehearsed on a CPU with random weights: the paper's lists, 256 px UNet, ViT-B at 1024 px with
+    # the embedding cache, evaluation, export and predict, each for 1-2 optimizer steps on 2-4 images.
+    "paper-rehearsal": Preset(
+        "paper", (2,), (0,), 2, 2, needs_weights=False,
+        split=("num_val=2", "num_test=2", f"pool_list={PAPER_LISTS}/HC18_data_500.list", "pool_missing=skip"),
+        arms=("synthetic",), logger="csv", reference=False, use_the_model=True,
+        diffusion=("trainer=cpu", "trainer.max_steps=1", "trainer.val_check_interval=1", "data.num_real=3",
+                   "data.num_val=2", "data.batch_size=2", "data.num_workers=0",
+                   "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.sample_grid.every_n_steps=0",
+                   "callbacks.sample_grid.n=1", "callbacks.sample_grid.steps=1"),
+        sample=("device=cpu", "batch_size=2", "fidelity/features=sam_tiny", "fidelity.segmenter_steps=2"),
+        finetune=("trainer=cpu", "trainer.max_steps=2", "trainer.val_check_interval=2", "model.sam.checkpoint=null",
+                  "data.num_val=2", "data.num_test=2", "data.batch_size=2", "data.num_workers=0",
+                  "eval.repetitions=1", "eval.more_prompt_modes=[auto]", "eval.figure=false"),
     ),
     # A shrunken run of every step for the tests (minutes): few steps, one N_real, no W&B.
     "smoke": Preset(
@@ -86,6 +103,12 @@ SPANISH_SPLIT = {
     "paper": ("num_val=50", "num_test=0", f"pool_list={PAPER_LISTS}/ES_data_500.list", "pool_missing=skip"),
     "cpu": ("num_val=20", "num_test=0"),
     "smoke": ("num_val=4", "num_test=0"),
+    "paper-rehearsal": (
+        "num_val=2",
+        "num_test=0",
+        f"pool_list={PAPER_LISTS}/ES_data_500.list",
+        "pool_missing=skip",
+    ),
 }
 
 
@@ -170,6 +193,23 @@ def dry_run(args: argparse.Namespace, preset: Preset) -> None:
     work = plan(preset, list(preset.num_real), seeds, arms, matched, matched_seeds, "reference" not in skip,
                 cohorts, test_sets)  # fmt: skip
     print(format_plan(work, args.gpu_figures))
+
+
+def use_the_model(out: Path, split: Path, hc18: Path, logs: Path, common: list[str]) -> None:
+    """Export the first run's best checkpoint and predict two of the split's test images with it."""
+    best = sorted((out / "sweep").rglob("best_*.ckpt"))[0]
+    run_step("use the model: export it", "fetalgen-export",
+             [f"ckpt_path={best}", f"out={out / 'export'}", f"hydra.run.dir={out / 'export-run'}", *common], logs)  # fmt: skip
+    images = out / "predict-input"
+    images.mkdir(parents=True, exist_ok=True)
+    names = (split / "test.txt").read_text().split()[:2]
+    for name in names:  # links to the data, nothing copied
+        link = images / f"{name}.png"
+        if not link.exists():
+            link.symlink_to(hc18 / "training_set" / f"{name}.png")
+    run_step("use the model: predict", "fetalgen-predict",
+             [f"ckpt_path={best}", f"images.root={images}", "device=cpu", f"hydra.run.dir={out / 'predict'}",
+              "progress=false", *common], logs)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -263,7 +303,7 @@ def main(argv: list[str] | None = None) -> Path:
             "arm=matched", f"seed={','.join(map(str, matched_seeds))}",
             f"data.synthetic_dir={out / 'synthetic-matched'}/n${{data.num_real}}_seed${{seed}}",
         ]))  # fmt: skip
-    if "reference" not in skip:
+    if "reference" not in skip and preset.reference:
         names = [r["name"] for r in read_training_cases(out / "diffusion" / TRAINING_CASES)]
         reference = restrict_pool(splits["hc18"], names, out / "split" / "hc18-reference")
         sweeps.append(("hc18/reference", [
@@ -283,6 +323,8 @@ def main(argv: list[str] | None = None) -> Path:
         except StepFailed as err:  # a failed job does not stop the others; the results list it
             failed_sweeps.append(name)
             print(f"    some runs failed: {str(err).splitlines()[0]}", flush=True)
+    if preset.use_the_model:
+        use_the_model(out, splits["hc18"], found.hc18, logs, common)
     print("==> 5/5 results", flush=True)
     report = write_paper_results(out / "sweep", args.results)
     sets = [synthetic, *sorted((out / "synthetic-matched").glob("*"))]

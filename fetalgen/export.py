@@ -140,7 +140,11 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
                   "The weights are the EMA weights.", "", "## Data", "", "Labelled real pairs it trained on:"]  # fmt: skip
         lines += describe_cases(provenance.get("training_cases"))
     metrics = run_metrics(ckpt_path)
-    shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "labels/", "data/num"))}
+    shown = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith(("val/", "test/", "labels/", "data/num")) and isinstance(v, (int, float))
+    }  # fmt: skip  (a null: a figure that was NaN, see null_reasons)
     lines += ["", "## Measured", ""]
     if shown:
         lines += ["| metric | value |", "|---|---|"] + [

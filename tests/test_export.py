@@ -141,3 +141,15 @@ def test_an_export_into_a_non_empty_folder_is_refused(compose_cfg, tmp_path: Pat
     with pytest.raises(FileExistsError, match="out is not empty"):
         export(compose_cfg("export", [f"ckpt_path={ckpt}", f"out={tmp_path / 'out'}"]))
     assert (tmp_path / "out" / "sam_vit_b.pth").read_bytes() == b"an earlier export"
+
+
+def test_the_model_card_reads_a_metrics_file_with_nulls(compose_cfg, tmp_path: Path):
+    from fetalgen.utils.files import write_json
+
+    module = SamFinetuneModule(build_sam("tiny", image_size=64, seed=0), optimizer=partial(torch.optim.AdamW))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ckpt = finetune_checkpoint(module, tmp_path / "run" / "checkpoints" / "best.ckpt", "tiny", 64)
+    write_json(tmp_path / "run" / "metrics.json", {"val/dice": 0.5, "test/hc18/hd95_mm": float("nan")})
+    result = export(compose_cfg("export", [f"ckpt_path={ckpt}", f"out={tmp_path / 'out'}"]))
+    card = Path(result["card"]).read_text()
+    assert "| val/dice | 0.5 |" in card and "hd95" not in card

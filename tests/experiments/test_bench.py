@@ -64,3 +64,21 @@ def test_sam_cache_benchmark_prints_its_ratios_side_by_side() -> None:
                  "images/s batched", "two-way transformer", "output upscaling", "minor page faults",
                  "batched vs looped, freed memory kept"):  # fmt: skip
         assert line in done.stdout, done.stdout[-2000:]
+
+
+def test_gpu_check_without_cuda_says_so_and_its_tasks_run_as_a_cpu_rehearsal(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    check = GPU.parent / "gpu_check.py"
+    if not torch.cuda.is_available():
+        done = subprocess.run([sys.executable, str(check)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "no CUDA device" in done.stdout
+    out = tmp_path / "check.json"
+    done = subprocess.run([sys.executable, str(check), "--cpu-rehearsal", "--steps", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["ok"] for r in result["tasks"]] == [True, True] and "trainer=ddp" in result["trainer"]
+    assert result["tasks"][0]["global_step"] == 2 and result["tasks"][1]["train/steps"] == 2

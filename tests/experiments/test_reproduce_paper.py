@@ -87,3 +87,32 @@ def _assert_no_overlap(out: Path) -> None:
     matched_sam = read_training_cases(next((out / "sweep" / "hc18" / "matched").glob("*/training_cases.csv")))
     matched_gen = read_training_cases(out / "diffusion-matched" / "n3_seed0" / "training_cases.csv")
     assert [r["name"] for r in matched_sam] == [r["name"] for r in matched_gen]  # the same labels
+
+
+@pytest.mark.slow
+@pytest.mark.hc18
+def test_the_paper_preset_rehearsed_step_by_step_on_a_cpu(hc18_dir: Path, tmp_path: Path) -> None:
+    # PRESET=paper's configs (the paper's lists, the 256 px UNet, SAM ViT-B at 1024 px with the cache), random
+    # weights, 1-2 optimizer steps on 2-4 images: a shape, dtype or memory error shows here, not on a GPU.
+    env = {"FETALGEN_HC18_DIR": str(hc18_dir), "FETALGEN_SPANISH_DIR": str(tmp_path / "absent"),
+           "FETALGEN_AFRICAN_DIR": str(tmp_path / "absent")}  # fmt: skip
+    out = tmp_path / "out"
+    done = _run(
+        tmp_path, env, "--preset", "paper-rehearsal", "--out", str(out), "--results", str(tmp_path / "r")
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    pool = read_case_list(out / "split" / "hc18" / "train.txt")
+    paper = read_case_list(
+        Path(__file__).parents[2] / "fetalgen" / "data" / "lists" / "paper" / "HC18_data_500.list"
+    )
+    assert set(pool) <= set(paper)  # the paper's pool list
+    generator = json.loads((out / "diffusion" / "metrics.json").read_text())
+    assert generator["global_step"] == 1 and generator["data/num_train"] == 3
+    (run,) = (out / "sweep").rglob("metrics.json")
+    metrics = json.loads(run.read_text())
+    assert metrics["train/steps"] == 2 and 0 <= metrics["test/hc18/dice"] <= 1
+    config = (run.parent / ".hydra" / "config.yaml").read_text()
+    assert "model_type: vit_b" in config and "image_size: 1024" in config and "image_size: 256" in config
+    assert next((out / "export").glob("sam_vit_b.pth")).stat().st_size > 100e6  # ViT-B
+    rows = pd.read_csv(out / "predict" / "measurements.csv")
+    assert len(rows) == 2 and (rows["prompt"] == "auto").all()
