@@ -118,3 +118,25 @@ def test_an_unknown_sample_grid_sampler_fails_before_training(compose_cfg) -> No
     )
     with pytest.raises(Exception, match="unknown sampler 'euler'"):
         train_diffusion(cfg)
+
+
+def test_skipped_pairs_are_recorded_by_the_generator_run_too(compose_cfg, phantom_dir, tmp_path):
+    import shutil
+
+    from fetalgen.data.provenance import read_training_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    broken = sorted((data / "masks").iterdir())[0]
+    broken.write_bytes(b"not a png")
+    cfg = compose_cfg("train_diffusion", ["model=diffusion/tiny", "data=folder", f"data.source.root={data}",
+                                          "data.on_bad_pair=skip", "data.num_real=20", "data.num_val=4",
+                                          "data.batch_size=4", "trainer.max_steps=1", "trainer.val_check_interval=1",
+                                          "logger=none", "callbacks.sample_grid.every_n_steps=0",
+                                          "callbacks.sample_grid.n=2", "callbacks.sample_grid.steps=2"])  # fmt: skip
+    with pytest.warns(UserWarning, match="skipped 1 bad file"):
+        metrics = train_diffusion(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert metrics["data/skipped"] == 1 and broken.name in (out / "skipped.txt").read_text()
+    listed = {r["name"] for r in read_training_cases(out / "training_cases.csv")}
+    assert broken.stem not in listed and len(listed) == metrics["data/num_train"]
