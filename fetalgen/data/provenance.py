@@ -107,13 +107,16 @@ class UnverifiedSetError(DataError):
     """A synthetic set whose provenance is missing or does not match its files."""
 
 
-def write_synthetic_provenance(root: str | Path, generator: Mapping[str, Any], records: list[Record]) -> Path:
-    """``<root>/provenance.json``: the generator (checkpoint, hash, step), the cases it was trained on and the
-    hash of the set's final ``manifest.jsonl``; written once the set is complete (and judged)."""
+def write_synthetic_provenance(
+    root: str | Path, generator: Mapping[str, Any], records: list[Record], shape_prior: dict | None = None
+) -> Path:
+    """``<root>/provenance.json``: the generator (checkpoint, hash, step), the cases it was trained on, the head-shape
+    prior its masks were drawn from (mask-conditioned sets), and the hash of the set's final ``manifest.jsonl``;
+    written once the set is complete (and judged)."""
     root = Path(root)
     manifest = root / "manifest.jsonl"
     return write_json(root / PROVENANCE, {"generator": dict(generator), "training_cases": records,
-                                          "manifest_sha256": sha256_file(manifest)})  # fmt: skip
+                                          "shape_prior": shape_prior, "manifest_sha256": sha256_file(manifest)})  # fmt: skip
 
 
 def read_synthetic_provenance(root: str | Path, allow_unverified: bool = False) -> dict[str, Any] | None:

@@ -77,6 +77,7 @@ def load_generator(
         "class_key": extra["class_key"],
         "ema": ema_loaded,
         "training_cases": (record.provenance or {}).get("training_cases"),
+        "shape_prior": (record.provenance or {}).get("shape_prior"),
         "sha256": sha256_file(path),
         "path": str(path.resolve()),
     }

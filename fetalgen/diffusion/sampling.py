@@ -230,26 +230,6 @@ def head_mask_for_hc(
     return ellipse_mask(e, (size, size))
 
 
-def random_head_mask(
-    size: int,
-    rng: np.random.Generator,
-    semi_major: tuple[float, float] = (0.2, 0.35),
-    axis_ratio: tuple[float, float] = (0.7, 0.9),
-    center_jitter: float = 0.1,
-    angle_deg: tuple[float, float] = (-30.0, 30.0),
-) -> np.ndarray:
-    """A head mask with size, shape, position and angle drawn uniformly from the given ranges.
-
-    Ranges with equal ends fix a value (e.g. ``semi_major=(0.3, 0.3)`` for heads of one size). The centre is
-    the image centre shifted by up to ``center_jitter`` x size in x and y. Returns bool [size, size].
-    """
-    a = rng.uniform(*semi_major)
-    r = rng.uniform(*axis_ratio)
-    cx, cy = 0.5 + rng.uniform(-center_jitter, center_jitter, size=2)
-    angle = rng.uniform(*angle_deg)
-    return head_mask(size, a, r, (float(cx), float(cy)), angle)
-
-
 def masks_to_tensor(masks: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack bool HxW masks into float [B,1,H,W] in {0, 1}."""
     return torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))[:, None]

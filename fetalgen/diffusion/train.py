@@ -7,16 +7,28 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
 from fetalgen.diffusion.module import JointDiffusionModule
+from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, resume_checkpoint, task_wrapper
 
 log = logging.getLogger(__name__)
+
+
+def fit_shape_prior(masks: list) -> dict[str, Any] | None:
+    """The head-shape prior of the training masks (:class:`~fetalgen.diffusion.shape_prior.ShapePrior`), recorded
+    in every checkpoint for mask-conditioned sampling; None (with a warning) when it cannot be fitted."""
+    try:
+        return ShapePrior.fit([np.asarray(m) > 0 for m in masks]).to_dict()
+    except ValueError as err:
+        log.warning("no head-shape prior recorded: %s", err)
+        return None
 
 
 @task_wrapper
@@ -50,7 +62,8 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     if skipped and is_rank_zero():
         (out / "skipped.txt").write_text("".join(f"{line}\n" for line in skipped))
         log.warning("%d bad file(s) skipped, listed in %s", len(skipped), out / "skipped.txt")
-    trainer, loggers = build_trainer(cfg, "diffusion", {"training_cases": records})
+    prior = fit_shape_prior(datamodule.train_set.masks)
+    trainer, loggers = build_trainer(cfg, "diffusion", {"training_cases": records, "shape_prior": prior})
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, "diffusion"))
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}

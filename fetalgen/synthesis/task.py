@@ -23,6 +23,7 @@ from fetalgen.data.cases import DataError
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import record_case, write_synthetic_provenance
 from fetalgen.diffusion.checkpoint import load_generator
+from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
 from fetalgen.utils.task import resolve_device, task_wrapper
 
@@ -90,6 +91,18 @@ def build_judge(
     return judge
 
 
+def shape_prior(cfg: DictConfig, meta: dict[str, Any], reference: TrainReference) -> dict[str, Any]:
+    """The head-shape prior mask_conditioned mode draws from: the one the checkpoint records, else one fitted to the
+    generator's training masks (the memorisation reference)."""
+    if meta.get("shape_prior"):
+        return meta["shape_prior"]
+    if reference.masks is None or len(reference.masks) < 2:
+        raise DataError(meta["path"], "records no shape prior and lists no training masks to fit one to "
+                                      "(mask_conditioned mode needs one; memorisation.enabled=true reads them)")  # fmt: skip
+    log.info("fitting the head-shape prior to the %d training masks", len(reference.masks))
+    return ShapePrior.fit(reference.masks).to_dict()
+
+
 @task_wrapper
 def synthesize(cfg: DictConfig) -> dict[str, Any]:
     """Load the checkpoint; write ``cfg.n`` pairs into ``cfg.out``, judge them, summarise and seal (module doc).
@@ -100,6 +113,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
     size = int(unet.config.sample_size)
+    reference = train_reference(cfg, meta, size)
     spec = SynthesisSpec(
         sampler=cfg.sampler,
         steps=cfg.steps,
@@ -109,9 +123,8 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         guidance_scale=float(cfg.guidance_scale),
         batch_size=int(cfg.batch_size),
         mask_threshold=float(cfg.mask_threshold),
-        heads=OmegaConf.to_container(cfg.heads, resolve=True),
+        shape_prior=shape_prior(cfg, meta, reference) if cfg.mode == "mask_conditioned" else None,
     )
-    reference = train_reference(cfg, meta, size)
     judge = build_judge(
         cfg, reference, size, device
     )  # before sampling: a missing feature checkpoint fails now
@@ -138,7 +151,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     if meta.get("training_cases") is None:
         log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
     else:
-        write_synthetic_provenance(cfg.out, generator, meta["training_cases"])
+        write_synthetic_provenance(cfg.out, generator, meta["training_cases"], shape_prior=spec.shape_prior)
     from fetalgen.metrics.fidelity import summary_row
 
     return {

@@ -33,9 +33,9 @@ from fetalgen.diffusion.postprocess import clean_mask
 from fetalgen.diffusion.sampling import (
     make_sampler,
     masks_to_tensor,
-    random_head_mask,
     sample_pairs,
 )
+from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
 from fetalgen.synthesis.verdict import qc_verdict
@@ -61,14 +61,15 @@ class SynthesisSpec:
         sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
         steps: sampling steps (None: the sampler's default).
         seed: base seed; pair ``i`` uses ``derive_seed(seed, i)``.
-        mode: ``joint`` (image and mask generated together) or ``mask_conditioned`` (image generated for a
-            random elliptical head mask drawn from ``heads``).
+        mode: ``joint`` (image and mask generated together) or ``mask_conditioned`` (image generated for a head
+            mask drawn from ``shape_prior``).
         class_label: ``"balanced"`` (cycle over the classes of a class-conditional model; null class for an
             unconditional one), ``None`` (null class) or a class index.
         guidance_scale: classifier-free guidance scale (1.0: none).
         batch_size: pairs per forward pass (also the block size of the deterministic batching).
         mask_threshold: threshold of the decoded mask channel in [-1, 1].
-        heads: ``random_head_mask`` ranges for ``mask_conditioned`` mode.
+        shape_prior: the head-shape prior of the generator's training masks (``ShapePrior.to_dict``), from which
+            ``mask_conditioned`` mode draws its masks; recorded with the set.
     """
 
     sampler: str = "sde-dpmsolver++"
@@ -79,7 +80,7 @@ class SynthesisSpec:
     guidance_scale: float = 1.0
     batch_size: int = 16
     mask_threshold: float = 0.0
-    heads: dict[str, Any] = field(default_factory=dict)
+    shape_prior: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -89,6 +90,10 @@ class SynthesisSpec:
         if isinstance(self.class_label, str) and self.class_label != "balanced":
             raise ValueError(
                 f"class_label must be 'balanced', null or a class index, got {self.class_label!r}"
+            )
+        if self.mode == "mask_conditioned" and self.shape_prior is None:
+            raise ValueError(
+                "mask_conditioned mode draws its masks from a shape prior of the training masks: none"
             )
 
     def label_of(self, index: int, num_classes: int) -> int | None:
@@ -101,9 +106,7 @@ class SynthesisSpec:
 
     def mask_of(self, index: int, size: int) -> np.ndarray:
         """The given head mask of pair ``index`` in ``mask_conditioned`` mode (bool [size, size])."""
-        rng = seeded_rng(self.seed, index)
-        heads = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in self.heads.items()}
-        return random_head_mask(size, rng, **heads)
+        return ShapePrior.from_dict(self.shape_prior).mask(seeded_rng(self.seed, index), size)
 
 
 @dataclass

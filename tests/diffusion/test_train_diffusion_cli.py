@@ -140,3 +140,16 @@ def test_skipped_pairs_are_recorded_by_the_generator_run_too(compose_cfg, phanto
     assert metrics["data/skipped"] == 1 and broken.name in (out / "skipped.txt").read_text()
     listed = {r["name"] for r in read_training_cases(out / "training_cases.csv")}
     assert broken.stem not in listed and len(listed) == metrics["data/num_train"]
+
+
+def test_the_shape_prior_travels_from_the_training_masks_to_the_set(compose_cfg, tmp_path):
+    import torch
+
+    metrics = train_diffusion(compose_cfg("train_diffusion", [*TINY, "logger=none"]))
+    recorded = torch.load(metrics["checkpoint"], weights_only=True)["fetalgen_provenance"]["shape_prior"]
+    assert recorded["n"] == 8 and len(recorded["mean"]) == 6  # the 8 training masks
+    out = tmp_path / "conditioned"
+    synthesize(compose_cfg("sample", [f"ckpt_path={metrics['checkpoint']}", "n=2", "steps=2", f"out={out}",
+                                      "mode=mask_conditioned", "progress=false", "fidelity.enabled=false"]))  # fmt: skip
+    assert json.loads((out / "provenance.json").read_text())["shape_prior"] == recorded
+    assert json.loads((out / "summary.json").read_text())["settings"]["shape_prior"] == recorded

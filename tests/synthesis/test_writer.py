@@ -16,6 +16,8 @@ import fetalgen.utils.files as files
 from fetalgen.cli import CONFIG_DIR
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, read_manifest, read_synthetic
+from fetalgen.diffusion.sampling import head_mask
+from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.synthesis.writer import (
     SynthesisSpec,
     TrainReference,
@@ -160,15 +162,11 @@ def test_batch_size_does_not_change_the_pairs_beyond_rounding(generator, referen
         assert np.abs(a - b).max() <= 1
 
 
-def test_mask_conditioned_mode_writes_the_requested_masks(generator, tmp_path):
-    heads = {
-        "semi_major": [0.25, 0.3],
-        "axis_ratio": [0.75, 0.85],
-        "center_jitter": 0.05,
-        "angle_deg": [-20, 20],
-    }
+def test_mask_conditioned_mode_writes_masks_drawn_from_the_shape_prior(generator, tmp_path):
+    training = [head_mask(32, a, 0.8, (0.5, 0.5), 10.0) for a in (0.25, 0.27, 0.3)]
+    prior = ShapePrior.fit(training).to_dict()
     spec = SynthesisSpec(
-        sampler="dpmsolver++", steps=4, seed=1, mode="mask_conditioned", batch_size=4, heads=heads
+        sampler="dpmsolver++", steps=4, seed=1, mode="mask_conditioned", batch_size=4, shape_prior=prior
     )
     summary = run(generator, tmp_path, 3, spec=spec)
     for e in read_manifest(tmp_path):
@@ -176,7 +174,9 @@ def test_mask_conditioned_mode_writes_the_requested_masks(generator, tmp_path):
         mask = cv2.imread(str(tmp_path / e.mask), cv2.IMREAD_UNCHANGED) > 0
         assert np.array_equal(mask, spec.mask_of(e.index, 32))
         assert e.qc_pass and e.qc["ellipse_iou"] > 0.9
-    assert summary["qc_pass_rate"] == 1.0
+    assert summary["qc_pass_rate"] == 1.0 and summary["settings"]["shape_prior"] == prior
+    with pytest.raises(ValueError, match="mask_conditioned mode draws its masks from a shape prior"):
+        SynthesisSpec(mode="mask_conditioned")
 
 
 def test_class_labels_balanced_over_the_classes(tmp_path):
