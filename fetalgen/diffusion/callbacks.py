@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from fetalgen.diffusion.channels import unpack
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.diffusion.postprocess import clean_mask
-from fetalgen.diffusion.sampling import SAMPLERS
+from fetalgen.diffusion.sampling import SAMPLERS, masks_to_tensor
 from fetalgen.report.figures import pair_grid
 from fetalgen.utils.files import write_png
 
@@ -23,7 +24,8 @@ class SampleGridCallback(pl.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training), sample pairs with the EMA weights.
 
     The samples use a fixed seed (the same noise every time, so grids are comparable across steps); class
-    labels cycle over the classes for a class-conditional model. The grid goes to every logger that takes
+    labels cycle over the classes for a class-conditional model; a mask-conditioned generator draws its images
+    for the first ``n`` training masks. The grid goes to every logger that takes
     images (W&B ``log_image``, TensorBoard ``add_image``) and to ``<dirpath>/step_XXXXXX.png``.
 
     Args:
@@ -61,10 +63,11 @@ class SampleGridCallback(pl.Callback):
         self.key = key
         self.last_step: int | None = None
 
-    def make_grid(self, pl_module: JointDiffusionModule) -> np.ndarray:
-        """Sample ``n`` pairs with the module's EMA weights and return the RGB grid."""
+    def make_grid(self, pl_module: JointDiffusionModule, masks: torch.Tensor | None = None) -> np.ndarray:
+        """Sample ``n`` pairs with the module's EMA weights (for ``masks`` [n,1,S,S], a mask-conditioned
+        generator) and return the RGB grid."""
         labels = [i % pl_module.num_classes for i in range(self.n)] if pl_module.num_classes else None
-        x = pl_module.sample(self.n, self.seed, self.sampler, self.steps, labels, self.guidance_scale)
+        x = pl_module.sample(self.n, self.seed, self.sampler, self.steps, labels, self.guidance_scale, masks)
         images, channels = unpack(x.float().cpu())
         masks = np.stack([clean_mask(c[0].numpy()) for c in channels])
         return pair_grid(images[:, 0].numpy(), masks)
@@ -75,7 +78,11 @@ class SampleGridCallback(pl.Callback):
         if self.last_step == step or not trainer.is_global_zero:
             return None
         self.last_step = step
-        grid = self.make_grid(pl_module)
+        masks = None
+        if pl_module.generator_kind == "mask_conditioned":
+            train = trainer.datamodule.train_set.masks
+            masks = masks_to_tensor([np.asarray(train[i % len(train)]) > 0 for i in range(self.n)])
+        grid = self.make_grid(pl_module, masks)
         path = write_png(self.dirpath / f"step_{step:06d}.png", grid)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

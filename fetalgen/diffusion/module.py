@@ -1,4 +1,5 @@
-"""LightningModule for the joint two-channel (image, mask) diffusion model.
+"""LightningModules of the generators: the joint two-channel (image, mask) diffusion model, and the image model
+conditioned on a mask (:class:`MaskConditionedDiffusionModule`).
 
 Training follows diffusers' ``train_unconditional.py``: draw noise and timesteps, ``noise_scheduler.add_noise``,
 regress the target given by ``prediction_type`` (the noise for ``epsilon``, ``get_velocity`` for
@@ -37,6 +38,8 @@ def check_prediction_type(prediction_type: str) -> str:
 
 
 class JointDiffusionModule(LightningModule):
+    generator_kind = "joint"  # recorded in the checkpoint; the UNet's channels tell the kind as well
+
     """DDPM training of a ``UNet2DModel`` over [B,2,S,S] (image, mask) in [-1, 1], optionally class-conditional.
 
     Logs ``train/loss`` every step and ``val/loss`` on the validation split, computed with the EMA weights and
@@ -71,10 +74,7 @@ class JointDiffusionModule(LightningModule):
         val_seed: int = 0,
     ) -> None:
         super().__init__()
-        if unet.config.in_channels != 2 or unet.config.out_channels != 2:
-            raise ValueError(
-                "the joint model needs a UNet with in_channels=2 and out_channels=2 (image, mask)"
-            )
+        self.check_channels(unet)
         if unet.config.num_class_embeds is not None and unet.config.num_class_embeds < 2:
             raise ValueError(
                 "num_class_embeds must be num_classes + 1 >= 2 (the last is the null class), or null"
@@ -97,6 +97,13 @@ class JointDiffusionModule(LightningModule):
         self.class_key = class_key
         self.p_uncond = float(p_uncond)
         self.val_seed = int(val_seed)
+
+    @staticmethod
+    def check_channels(unet: UNet2DModel) -> None:
+        if unet.config.in_channels != 2 or unet.config.out_channels != 2:
+            raise ValueError(
+                "the joint model needs a UNet with in_channels=2 and out_channels=2 (image, mask)"
+            )
 
     # ----------------------------------------------------------------------------------------- conditioning
     @property
@@ -253,6 +260,7 @@ class JointDiffusionModule(LightningModule):
             "image_size": self.image_size,
             "class_key": self.class_key,
             "num_classes": self.num_classes,
+            "generator": self.generator_kind,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -263,3 +271,59 @@ class JointDiffusionModule(LightningModule):
                 )
             self.ema.load_state_dict(checkpoint[EMA_KEY])
             self.ema.to(device=self.device)
+
+
+class MaskConditionedDiffusionModule(JointDiffusionModule):
+    """The image generator conditioned on a head mask: the UNet denoises the image channel with the clean mask as
+    its second input channel, and learns the unconditional image too (the mask replaced by zeros with probability
+    ``p_mask_drop``), for classifier-free guidance over the mask at sampling (:func:`~fetalgen.diffusion.sampling.
+    mask_guided_output`). Scheduler, EMA, validation, sampling loop and checkpoint contract: the joint model's.
+
+    Args:
+        unet: ``UNet2DModel`` with ``in_channels=2`` (noisy image, clean mask) and ``out_channels=1`` (the image's
+            target: noise, velocity or sample, by the scheduler's ``prediction_type``).
+        p_mask_drop: probability of training a sample without its mask (the unconditional branch).
+        **kwargs: as :class:`JointDiffusionModule`.
+    """
+
+    generator_kind = "mask_conditioned"
+
+    def __init__(self, unet: UNet2DModel, *args: Any, p_mask_drop: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(unet, *args, **kwargs)
+        if not 0.0 <= p_mask_drop < 1.0:
+            raise ValueError(f"p_mask_drop must be in [0, 1), got {p_mask_drop}")
+        self.p_mask_drop = float(p_mask_drop)
+
+    @staticmethod
+    def check_channels(unet: UNet2DModel) -> None:
+        if unet.config.in_channels != 2 or unet.config.out_channels != 1:
+            raise ValueError(
+                "the mask-conditioned model needs a UNet with in_channels=2 (noisy image, mask) and out_channels=1"
+            )
+
+    def diffusion_loss(
+        self,
+        batch: dict[str, Any],
+        drop_labels: bool,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """MSE between the UNet output for the noised image given its mask and the image's target (the
+        module doc); ``drop_labels`` also drops masks (training only)."""
+        image, mask = pack(batch["image"], batch["mask"]).split(1, dim=1)
+        b = image.shape[0]
+        num_t = int(self.noise_scheduler.config.num_train_timesteps)
+        if generator is None:
+            noise = torch.randn_like(image)
+            timesteps = torch.randint(0, num_t, (b,), device=self.device)
+            keep = torch.rand(b, device=self.device) >= self.p_mask_drop
+        else:
+            noise = torch.randn(image.shape, generator=generator).to(image)
+            timesteps = torch.randint(0, num_t, (b,), generator=generator).to(self.device)
+            keep = torch.ones(b, dtype=torch.bool, device=self.device)
+        if drop_labels:
+            mask = mask * keep.view(b, 1, 1, 1).to(mask)
+        noisy = self.noise_scheduler.add_noise(image, noise, timesteps)
+        target = self.loss_target(image, noise, timesteps)
+        labels = self.class_labels(batch, drop=drop_labels)
+        pred = self.unet(torch.cat([noisy, mask], dim=1), timesteps, class_labels=labels).sample
+        return F.mse_loss(pred.float(), target.float())

@@ -122,6 +122,31 @@ def guided_output(
     return uncond + guidance_scale * (cond - uncond)
 
 
+def mask_guided_output(
+    unet: UNet2DModel,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor | None,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """A mask-conditioned generator's output for images ``x`` [B,1,H,W] given ``mask`` [B,1,H,W] in [-1, 1];
+    classifier-free guidance over the mask when ``guidance_scale != 1`` (the unconditional branch sees the null
+    mask, zeros, as in training's mask dropout)."""
+    if guidance_scale == 1.0:
+        return unet(torch.cat([x, mask], dim=1), t, class_labels=labels).sample
+    t2 = torch.cat([t, t]) if t.ndim else t
+    both = torch.cat([torch.cat([x, mask], dim=1), torch.cat([x, torch.zeros_like(mask)], dim=1)])
+    out = unet(both, t2, class_labels=None if labels is None else torch.cat([labels, labels])).sample
+    cond, uncond = out.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def is_mask_conditioned(unet: UNet2DModel) -> bool:
+    """Whether ``unet`` is a mask-conditioned generator (image + mask in, image out), not the joint one."""
+    return unet.config.in_channels == 2 and getattr(unet.config, "out_channels", 2) == 1
+
+
 @torch.inference_mode()
 def sample_pairs(
     unet: UNet2DModel,
@@ -143,10 +168,10 @@ def sample_pairs(
         image_size: side S of the square samples (default ``unet.config.sample_size``).
         class_labels: one class index or ``None`` (null class) per sample; ``None`` = all null.
         guidance_scale: classifier-free guidance scale (1.0: none).
-        masks: mask-conditioned mode: given masks [B,1,S,S] in {0, 1}. At every step the mask channel is
-            replaced by the given mask (scaled to [-1, 1]) noised to the current timestep with
-            ``scheduler.add_noise``; after the last step by the clean mask, so the output's mask channel
-            equals the given mask exactly.
+        masks: given masks [B,1,S,S] in {0, 1}. A mask-conditioned generator (:func:`is_mask_conditioned`)
+            denoises the image with the clean mask as its second input (guidance over the mask); the joint model
+            replaces its mask channel at every step by the given mask (scaled to [-1, 1]) noised to the current
+            timestep with ``scheduler.add_noise``. Either way the output's mask channel is the given mask.
 
     Returns:
         float [B,2,S,S]: channel 0 image, channel 1 mask, nominally in [-1, 1] (see ``channels.unpack``).
@@ -157,7 +182,11 @@ def sample_pairs(
     gens = generators(seeds)
     labels = class_label_tensor(unet, class_labels, batch, device)
     dtype = next(unet.parameters()).dtype
-    x = randn_tensor((batch, unet.config.in_channels, size, size), generator=gens, device=device, dtype=dtype)
+    conditioned = is_mask_conditioned(unet)
+    if conditioned and masks is None:
+        raise ValueError("a mask-conditioned generator needs the masks to draw images for")
+    channels = 1 if conditioned else unet.config.in_channels
+    x = randn_tensor((batch, channels, size, size), generator=gens, device=device, dtype=dtype)
     known = None
     if masks is not None:
         if masks.shape != (batch, 1, size, size):
@@ -165,14 +194,19 @@ def sample_pairs(
         known = to_signed(masks.to(device=device, dtype=dtype))
     scheduler.set_timesteps(steps, device=device)
     for t in scheduler.timesteps:
-        if known is not None:
+        if known is not None and not conditioned:
             noise = randn_tensor(known.shape, generator=gens, device=device, dtype=dtype)
             x[:, MASK_CHANNEL : MASK_CHANNEL + 1] = scheduler.add_noise(
                 known, noise, t.reshape(1).expand(batch)
             )
         model_input = scheduler.scale_model_input(x, t)
-        out = guided_output(unet, model_input, t, labels, guidance_scale)
+        if conditioned:
+            out = mask_guided_output(unet, model_input, known, t, labels, guidance_scale)
+        else:
+            out = guided_output(unet, model_input, t, labels, guidance_scale)
         x = scheduler.step(out, t, x, generator=gens).prev_sample
+    if conditioned:
+        return torch.cat([x, known], dim=1)
     if known is not None:
         x[:, MASK_CHANNEL : MASK_CHANNEL + 1] = known
     return x

@@ -23,6 +23,7 @@ from fetalgen.data.cases import DataError
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import record_case, write_synthetic_provenance
 from fetalgen.diffusion.checkpoint import load_generator
+from fetalgen.diffusion.sampling import is_mask_conditioned
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
 from fetalgen.utils.task import resolve_device, task_wrapper
@@ -114,6 +115,9 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
     size = int(unet.config.sample_size)
     reference = train_reference(cfg, meta, size)
+    if is_mask_conditioned(unet) and cfg.mode != "mask_conditioned":
+        raise ValueError(f"{cfg.ckpt_path} is a mask-conditioned generator: it draws images for given masks; "
+                         "sample with mode=mask_conditioned")  # fmt: skip
     spec = SynthesisSpec(
         sampler=cfg.sampler,
         steps=cfg.steps,
