@@ -22,10 +22,12 @@ from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.decoder import decode_batch
 from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
-from fetalgen.segmentation.prompts import BOX_MODES, make_box, prompt_boxes
+from fetalgen.segmentation.prompts import BOX_MODES, full_box, make_box, prompt_boxes
 from fetalgen.utils.seeds import seeded_rng
 
 log = logging.getLogger(__name__)
+
+WHOLE_BOX_STREAM = 1  # the key of the stream that picks whole-image training prompts (full_box_share)
 
 
 class SamFinetuneModule(LightningModule):
@@ -43,6 +45,8 @@ class SamFinetuneModule(LightningModule):
             evaluation box of its image (``prompts.prompt_boxes``), so ``val/dice`` is comparable across
             validations. Testing is ``fetalgen.segmentation.evaluate``'s job (with the box-ellipse baseline).
         max_jitter_px, jitter_ref_size: jitter of each box side, 0..max px measured at ``jitter_ref_size``.
+        full_box_share: the share of training prompts that are the whole-image box instead (the task the
+            automatic prompt poses in its first round; 0: none, every arm trained as the paper does).
         cache: an :class:`EmbeddingCache` or a partial building one; ignored (with a log line) when the
             encoder trains (``lora``). It is content-keyed: with augmentation, the data layer's seeded views
             (``data.augment_views``) make the repeated images it can reuse.
@@ -64,6 +68,7 @@ class SamFinetuneModule(LightningModule):
         eval_prompt: str = "jitter",
         max_jitter_px: int = 20,
         jitter_ref_size: int = 256,
+        full_box_share: float = 0.0,
         cache: EmbeddingCache | Callable[[], EmbeddingCache] | None = None,
         seed: int = 0,
     ) -> None:
@@ -72,6 +77,8 @@ class SamFinetuneModule(LightningModule):
         for mode in (train_prompt, eval_prompt):
             if mode not in BOX_MODES:
                 raise ValueError(f"unknown prompt mode {mode!r}; choose one of {', '.join(BOX_MODES)}")
+        if not 0.0 <= full_box_share <= 1.0:
+            raise ValueError(f"full_box_share must be in [0, 1], got {full_box_share}")
         self.sam = sam
         self.frozen = set_trainable(sam, trainable, lora_rank=lora_rank, lora_alpha=lora_alpha)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -164,6 +171,12 @@ class SamFinetuneModule(LightningModule):
         self.seen_names.update(batch["name"])
         rng = self.train_rng(batch_idx)
         boxes = self.boxes(masks, self.hparams.train_prompt, [rng] * len(images))
+        if self.hparams.full_box_share > 0:  # its own stream: the boxes above are drawn as without the mix
+            whole = seeded_rng(
+                self.hparams.seed, self.global_rank, self.global_step, batch_idx, WHOLE_BOX_STREAM
+            )
+            pick = torch.from_numpy(whole.random(len(images)) < self.hparams.full_box_share)
+            boxes[pick.to(boxes.device)] = torch.from_numpy(full_box(tuple(images.shape[-2:]))).to(boxes)
         loss, _ = self.loss_fn(self(images, boxes), masks)
         self.train_loss.update(loss, weight=len(images))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)

@@ -131,3 +131,30 @@ def test_module_forward_returns_low_resolution_logits_for_one_box_per_image():
         16,
         16,
     )  # 64 px encoder input: masks at 64 / 4 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_a_share_of_training_prompts_poses_the_whole_image_box(phantom_dir: Path, share: float):
+    data = PairDataModule(
+        read_folder(phantom_dir), image_size=64, num_real=16, num_val=4, batch_size=16, seed=0
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    boxes = {}
+    for key, value in (("mixed", share), ("paper", 0.0)):
+        module = make_module(full_box_share=value)
+        seen = []
+        forward = module.forward
+        module.forward = lambda images, b, forward=forward, seen=seen: (
+            seen.append(b.clone()) or forward(images, b)
+        )
+        module.training_step(batch, 0)
+        boxes[key] = seen[0]
+    whole = (boxes["mixed"] == torch.tensor([0.0, 0.0, 63.0, 63.0])).all(dim=1)
+    assert int(whole.sum()) == {0.0: 0, 0.5: int(whole.sum()), 1.0: 16}[share] and (
+        share != 0.5 or 3 <= whole.sum() <= 13
+    )
+    # the others are the boxes the paper's training draws, unchanged by the mix
+    assert torch.equal(boxes["mixed"][~whole], boxes["paper"][~whole])
+    with pytest.raises(ValueError, match="full_box_share"):
+        make_module(full_box_share=1.5)
