@@ -5,7 +5,7 @@ centre as fractions of the image side, the log semi-axes as fractions of the sid
 ``(cos 2θ, sin 2θ)`` (an ellipse turned by 180° is the same ellipse). Their joint distribution is a Gaussian: full
 covariance when there are enough masks (more than twice the dimensions), else diagonal, always with a small ridge.
 A drawn ellipse is rasterised as the training masks are (pixel centres inside it); draws whose head would leave the
-image, or whose semi-minor axis exceeds the semi-major, are drawn again.
+image (its turned extent, with one pixel of slack), or whose semi-minor axis exceeds the semi-major, are drawn again.
 
 The prior is plain data (:meth:`ShapePrior.to_dict`): it travels in the generator's checkpoint (its provenance) and
 in the ``provenance.json`` of the sets sampled with it.
@@ -71,14 +71,22 @@ class ShapePrior:
         """One head ellipse at image side ``size``, inside the image (module doc)."""
         for _ in range(MAX_DRAWS):
             e = features_ellipse(rng.multivariate_normal(self.mean, self.cov), size)
-            reach = e.semi_major  # the head stays in the image whatever its angle
-            if e.semi_minor <= e.semi_major and reach <= min(e.cx, e.cy, size - 1 - e.cx, size - 1 - e.cy):
+            t = math.radians(e.angle_deg)  # the half extents of the turned ellipse along x and y
+            dx = math.hypot(e.semi_major * math.cos(t), e.semi_minor * math.sin(t))
+            dy = math.hypot(e.semi_major * math.sin(t), e.semi_minor * math.cos(t))
+            inside = dx <= min(e.cx, size - 1 - e.cx) + 1 and dy <= min(e.cy, size - 1 - e.cy) + 1
+            if e.semi_minor <= e.semi_major and inside:
                 return e
         raise ValueError(f"no head ellipse inside a {size} px image in {MAX_DRAWS} draws: the prior is off")
 
     def mask(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """A bool head mask ``[size, size]`` drawn from the prior."""
-        return ellipse_mask(self.ellipse(rng, size), (size, size))
+        """A bool head mask ``[size, size]`` drawn from the prior. The fit runs through the boundary pixels'
+        centres, half a pixel inside the region (``fetalgen.metrics.biometry``): the drawn ellipse is rasterised
+        half a pixel larger, so that a mask's fit gives back the drawn ellipse, not one shrunk at every round."""
+        e = self.ellipse(rng, size)
+        return ellipse_mask(
+            Ellipse(e.cx, e.cy, e.semi_major + 0.5, e.semi_minor + 0.5, e.angle_deg), (size, size)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "gaussian", "features": list(FEATURES), "mean": self.mean.tolist(),
