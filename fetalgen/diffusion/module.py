@@ -143,6 +143,16 @@ class JointDiffusionModule(LightningModule):
             return self.noise_scheduler.get_velocity(x0, noise, timesteps)
         return x0
 
+    def draw_noise(
+        self, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise like ``x0`` and one training timestep per sample, from ``generator`` (CPU) or the global RNG."""
+        num_t = int(self.noise_scheduler.config.num_train_timesteps)
+        if generator is None:
+            return torch.randn_like(x0), torch.randint(0, num_t, (x0.shape[0],), device=self.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        return noise, torch.randint(0, num_t, (x0.shape[0],), generator=generator).to(self.device)
+
     def diffusion_loss(
         self,
         batch: dict[str, Any],
@@ -157,14 +167,7 @@ class JointDiffusionModule(LightningModule):
             generator: CPU generator for noise and timesteps (fixed validation noise); ``None``: global RNG.
         """
         x0 = pack(batch["image"], batch["mask"])
-        b = x0.shape[0]
-        num_t = int(self.noise_scheduler.config.num_train_timesteps)
-        if generator is None:
-            noise = torch.randn_like(x0)
-            timesteps = torch.randint(0, num_t, (b,), device=self.device)
-        else:
-            noise = torch.randn(x0.shape, generator=generator).to(x0)
-            timesteps = torch.randint(0, num_t, (b,), generator=generator).to(self.device)
+        noise, timesteps = self.draw_noise(x0, generator)
         noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
         target = self.loss_target(x0, noise, timesteps)
         pred = self.unet(noisy, timesteps, class_labels=self.class_labels(batch, drop=drop_labels)).sample
@@ -310,18 +313,10 @@ class MaskConditionedDiffusionModule(JointDiffusionModule):
         """MSE between the UNet output for the noised image given its mask and the image's target (the
         module doc); ``drop_labels`` also drops masks (training only)."""
         image, mask = pack(batch["image"], batch["mask"]).split(1, dim=1)
-        b = image.shape[0]
-        num_t = int(self.noise_scheduler.config.num_train_timesteps)
-        if generator is None:
-            noise = torch.randn_like(image)
-            timesteps = torch.randint(0, num_t, (b,), device=self.device)
-            keep = torch.rand(b, device=self.device) >= self.p_mask_drop
-        else:
-            noise = torch.randn(image.shape, generator=generator).to(image)
-            timesteps = torch.randint(0, num_t, (b,), generator=generator).to(self.device)
-            keep = torch.ones(b, dtype=torch.bool, device=self.device)
-        if drop_labels:
-            mask = mask * keep.view(b, 1, 1, 1).to(mask)
+        noise, timesteps = self.draw_noise(image, generator)
+        if drop_labels:  # training (global RNG): the unconditional branch for guidance
+            keep = torch.rand(image.shape[0], device=self.device) >= self.p_mask_drop
+            mask = mask * keep.view(-1, 1, 1, 1).to(mask)
         noisy = self.noise_scheduler.add_noise(image, noise, timesteps)
         target = self.loss_target(image, noise, timesteps)
         labels = self.class_labels(batch, drop=drop_labels)
