@@ -18,6 +18,7 @@ Which strategy for which launcher:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -25,8 +26,12 @@ from typing import Any
 from unittest import mock
 
 import torch
+from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher, subprocess_script
+
+log = logging.getLogger(__name__)
 
 
 def _job() -> tuple[list[str], str] | None:
@@ -59,6 +64,18 @@ def job_command(overrides: Sequence[str], output_dir: str, local_rank: int) -> t
     return command, get_original_cwd()
 
 
+class JobObserver(_ChildProcessObserver):
+    """Lightning's watch over a job's extra ranks (a rank that dies takes the others down, as a hang in a collective
+    would otherwise follow), until the job is over."""
+
+    def __init__(self, main_pid: int, child_processes: list) -> None:
+        super().__init__(main_pid=main_pid, child_processes=child_processes)
+        self.stopped = False
+
+    def _run(self) -> bool:
+        return True if self.stopped else super()._run()
+
+
 DDP_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -71,11 +88,20 @@ class HydraJobLauncher(_SubprocessScriptLauncher):
         if _job() is None or self.cluster_environment.creates_processes_externally:
             return super().launch(function, *args, trainer=trainer, **kwargs)
         saved = {key: os.environ.get(key) for key in DDP_ENVIRONMENT}
+        # Lightning's launch, with an observer this job can stop: Lightning's own keeps watching the ranks after the
+        # job and would kill the whole sweep (SIGKILL of this process) if one of them exits non-zero later on.
+        self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        self._call_children_scripts()
+        observer = JobObserver(main_pid=os.getpid(), child_processes=self.procs)
+        observer.start()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
         try:
-            return super().launch(function, *args, trainer=trainer, **kwargs)
+            return function(*args, **kwargs)
         finally:
-            for proc in self.procs:
-                proc.wait()
+            observer.stopped = True
+            for rank, proc in enumerate(self.procs, start=1):
+                if proc.wait() != 0:
+                    log.warning("rank %d of this job exited with code %s", rank, proc.returncode)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
             for key, value in saved.items():
