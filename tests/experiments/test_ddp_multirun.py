@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +21,28 @@ TINY = ["logger=csv", "trainer.max_steps=4", "trainer.val_check_interval=2", "tr
         "test_split=false", "test_sets=null"]  # fmt: skip
 
 
+def run_sweep(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a sweep in a process group of its own: on a timeout every rank is killed, not only the first (a rank
+    left behind would keep the output pipes open and the test waiting)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the sweep did not finish in {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_each_job_of_a_sweep_trains_once_with_two_ranks(phantom_dir: Path, tmp_path: Path, compose_cfg):
     logs, sweep = tmp_path / "logs", tmp_path / "sweep"
     cmd = [sys.executable, "-m", "fetalgen.cli.finetune", "-m", "seed=0,1", "trainer=ddp", "trainer.accelerator=cpu",
            "trainer.devices=2", "trainer.precision=32", f"data.source.root={phantom_dir}", *TINY,
            f"paths.log_dir={logs}", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    done = run_sweep(cmd, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (done.stdout + done.stderr).count("Launching 2 jobs") == 1  # with Lightning's ddp: once per rank
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
@@ -61,8 +76,7 @@ def test_the_generator_sweep_trains_each_job_once_with_two_ranks(
     cmd = [sys.executable, "-m", "fetalgen.cli.train_diffusion", "-m", "seed=0,1", "trainer=ddp",
            "trainer.accelerator=cpu", "trainer.devices=2", *tiny, f"paths.log_dir={tmp_path / 'logs'}",
            f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    done = run_sweep(cmd, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (done.stdout + done.stderr).count("Launching 2 jobs") == 1
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
