@@ -39,6 +39,7 @@ def check_prediction_type(prediction_type: str) -> str:
 
 class JointDiffusionModule(LightningModule):
     generator_kind = "joint"  # recorded in the checkpoint; the UNet's channels tell the kind as well
+    out_channels = 2  # the UNet's output: image and mask
 
     """DDPM training of a ``UNet2DModel`` over [B,2,S,S] (image, mask) in [-1, 1], optionally class-conditional.
 
@@ -98,11 +99,13 @@ class JointDiffusionModule(LightningModule):
         self.p_uncond = float(p_uncond)
         self.val_seed = int(val_seed)
 
-    @staticmethod
-    def check_channels(unet: UNet2DModel) -> None:
-        if unet.config.in_channels != 2 or unet.config.out_channels != 2:
+    def check_channels(self, unet: UNet2DModel) -> None:
+        """In: image and mask (the mask-conditioned model: the noisy image and the clean mask); out:
+        :attr:`out_channels`."""
+        if unet.config.in_channels != 2 or unet.config.out_channels != self.out_channels:
             raise ValueError(
-                "the joint model needs a UNet with in_channels=2 and out_channels=2 (image, mask)"
+                f"the {self.generator_kind} generator needs a UNet with in_channels=2 and "
+                f"out_channels={self.out_channels}"
             )
 
     # ----------------------------------------------------------------------------------------- conditioning
@@ -290,19 +293,13 @@ class MaskConditionedDiffusionModule(JointDiffusionModule):
     """
 
     generator_kind = "mask_conditioned"
+    out_channels = 1  # the image's target only
 
     def __init__(self, unet: UNet2DModel, *args: Any, p_mask_drop: float = 0.1, **kwargs: Any) -> None:
         super().__init__(unet, *args, **kwargs)
         if not 0.0 <= p_mask_drop < 1.0:
             raise ValueError(f"p_mask_drop must be in [0, 1), got {p_mask_drop}")
         self.p_mask_drop = float(p_mask_drop)
-
-    @staticmethod
-    def check_channels(unet: UNet2DModel) -> None:
-        if unet.config.in_channels != 2 or unet.config.out_channels != 1:
-            raise ValueError(
-                "the mask-conditioned model needs a UNet with in_channels=2 (noisy image, mask) and out_channels=1"
-            )
 
     def diffusion_loss(
         self,
