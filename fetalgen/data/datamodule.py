@@ -84,6 +84,8 @@ class PairDataModule(pl.LightningDataModule):
         keep_memorised: keep synthetic pairs flagged as near-copies of a generator training image (default:
             excluded and counted in ``synthetic_counts["memorised_excluded"]``).
         mask_regions: a mask of several separate regions: ``raise`` or keep the ``largest`` (with a warning).
+        min_agreement: leave out synthetic pairs whose judged image-mask agreement is below it (counted in
+            ``synthetic_counts["below_agreement"]``); ``None``: no agreement filter.
         allow_unverified_synthetic: use a synthetic set whose provenance is missing or does not match its files
             (a loud warning; leakage through its generator is then not ruled out).
 
@@ -112,8 +114,10 @@ class PairDataModule(pl.LightningDataModule):
         keep_memorised: bool = False,
         mask_regions: str = "raise",
         allow_unverified_synthetic: bool = False,
+        min_agreement: float | None = None,
     ) -> None:
         super().__init__()
+        self.min_agreement = None if min_agreement is None else float(min_agreement)
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.augment = augment
@@ -178,10 +182,13 @@ class PairDataModule(pl.LightningDataModule):
                 "qc_failed": 0,
                 "memorised": 0,
                 "memorised_excluded": 0,
+                "below_agreement": 0,
                 "used": 0,
             }
         self._check_generator(root)
-        cases, counts = read_synthetic(root, include_memorised=self.keep_memorised)
+        cases, counts = read_synthetic(
+            root, include_memorised=self.keep_memorised, min_agreement=self.min_agreement
+        )
         counts["memorised_excluded"] = 0 if self.keep_memorised else counts["memorised"]
         if self.keep_memorised and counts["memorised"]:
             log.warning(
@@ -194,7 +201,8 @@ class PairDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"{wanted} synthetic pairs asked for but {root} has only {len(cases)} that passed QC "
                 f"and the memorisation check ({counts['qc_failed']} failed QC, "
-                f"{counts['memorised_excluded']} memorised excluded, of {counts['total']})"
+                f"{counts['memorised_excluded']} memorised excluded, {counts['below_agreement']} below "
+                f"data.min_agreement, of {counts['total']})"
             )
         rng = seeded_rng(self.seed, 1)
         chosen = sorted((cases[i] for i in rng.permutation(len(cases))[:wanted]), key=lambda c: c.name)

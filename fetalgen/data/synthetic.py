@@ -37,7 +37,7 @@ class ManifestEntry:
         mask: mask path relative to the dataset root.
         seed: the seed of this pair's noise (same seed, same pair).
         checkpoint_sha256: hash of the diffusion checkpoint that made it.
-        sampler: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
+        sampler: a name of :data:`fetalgen.diffusion.sampling.SAMPLERS`.
         steps: number of sampling steps.
         mode: ``joint`` or ``mask_conditioned``.
         class_label: the class the sample was conditioned on (``None``: unconditional).
@@ -45,6 +45,7 @@ class ManifestEntry:
         qc_pass: whether the pair passed quality control (failed pairs stay on disk, marked here).
         qc: QC figures (ellipse-fit IoU, area fraction, centroid, reasons for failure).
         max_train_similarity: highest similarity to any training image (memorisation check).
+        max_train_mask_iou: highest IoU of the mask with any training mask, mirrors included (a copied mask: 1).
         memorised: whether that similarity is above the configured threshold.
         pixel_size_mm: nominal pixel size of the synthetic image, if known.
         pair_agreement: Dice between a reference segmenter's mask of the image and the generated mask
@@ -68,6 +69,7 @@ class ManifestEntry:
     qc_pass: bool = True
     qc: dict[str, Any] = field(default_factory=dict)
     max_train_similarity: float | None = None
+    max_train_mask_iou: float | None = None
     memorised: bool = False
     pixel_size_mm: float | None = None
     pair_agreement: float | None = None
@@ -96,7 +98,10 @@ def read_manifest(root: str | Path) -> list[ManifestEntry]:
 
 
 def read_synthetic(
-    root: str | Path, include_failed: bool = False, include_memorised: bool = False
+    root: str | Path,
+    include_failed: bool = False,
+    include_memorised: bool = False,
+    min_agreement: float | None = None,
 ) -> tuple[list[Case], dict[str, int]]:
     """The cases of a synthetic dataset, and counts of what was excluded.
 
@@ -104,19 +109,31 @@ def read_synthetic(
         root: dataset root (with ``manifest.jsonl``).
         include_failed: keep pairs that failed QC (default: exclude them).
         include_memorised: keep pairs flagged as near-copies of a generator training image (default: exclude).
+        min_agreement: also exclude pairs whose ``pair_agreement`` (the judge's, by the generator's own training
+            pairs) is below it; ``None``: no agreement filter.
 
     Returns:
-        ``(cases, counts)`` with ``counts = {"total", "kept", "qc_failed", "memorised"}``; excluded pairs
-        are counted, never silently dropped.
+        ``(cases, counts)`` with ``counts = {"total", "kept", "qc_failed", "memorised", "below_agreement"}``;
+        excluded pairs are counted, never silently dropped.
+
+    Raises:
+        DataError: ``min_agreement`` set but a pair was never judged (no ``pair_agreement``).
     """
     root = Path(root)
     entries = read_manifest(root)
     cases: list[Case] = []
-    counts = {"total": len(entries), "kept": 0, "qc_failed": 0, "memorised": 0}
+    counts = {"total": len(entries), "kept": 0, "qc_failed": 0, "memorised": 0, "below_agreement": 0}
     for e in entries:
         if not e.qc_pass:
             counts["qc_failed"] += 1
             if not include_failed:
+                continue
+        if min_agreement is not None:
+            if e.pair_agreement is None:
+                raise DataError(root / MANIFEST, f"index {e.index} has no pair_agreement: judge the set "
+                                "(fetalgen-sample with fidelity.enabled=true) before filtering by agreement")  # fmt: skip
+            if e.pair_agreement < min_agreement:
+                counts["below_agreement"] += 1
                 continue
         if e.memorised:
             counts["memorised"] += 1

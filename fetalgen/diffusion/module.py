@@ -60,6 +60,8 @@ class JointDiffusionModule(LightningModule):
         class_key: batch key holding the class index (int, -1 = unknown -> null class).
         p_uncond: probability of replacing a label by the null class during training (classifier-free guidance).
         val_seed: seed of the fixed noise and timesteps of the validation loss (comparable across epochs).
+        mask_loss_weight: weight of the mask channel's error against the image channel's (1: the plain mean);
+            the loss is ``(image MSE + w * mask MSE) / (1 + w)``.
     """
 
     def __init__(
@@ -73,9 +75,13 @@ class JointDiffusionModule(LightningModule):
         class_key: str = "trimester",
         p_uncond: float = 0.1,
         val_seed: int = 0,
+        mask_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.check_channels(unet)
+        if mask_loss_weight < 0:
+            raise ValueError(f"mask_loss_weight must be >= 0, got {mask_loss_weight}")
+        self.mask_loss_weight = float(mask_loss_weight)
         if unet.config.num_class_embeds is not None and unet.config.num_class_embeds < 2:
             raise ValueError(
                 "num_class_embeds must be num_classes + 1 >= 2 (the last is the null class), or null"
@@ -174,7 +180,8 @@ class JointDiffusionModule(LightningModule):
         noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
         target = self.loss_target(x0, noise, timesteps)
         pred = self.unet(noisy, timesteps, class_labels=self.class_labels(batch, drop=drop_labels)).sample
-        return F.mse_loss(pred.float(), target.float())
+        per_channel = (pred.float() - target.float()).pow(2).mean(dim=(0, 2, 3))  # [image, mask]
+        return (per_channel[0] + self.mask_loss_weight * per_channel[1]) / (1 + self.mask_loss_weight)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch, drop_labels=True)

@@ -11,12 +11,19 @@ seed and the sample's index, :mod:`fetalgen.utils.seeds`), and diffusers receive
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -47,6 +54,8 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any], int | None]] = {
         },
         20,
     ),
+    # UniPC (a predictor-corrector ODE solver, diffusers' default for few steps): deterministic, no noise drawn.
+    "unipc": (UniPCMultistepScheduler, {"thresholding": True, "sample_max_value": 1.0}, 10),
 }
 
 
@@ -56,10 +65,10 @@ def make_sampler(
     """A sampling scheduler built with ``from_config`` from the training scheduler's config.
 
     Args:
-        name: ``ddpm``, ``ddim``, ``dpmsolver++`` or ``sde-dpmsolver++``.
+        name: ``ddpm``, ``ddim``, ``dpmsolver++``, ``sde-dpmsolver++`` or ``unipc``.
         noise_scheduler_config: the training ``noise_scheduler.config`` (betas, prediction type, ...).
         steps: number of denoising steps; ``None`` takes the sampler's default (DDPM: all training steps,
-            DDIM: 50, DPM-Solver++ and its SDE variant: 20).
+            DDIM: 50, DPM-Solver++ and its SDE variant: 20, UniPC: 10).
 
     Returns:
         ``(scheduler, steps)``.
@@ -193,6 +202,8 @@ def sample_pairs(
             raise ValueError(f"masks must be [{batch},1,{size},{size}], got {tuple(masks.shape)}")
         known = to_signed(masks.to(device=device, dtype=dtype))
     scheduler.set_timesteps(steps, device=device)
+    # the per-sample generators for the samplers that draw noise in their step (UniPC's step takes none)
+    step_kwargs = {"generator": gens} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
         if known is not None and not conditioned:
             noise = randn_tensor(known.shape, generator=gens, device=device, dtype=dtype)
@@ -204,7 +215,7 @@ def sample_pairs(
             out = mask_guided_output(unet, model_input, known, t, labels, guidance_scale)
         else:
             out = guided_output(unet, model_input, t, labels, guidance_scale)
-        x = scheduler.step(out, t, x, generator=gens).prev_sample
+        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
     if conditioned:
         return torch.cat([x, known], dim=1)
     if known is not None:

@@ -191,5 +191,6 @@ def summary_row(figures: dict[str, Any]) -> dict[str, Any]:
         "pair_agreement": agreement.get("synthetic"),
         "agreement_ceiling": agreement.get("ceiling"),
         "agreement_floor": agreement.get("floor"),
+        "agreement_normalised": agreement.get("normalised"),
         "ms_ssim": figures.get("diversity", {}).get("synthetic", {}).get("ms_ssim"),
     }

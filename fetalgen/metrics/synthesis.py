@@ -119,6 +119,22 @@ def _thumbnails(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndar
     return np.stack(rows) if rows else np.zeros((0, size * size))
 
 
+def best_mask_iou(masks: np.ndarray, train_masks: np.ndarray, flip_invariant: bool = True) -> np.ndarray:
+    """Each mask's highest IoU with any training mask (same size; their mirrors too with ``flip_invariant``): a
+    mask copied from the training set scores 1. ``masks`` bool ``[N, S, S]``, ``train_masks`` bool ``[M, S, S]``;
+    returns float64 ``[N]`` (0 for an empty mask, and without training masks)."""
+    masks, train_masks = np.asarray(masks, bool), np.asarray(train_masks, bool)
+    if not len(train_masks) or not len(masks):
+        return np.zeros(len(masks))
+    if flip_invariant:
+        train_masks = np.concatenate([train_masks, train_masks[:, :, ::-1]])
+    a = masks.reshape(len(masks), -1).astype(np.float32)
+    b = train_masks.reshape(len(train_masks), -1).astype(np.float32)
+    inter = a @ b.T
+    union = a.sum(1, keepdims=True) + b.sum(1)[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).max(axis=1).astype(np.float64)
+
+
 def max_similarity(
     synthetic: Sequence[np.ndarray] | np.ndarray,
     train: Sequence[np.ndarray] | np.ndarray,
@@ -186,6 +202,7 @@ def summarise_synthetic(
     threshold: float,
     synthetic_hc_px: Sequence[float] | np.ndarray,
     train_hc_px: Sequence[float] | np.ndarray,
+    mask_iou: Sequence[float] | np.ndarray = (),
 ) -> dict[str, Any]:
     """JSON-able summary of a synthetic dataset.
 
@@ -195,14 +212,17 @@ def summarise_synthetic(
         threshold: a pair with similarity above it counts as memorised.
         synthetic_hc_px: head circumference (px) of the synthetic masks; nan where no ellipse fits (dropped).
         train_hc_px: head circumference (px) of the training masks, at the same resolution.
+        mask_iou: each synthetic mask's best IoU with a training mask (:func:`best_mask_iou`), where known.
 
     Returns:
         ``n``, ``qc_pass_rate``, ``qc_failures`` (count per check name), ``ellipse_iou`` (min/p5/median/mean),
         ``memorisation`` (threshold, rate, count, median and max similarity) and ``head_size_px`` (synthetic
         and train distributions, two-sample Kolmogorov-Smirnov statistic and p-value). Rates are None for
-        an empty set.
+        an empty set; ``mask_copies`` (median, p95, max of the best IoU with a training mask, and the share
+        above 0.9) when ``mask_iou`` is given.
     """
     n = len(qc)
+    iou_values = np.asarray(mask_iou, dtype=np.float64).reshape(-1)
     similarity = np.asarray(similarity, dtype=np.float64).reshape(-1)
     failures: dict[str, int] = {}
     for r in qc:
@@ -233,6 +253,14 @@ def summarise_synthetic(
             "max_similarity": float(similarity.max()) if similarity.size else None,
         },
         "head_size_px": {"synthetic": syn, "train": train, "ks_statistic": ks_stat, "ks_pvalue": ks_p},
+        "mask_copies": {
+            "median_best_iou": float(np.median(iou_values)),
+            "p95_best_iou": float(np.percentile(iou_values, 95)),
+            "max_best_iou": float(iou_values.max()),
+            "share_above_0.9": float((iou_values > 0.9).mean()),
+        }
+        if iou_values.size
+        else None,
     }
 
 
@@ -262,6 +290,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     for key in ("n", "mean", "std", "p5", "median", "p95"):
         lines.append(f"{'  ' + key:<34}{_fmt(head['synthetic'][key])}{_fmt(head['train'][key])}")
     lines.append(f"{'  KS statistic / p-value':<34}{_fmt(head['ks_statistic'])}{_fmt(head['ks_pvalue'])}")
+    if summary.get("mask_copies"):
+        copies = summary["mask_copies"]
+        lines.append(f"{'mask best IoU w/ train median/max':<34}{_fmt(copies['median_best_iou'])}"
+                     f"{_fmt(copies['max_best_iou'])}")  # fmt: skip
     if "fidelity" in summary:
         lines += format_fidelity(summary["fidelity"])
     return "\n".join(lines)
@@ -277,8 +309,13 @@ def format_fidelity(fidelity: dict[str, Any]) -> list[str]:
         )
     if fidelity.get("realism_note"):
         lines.append(f"{'':<34}({fidelity['realism_note']})")
-    lines.append(f"{'pair agreement: synthetic':<34}{_fmt(agree['synthetic'])}")
-    lines.append(f"{'  ceiling (real) / floor (shuffled)':<34}{_fmt(agree['ceiling'])}{_fmt(agree['floor'])}")
+    own = fidelity.get("agreement_own", agree)
+    for title, figures in (("pair agreement", agree), ("  by the own pairs (QC, filter)", own)):
+        if figures is agree or figures != agree:
+            lines.append(f"{title + ': synthetic / normalised':<34}{_fmt(figures['synthetic'])}"
+                         f"{_fmt(figures.get('normalised'))}")  # fmt: skip
+            lines.append(f"{'  ceiling (real) / floor (shuffled)':<34}{_fmt(figures['ceiling'])}"
+                         f"{_fmt(figures['floor'])}")  # fmt: skip
     lines.append(f"{'MS-SSIM within set (lower=diverse)':<34}" + "".join(
         f"{k:>10}" for k in spread))  # fmt: skip
     lines.append(f"{'':<34}" + "".join(_fmt(v["ms_ssim"]) for v in spread.values()))

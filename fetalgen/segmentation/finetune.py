@@ -208,6 +208,7 @@ def data_counts(datamodule: Any) -> dict[str, int]:
         "data/synthetic_qc_failed": int(syn.get("qc_failed", 0)),
         "data/synthetic_memorised_excluded": int(syn.get("memorised_excluded", 0)),
         "data/synthetic_memorised_kept": int(syn.get("memorised", 0)) - int(syn.get("memorised_excluded", 0)),
+        "data/synthetic_below_agreement": int(syn.get("below_agreement", 0)),
         "data/synthetic_available": int(syn.get("kept", 0)),
         "labels/sam": len(sam),
         "labels/generator": len(generator),

@@ -1,16 +1,23 @@
 """Judge a written synthetic set as the generative-augmentation field does (``fetalgen-sample``, the sampler bench).
 
-Per pair, into ``manifest.jsonl``: ``pair_agreement`` (does the mask outline the head drawn in the image?),
+Per pair, into ``manifest.jsonl``: ``pair_agreement`` (does the mask outline the head drawn in the image?, by a
+segmenter fitted on the generator's own training pairs: the only labels a label-matched arm may filter by),
 ``feature_similarity`` and ``nearest_train`` (feature-space nearest training image, mirror included). For the set,
 into ``summary.json["fidelity"]``: realism (KID, FID against the generator's training images and, when given,
 held-out real images), diversity (mean pairwise MS-SSIM beside the real sets'), agreement with its ceiling and
 floor, and the nearest-neighbour figures with a gallery PNG (``nearest_neighbours.png``). Set-level figures are over
 the *kept* pairs (QC passed, not memorised): the ones fine-tuning uses.
+
+Agreement is measured twice when a fixed ``reference`` set of real pairs is given: ``agreement`` by a segmenter
+fitted on it (the measurement: the same larger set for every generator, so that a 5-pair generator is judged as
+well as a 60-pair one; it never chooses pairs), and ``agreement_own`` by the segmenter of the generator's own
+pairs (what the per-pair figures and ``min_agreement`` use). Without one, ``agreement`` is the own segmenter's.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +114,49 @@ def ceiling_split(subjects: list[str], seed: int) -> tuple[list[int], list[int]]
     ]
 
 
+def fit_segmenter(
+    pairs: RealPairs, settings: JudgeSettings, on_step: Callable[[], None]
+) -> tuple[ReferenceSegmenter, float]:
+    """A reference segmenter fitted on real ``pairs`` (``settings.segmenter_steps``), and its final loss."""
+    segmenter = ReferenceSegmenter(int(pairs.images.shape[-1]), seed=settings.seed)
+    losses = segmenter.fit(
+        as_tensor(pairs.images), as_tensor(pairs.masks), steps=settings.segmenter_steps, on_step=on_step
+    )
+    return segmenter, losses[-1]
+
+
+def agreement_figures(
+    segmenter: ReferenceSegmenter,
+    synthetic: RealPairs,
+    ceiling: RealPairs,
+    kept: np.ndarray,
+    seed: int,
+    about: dict[str, Any],
+) -> dict[str, Any]:
+    """Agreement of the synthetic pairs by ``segmenter``, with ceiling, floor, the normalised figure
+    ``(synthetic - floor) / (ceiling - floor)`` and ``about`` (where the segmenter and ceiling come from);
+    ``per_pair`` too (not for the summary)."""
+    figures = calibrated_agreement(
+        segmenter.predict,
+        as_tensor(synthetic.images),
+        synthetic.masks,
+        as_tensor(ceiling.images),
+        ceiling.masks,
+        seed,
+        kept,
+    )
+    syn, floor, ceil = figures["synthetic"], figures["floor"], figures["ceiling"]
+    normalised = None
+    if None not in (syn, floor, ceil) and ceil > floor:
+        normalised = (syn - floor) / (ceil - floor)
+    return {**figures, "normalised": normalised, **about}
+
+
+def public(figures: dict[str, Any]) -> dict[str, Any]:
+    """Agreement figures for the summary (the per-pair array left out)."""
+    return {k: v for k, v in figures.items() if k != "per_pair"}
+
+
 def judge_synthetic(
     root: str | Path,
     train: RealPairs,
@@ -115,8 +165,14 @@ def judge_synthetic(
     features: Features,
     settings: JudgeSettings,
     heldout: RealPairs | None = None,
+    reference: RealPairs | None = None,
+    reference_source: str = "",
 ) -> dict[str, Any]:
-    """Judge the set at ``root`` (module doc): update its manifest, write the gallery, return the figures."""
+    """Judge the set at ``root`` (module doc): update its manifest, write the gallery, return the figures.
+
+    ``reference``: the fixed real pairs of the measurement segmenter (with ``heldout``, whose pairs give the
+    ceiling; the caller makes sure the two share no image), named by ``reference_source``.
+    """
     root = Path(root)
     entries = sorted(read_manifest(root), key=lambda e: e.index)
     if len(train) < 2 or not entries:
@@ -124,7 +180,12 @@ def judge_synthetic(
     size = int(train.images.shape[-1])
     pairs = read_pairs(root, entries, size)
     n_held = len(heldout) if heldout is not None and len(heldout) >= 2 else 0
-    bar = tqdm(total=settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held, desc="judge",
+    if reference is not None and (heldout is None or not len(heldout)):
+        raise ValueError(
+            "a measurement reference set needs held-out real pairs for its ceiling (fidelity.heldout)"
+        )
+    segmenters = 1 if reference is None else 2
+    bar = tqdm(total=segmenters * settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held, desc="judge",
                unit="step|img", disable=not settings.progress)  # fmt: skip
 
     def embed(images: np.ndarray) -> torch.Tensor:
@@ -134,33 +195,32 @@ def judge_synthetic(
             bar.update(len(out[-1]))
         return torch.cat(out)
 
-    # Agreement: a segmenter fitted on real training pairs only.
+    # Agreement: segmenters fitted on real pairs only; the generator's own for the per-pair figures.
     if heldout is not None and len(heldout):
         fit, ceiling, ceiling_source = list(range(len(train))), heldout, "held-out real pairs"
     else:
         fit, held = ceiling_split(train_subjects, settings.seed)
         ceiling = RealPairs(train.images[held], train.masks[held])
         ceiling_source = f"{len(held)} training pair(s) held out from the segmenter (no held-out set given)"
-    segmenter = ReferenceSegmenter(size, seed=settings.seed)
-    bar.set_postfix_str("reference segmenter")
-    losses = segmenter.fit(
-        as_tensor(train.images[fit]),
-        as_tensor(train.masks[fit]),
-        steps=settings.segmenter_steps,
-        on_step=lambda: bar.update(1),
-    )
     # The mask checks' own verdict (``qc["passed"]``): a re-judged set recomputes its agreement verdicts.
     mask_passed = [bool(e.qc.get("passed", e.qc_pass)) for e in entries]
     kept = np.array([ok and not e.memorised for ok, e in zip(mask_passed, entries, strict=True)])
-    agreement = calibrated_agreement(
-        segmenter.predict,
-        as_tensor(pairs.images),
-        pairs.masks,
-        as_tensor(ceiling.images),
-        ceiling.masks,
-        settings.seed,
-        kept,
+    bar.set_postfix_str("reference segmenter (own pairs)")
+    own, own_loss = fit_segmenter(
+        RealPairs(train.images[fit], train.masks[fit]), settings, lambda: bar.update(1)
     )
+    agreement = agreement_figures(own, pairs, ceiling, kept, settings.seed, {
+        "ceiling_source": ceiling_source,
+        "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on the generator's {len(fit)} real "
+                     f"training pairs (final loss {own_loss:.3f})"})  # fmt: skip
+    measured = None
+    if reference is not None:
+        bar.set_postfix_str("reference segmenter (measurement)")
+        fixed, fixed_loss = fit_segmenter(reference, settings, lambda: bar.update(1))
+        measured = agreement_figures(fixed, pairs, ceiling, kept, settings.seed, {
+            "ceiling_source": ceiling_source,
+            "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on {len(reference)} fixed real pairs "
+                         f"{reference_source} (final loss {fixed_loss:.3f})"})  # fmt: skip
 
     # Features: synthetic (and mirrored), training, held-out.
     bar.set_postfix_str(f"features ({features.name})")
@@ -208,27 +268,22 @@ def judge_synthetic(
         pairs.images, train.images, similarity, nearest, [e.name for e in entries], root / GALLERY,
         k=settings.gallery, feature_name=features.name, train_names=train_names,
     )  # fmt: skip
+    own_summary = {
+        **public(agreement),
+        "min_agreement": settings.min_agreement,
+        "qc_failed": int(
+            sum(1 for e in entries if any(r.startswith(AGREEMENT) for r in e.qc.get("reasons", [])))
+        ),
+    }
     return {
         "features": features.name,
         "over": f"{int(kept.sum())} kept pairs (QC passed, not memorised) of {len(entries)}",
         "realism": realism,
         "realism_note": realism_note,
         "diversity": spread,
-        "agreement": {
-            "synthetic": agreement["synthetic"],
-            "synthetic_all": agreement["synthetic_all"],
-            "ceiling": agreement["ceiling"],
-            "floor": agreement["floor"],
-            "n_synthetic": agreement["n_synthetic"],  # kept by the other QC checks (the mean and the floor)
-            "n_ceiling": agreement["n_ceiling"],
-            "ceiling_source": ceiling_source,
-            "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on {len(fit)} real pairs "
-            f"(final loss {losses[-1]:.3f})",
-            "min_agreement": settings.min_agreement,
-            "qc_failed": int(
-                sum(1 for e in entries if any(r.startswith(AGREEMENT) for r in e.qc.get("reasons", [])))
-            ),
-        },
+        # the measurement (the fixed reference's segmenter when given), and the own-labels figures QC used
+        "agreement": own_summary if measured is None else public(measured),
+        "agreement_own": own_summary,
         "nearest_neighbours": {
             "median_similarity": float(np.median(similarity)),
             "max_similarity": float(similarity.max()),

@@ -11,22 +11,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fetalgen.data.cases import DataError
+from fetalgen.data.cases import Case, DataError
 from fetalgen.data.dataset import PairDataset
-from fetalgen.data.provenance import record_case, write_synthetic_provenance
+from fetalgen.data.provenance import (
+    LeakageError,
+    case_records,
+    find_overlap,
+    record_case,
+    write_synthetic_provenance,
+)
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.sampling import is_mask_conditioned
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
 from fetalgen.utils.task import resolve_device, task_wrapper
+
+if TYPE_CHECKING:
+    from fetalgen.synthesis.judge import RealPairs
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,32 @@ def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainRe
     return TrainReference.from_dataset(PairDataset(cases, size))
 
 
+@dataclass(frozen=True)
+class LoadedPairs:
+    """Real pairs read through an ``eval_data`` config: their arrays, cases and a description."""
+
+    pairs: RealPairs
+    cases: list[Case]
+    where: str
+
+
+def load_real_pairs(spec: DictConfig | None, size: int) -> LoadedPairs | None:
+    """The pairs an ``eval_data`` config names (``fidelity.heldout``, ``fidelity.reference``) at ``size``."""
+    if not spec:
+        return None
+    from fetalgen.data.sources import load_eval_set
+    from fetalgen.synthesis.judge import RealPairs  # noqa: F811 (the runtime import of the annotation's class)
+
+    data = load_eval_set(spec, size)
+    pairs = RealPairs(
+        np.stack([np.asarray(i, np.float32) / 255.0 for i in data.dataset.images]),
+        np.stack([np.asarray(m) > 0 for m in data.dataset.masks]),
+    )
+    list_file = (spec.get("source") or {}).get("list_file")
+    where = f"({data.name}{', ' + str(list_file) if list_file else ''})"
+    return LoadedPairs(pairs, data.cases, where)
+
+
 def build_judge(
     cfg: DictConfig, reference: TrainReference, size: int, device: torch.device
 ) -> Callable[[Path], dict[str, Any]] | None:
@@ -65,15 +101,17 @@ def build_judge(
         log.warning("fidelity figures need the generator's training pairs (memorisation.enabled): skipped")
         return None
     features = hydra.utils.instantiate(fid.features, device=str(device))  # a _target_ config: no import here
-    heldout = None
-    if fid.get("heldout"):
-        from fetalgen.data.sources import load_eval_set
-
-        data = load_eval_set(fid.heldout, size).dataset
-        heldout = RealPairs(
-            np.stack([np.asarray(i, np.float32) / 255.0 for i in data.images]),
-            np.stack([np.asarray(m) > 0 for m in data.masks]),
-        )
+    heldout = load_real_pairs(fid.get("heldout"), size)
+    reference_pairs = load_real_pairs(fid.get("reference"), size)
+    if reference_pairs is not None:
+        if heldout is None:
+            raise ValueError("fidelity.reference (the measurement segmenter's pairs) needs fidelity.heldout: the "
+                             "real pairs its ceiling is measured on")  # fmt: skip
+        overlap = find_overlap(case_records(reference_pairs.cases), heldout.cases)
+        if overlap:
+            raise LeakageError(f"fidelity.reference shares {len(overlap)} image(s) or subject(s) with "
+                               f"fidelity.heldout (the ceiling would be measured on training pairs): "
+                               f"{', '.join(overlap[:10])}")  # fmt: skip
     settings = JudgeSettings(
         kid_subset_size=int(fid.kid_subset_size),
         kid_subsets=int(fid.kid_subsets),
@@ -87,7 +125,12 @@ def build_judge(
     train = RealPairs(reference.images, reference.masks)
 
     def judge(root: Path) -> dict[str, Any]:
-        return judge_synthetic(root, train, reference.names, reference.subjects, features, settings, heldout)
+        return judge_synthetic(
+            root, train, reference.names, reference.subjects, features, settings,
+            heldout=None if heldout is None else heldout.pairs,
+            reference=None if reference_pairs is None else reference_pairs.pairs,
+            reference_source=None if reference_pairs is None else reference_pairs.where,
+        )  # fmt: skip
 
     return judge
 

@@ -37,7 +37,14 @@ from fetalgen.diffusion.sampling import (
 )
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.metrics.biometry import measure_head
-from fetalgen.metrics.synthesis import QCResult, format_summary, max_similarity, qc_mask, summarise_synthetic
+from fetalgen.metrics.synthesis import (
+    QCResult,
+    best_mask_iou,
+    format_summary,
+    max_similarity,
+    qc_mask,
+    summarise_synthetic,
+)
 from fetalgen.synthesis.verdict import qc_verdict
 from fetalgen.utils.files import append_line, atomic_write, png_intact, write_json, write_png
 from fetalgen.utils.seeds import derive_seed, seeded_rng
@@ -282,6 +289,9 @@ def write_synthetic(
             if index in done or index >= n:  # block padding: computed for bit-exact batches, not written
                 continue
             mask = clean_mask(channels[j], spec.mask_threshold)
+            mask_iou = None
+            if reference.masks is not None and len(reference.masks):
+                mask_iou = float(best_mask_iou(mask[None], reference.masks)[0])
             checks = qc_mask(mask, **qc_kwargs)
             passed, reasons = qc_verdict(checks.passed, checks.reasons)
             sim = None if similarity is None else float(similarity[j])
@@ -298,6 +308,7 @@ def write_synthetic(
                 qc_pass=passed,
                 qc={**checks.to_dict(), "reasons": reasons},
                 max_train_similarity=sim,
+                max_train_mask_iou=mask_iou,
                 memorised=bool(sim is not None and sim > similarity_threshold),
                 pixel_size_mm=reference.pixel_size_mm,
                 **common,
@@ -326,7 +337,8 @@ def summarise_dataset(
             raise DataError(root / e.mask, f"listed in the manifest (index {e.index}) but unreadable")
         m = measure_head(mask > 0)
         hc.append(m.hc if m else math.nan)
-    summary = summarise_synthetic(results, sims, threshold, np.asarray(hc), reference.hc_px)
+    ious = [e.max_train_mask_iou for e in entries if e.max_train_mask_iou is not None]
+    summary = summarise_synthetic(results, sims, threshold, np.asarray(hc), reference.hc_px, ious)
     if fidelity is not None:
         summary["fidelity"] = fidelity
     summary["settings"] = settings or {}

@@ -81,7 +81,8 @@ def test_synthetic_mixing_counts(real, synthetic_dir: Path) -> None:
     )
     assert len(dm.synthetic_cases) == 3  # round(0.5 * 6)
     assert dm.synthetic_counts == {
-        "total": 10, "kept": 7, "qc_failed": 3, "memorised": 0, "memorised_excluded": 0, "used": 3
+        "total": 10, "kept": 7, "qc_failed": 3, "memorised": 0, "below_agreement": 0, "memorised_excluded": 0,
+        "used": 3,
     }  # fmt: skip
     failed = {"syn_000002", "syn_000005", "syn_000007"}
     assert not failed & {c.name for c in dm.synthetic_cases}
@@ -310,3 +311,34 @@ def test_a_manifest_path_outside_the_set_is_refused(synthetic_dir: Path, tmp_pat
     (root / MANIFEST).write_text("\n".join([json.dumps(entry), *lines[1:]]) + "\n")
     with pytest.raises(DataError, match="index 0 names .*012_HC.png, outside the set: refused"):
         read_synthetic(root)
+
+
+def test_the_agreement_filter_leaves_out_low_pairs_and_counts_them(
+    real, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "syn"
+    shutil.copytree(synthetic_dir, root)
+    lines = (root / MANIFEST).read_text().splitlines()
+    judged = [json.dumps(json.loads(line) | {"pair_agreement": i / 10}) for i, line in enumerate(lines)]
+    (root / MANIFEST).write_text("\n".join(judged) + "\n")
+    seal_synthetic_set(root)
+    dm = PairDataModule(
+        real,
+        image_size=16,
+        num_real=6,
+        num_val=4,
+        synthetic_dir=root,
+        num_synthetic="all",
+        min_agreement=0.55,
+    )
+    # QC failed: 2, 5, 7; below 0.55: 0, 1, 3, 4 (2 and 5 counted as QC failures first)
+    assert {c.name for c in dm.synthetic_cases} == {f"syn_{i:06d}" for i in (6, 8, 9)}
+    assert dm.synthetic_counts["below_agreement"] == 4 and dm.synthetic_counts["qc_failed"] == 3
+    with pytest.raises(ValueError, match="only 3 that passed QC.*4 below data.min_agreement"):
+        PairDataModule(real, image_size=16, num_real=6, num_val=4, synthetic_dir=root, num_synthetic=5,
+                       min_agreement=0.55)  # fmt: skip
+    with pytest.raises(DataError, match="no pair_agreement: judge the set"):  # a set never judged: refused
+        PairDataModule(real, image_size=16, num_real=6, num_val=4, synthetic_dir=synthetic_dir, num_synthetic="all",
+                 min_agreement=0.5)  # fmt: skip

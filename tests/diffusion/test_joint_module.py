@@ -260,3 +260,21 @@ def test_class_embedding_needs_room_for_the_null_class(compose_cfg):
 def test_an_image_size_the_unet_cannot_take_is_refused_at_once(compose_cfg, preset, size, multiple):
     with pytest.raises(Exception, match=f"image_size={size} does not fit this UNet.*multiple of {multiple}"):
         build(compose_cfg, [f"model=diffusion/{preset}", f"model.image_size={size}"])
+
+
+def test_the_mask_loss_weight_weighs_the_mask_channel(compose_cfg, fixed_batch):
+    from fetalgen.diffusion.channels import pack
+
+    model = build(compose_cfg, ["model.mask_loss_weight=3.0"])
+    x0 = pack(fixed_batch["image"], fixed_batch["mask"])
+    noise, t = model.draw_noise(
+        x0, torch.Generator().manual_seed(3)
+    )  # the draw the loss makes with that seed
+    with torch.no_grad():
+        pred = model.unet(model.noise_scheduler.add_noise(x0, noise, t), t).sample
+        image_err, mask_err = (pred - model.loss_target(x0, noise, t)).pow(2).mean(dim=(0, 2, 3))
+        loss = model.diffusion_loss(fixed_batch, False, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss, (image_err + 3 * mask_err) / 4)
+    assert not torch.isclose(loss, (image_err + mask_err) / 2)  # the weight changed it
+    with pytest.raises(Exception, match="mask_loss_weight must be >= 0"):
+        build(compose_cfg, ["model.mask_loss_weight=-1"])

@@ -6,7 +6,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -54,6 +54,7 @@ def test_make_sampler_builds_each_scheduler_from_the_training_config(tiny):
         "ddim": (DDIMScheduler, 50),
         "dpmsolver++": (DPMSolverMultistepScheduler, 20),
         "sde-dpmsolver++": (DPMSolverMultistepScheduler, 20),
+        "unipc": (UniPCMultistepScheduler, 10),
     }
     for name, (cls, steps) in expected.items():
         scheduler, n = make_sampler(name, train.config)
@@ -76,7 +77,7 @@ def test_make_sampler_rejects_unknown_names_and_step_counts(tiny):
         make_sampler("ddim", train.config, steps=1001)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "sde-dpmsolver++", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "sde-dpmsolver++", "ddpm", "unipc"])
 def test_sample_i_is_the_same_alone_or_in_a_batch(tiny, sampler):
     unet, train = tiny
     scheduler, _ = make_sampler(sampler, train.config)
@@ -91,7 +92,7 @@ def test_sample_i_is_the_same_alone_or_in_a_batch(tiny, sampler):
 
 def test_every_sampler_runs_with_its_default_steps(tiny):
     unet, train = tiny
-    for name in ("ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++"):
+    for name in ("ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc"):
         scheduler, steps = make_sampler(name, train.config)
         x = sample_pairs(unet, scheduler, [1, 2], steps, image_size=8)  # 8 px keeps DDPM-1000 fast
         assert x.shape == (2, 2, 8, 8)
@@ -197,7 +198,18 @@ class OracleDenoiser(torch.nn.Module):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize(
     "sampler,steps",
-    [("ddpm", 1000), ("ddpm", 50), ("ddim", 50), ("dpmsolver++", 20), ("sde-dpmsolver++", 20)],
+    [
+        ("ddpm", 1000),
+        ("ddpm", 50),
+        ("ddpm", 10),
+        ("ddim", 50),
+        ("ddim", 10),
+        ("dpmsolver++", 20),
+        ("dpmsolver++", 10),
+        ("sde-dpmsolver++", 20),
+        ("sde-dpmsolver++", 10),
+        ("unipc", 10),
+    ],
 )
 def test_samplers_recover_the_only_training_pair_with_an_exact_denoiser(prediction_type, sampler, steps):
     train = DDPMScheduler(

@@ -153,3 +153,30 @@ def test_the_shape_prior_travels_from_the_training_masks_to_the_set(compose_cfg,
                                       "mode=mask_conditioned", "progress=false", "fidelity.enabled=false"]))  # fmt: skip
     assert json.loads((out / "provenance.json").read_text())["shape_prior"] == recorded
     assert json.loads((out / "summary.json").read_text())["settings"]["shape_prior"] == recorded
+
+
+def test_a_fixed_reference_set_judges_and_may_not_share_images_with_the_heldout_set(
+    compose_cfg, phantom_dir, tmp_path
+):
+    from fetalgen.data.provenance import LeakageError
+
+    metrics = train_diffusion(compose_cfg("train_diffusion", [*TINY, "logger=none"]))
+    folders = {}
+    for name, picked in (("heldout", range(0, 6)), ("reference", range(6, 16))):  # links, nothing copied
+        for kind in ("images", "masks"):
+            (tmp_path / name / kind).mkdir(parents=True)
+            for path in [sorted((phantom_dir / kind).iterdir())[i] for i in picked]:
+                (tmp_path / name / kind / path.name).symlink_to(path)
+        folders[name] = tmp_path / name
+    args = [f"ckpt_path={metrics['checkpoint']}", "n=4", "steps=2", "progress=false", "fidelity/features=sam_tiny",
+            "fidelity.segmenter_steps=5", "fidelity.kid_subsets=2",
+            "+eval_data@fidelity.heldout=folder", f"fidelity.heldout.source.root={folders['heldout']}",
+            "+eval_data@fidelity.reference=folder"]  # fmt: skip
+    synthesize(compose_cfg("sample", [*args, f"fidelity.reference.source.root={folders['reference']}",
+                                      f"out={tmp_path / 'set'}"]))  # fmt: skip
+    summary = json.loads((tmp_path / "set" / "summary.json").read_text())["fidelity"]
+    assert "10 fixed real pairs (folder" in summary["agreement"]["segmenter"]
+    assert "generator's 8 real training pairs" in summary["agreement_own"]["segmenter"]
+    with pytest.raises(LeakageError, match="fidelity.reference shares 6 image"):
+        synthesize(compose_cfg("sample", [*args, f"fidelity.reference.source.root={folders['heldout']}",
+                                          f"out={tmp_path / 'refused'}"]))  # fmt: skip

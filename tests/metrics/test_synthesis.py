@@ -93,6 +93,22 @@ def test_max_similarity():
         max_similarity(synthetic, train[:0])
 
 
+def test_best_mask_iou_finds_copied_and_mirrored_masks():
+    from fetalgen.diffusion.sampling import head_mask
+    from fetalgen.metrics.synthesis import best_mask_iou
+
+    train = np.stack([head_mask(32, 0.3, 0.7, (0.4, 0.5), 20.0), head_mask(32, 0.2, 0.9, (0.5, 0.5), 0.0)])
+    other = head_mask(32, 0.25, 0.8, (0.6, 0.4), 70.0)
+    masks = np.stack([train[1], train[0][:, ::-1], other, np.zeros((32, 32), bool)])
+    best = best_mask_iou(masks, train)
+    assert best[0] == 1.0 and best[1] == 1.0 and best[3] == 0.0  # a copy, a mirrored copy, an empty mask
+    union = [(other | t).sum() for t in train] + [(other | t[:, ::-1]).sum() for t in train]
+    inter = [(other & t).sum() for t in train] + [(other & t[:, ::-1]).sum() for t in train]
+    assert best[2] == pytest.approx(max(i / u for i, u in zip(inter, union, strict=True))) and best[2] < 0.9
+    assert best_mask_iou(masks, train, flip_invariant=False)[1] < 1.0
+    assert best_mask_iou(masks, train[:0]).tolist() == [0.0] * 4
+
+
 def test_summary_is_json_and_prints():
     qc = [qc_mask(ellipse()), qc_mask(ellipse(axes=(30, 20))), qc_mask(ellipse(axes=(3, 3)))]
     sim = np.array([0.2, 0.97, 0.5])

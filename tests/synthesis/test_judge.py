@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
@@ -52,3 +53,33 @@ def test_judging_shows_progress_and_says_when_a_set_is_too_small_for_kid(
     err = capsys.readouterr().err
     assert "judge: 100%" in err and f"{7 + 2 * n + 6}/{7 + 2 * n + 6}" in err  # steps + images embedded
     assert "too few to read" in figures["realism_note"] and set(figures["realism"]) == {"train"}
+
+
+def test_a_fixed_reference_set_measures_while_the_own_pairs_still_filter(
+    phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path
+):
+    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 4)  # a 4-pair generator
+    data = PairDataset(read_folder(phantom_dir)[4:24], 32)
+    more = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
+    heldout, reference = (
+        RealPairs(more.images[:6], more.masks[:6]),
+        RealPairs(more.images[6:], more.masks[6:]),
+    )
+    settings = JudgeSettings(segmenter_steps=40, kid_subsets=5)
+
+    alone = judge_synthetic(root, train, names, names, features, settings, heldout)
+    per_pair = [e.pair_agreement for e in sorted(read_manifest(root), key=lambda e: e.index)]
+    both = judge_synthetic(
+        root, train, names, names, features, settings, heldout, reference, "(14 phantom pairs)"
+    )
+    again = [e.pair_agreement for e in sorted(read_manifest(root), key=lambda e: e.index)]
+
+    assert again == per_pair  # the per-pair figures (and so min_agreement) stay the generator's own
+    assert both["agreement_own"] == alone["agreement"] == alone["agreement_own"]
+    assert "14 fixed real pairs (14 phantom pairs)" in both["agreement"]["segmenter"]
+    assert "generator's 4 real training pairs" in both["agreement_own"]["segmenter"]
+    assert both["agreement"]["synthetic"] != both["agreement_own"]["synthetic"]  # another segmenter measured
+    a = both["agreement"]
+    assert a["normalised"] == pytest.approx((a["synthetic"] - a["floor"]) / (a["ceiling"] - a["floor"]))
+    with pytest.raises(ValueError, match="needs held-out real pairs"):
+        judge_synthetic(root, train, names, names, features, settings, None, reference)

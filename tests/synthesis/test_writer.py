@@ -18,6 +18,7 @@ from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, read_manifest, read_synthetic
 from fetalgen.diffusion.sampling import head_mask
 from fetalgen.diffusion.shape_prior import ShapePrior
+from fetalgen.metrics.synthesis import best_mask_iou
 from fetalgen.synthesis.writer import (
     SynthesisSpec,
     TrainReference,
@@ -175,6 +176,15 @@ def test_mask_conditioned_mode_writes_masks_drawn_from_the_shape_prior(generator
         assert np.array_equal(mask, spec.mask_of(e.index, 32))
         assert e.qc_pass and e.qc["ellipse_iou"] > 0.9
     assert summary["qc_pass_rate"] == 1.0 and summary["settings"]["shape_prior"] == prior
+    masks = np.stack(
+        training
+    )  # the best IoU of each mask with a training mask: recorded per pair and per set
+    reference = TrainReference(np.zeros((3, 32, 32), np.float32), np.full(3, np.nan), masks=masks)
+    summary = run(generator, tmp_path / "judged", 3, spec=spec, reference=reference)
+    entries = sorted(read_manifest(tmp_path / "judged"), key=lambda e: e.index)
+    ious = [best_mask_iou(spec.mask_of(e.index, 32)[None], masks)[0] for e in entries]
+    assert [e.max_train_mask_iou for e in entries] == pytest.approx(ious)
+    assert summary["mask_copies"]["median_best_iou"] == pytest.approx(np.median(ious))
     with pytest.raises(ValueError, match="mask_conditioned mode draws its masks from a shape prior"):
         SynthesisSpec(mode="mask_conditioned")
 
