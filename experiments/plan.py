@@ -43,25 +43,31 @@ def experiment(name: str, task: str) -> Any:
 
 
 def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], matched: list[int],
-         matched_seeds: list[int], reference: bool, cohorts: list[str], test_sets: list[str]) -> list[Work]:  # fmt: skip
+         matched_seeds: list[int], reference: bool, cohorts: list[str], test_sets: list[str],
+         variants: list[str] = ("main",)) -> list[Work]:  # fmt: skip
     """The work of a reproduction: ``cohorts`` the training cohorts, ``test_sets`` the extra test sets present
-    (:data:`TEST_SETS`); the other arguments as ``reproduce_paper.main`` settles them."""
+    (:data:`TEST_SETS`), ``variants`` the generator recipes compared (the first the main one: the others get the
+    paper arm at the smallest N_real); the other arguments as ``reproduce_paper.main``
+    settles them."""
     diffusion, finetune = (
         experiment(preset.experiment, "diffusion"),
         experiment(preset.experiment, "finetune"),
     )
-    generators = 1 + len(matched) * len(matched_seeds)
+    others = len(variants) - 1
+    generators = 1 + len(matched) * len(matched_seeds) + others
     unet = str(diffusion.model.unet.get("sample_size", diffusion.model.get("image_size")))
     steps = int(finetune.trainer.max_steps)
     runs: list[tuple[int, str]] = [(n, arm) for _ in cohorts for n in num_real for arm in arms for _ in seeds]
-    runs += [(n, "matched") for n in matched for _ in matched_seeds]
+    runs += [(min(num_real), "synthetic") for _ in range(others) for _ in seeds]
+    matched_arms = list(getattr(preset, "matched_arms", ("matched",)))
+    runs += [(n, arm) for n in matched for arm in matched_arms for _ in matched_seeds]
     if reference:
         runs += [(int(diffusion.data.num_real), "reference")] * len(seeds)
     views = int(finetune.data.get("augment_views") or 1)
     encoded = 0
     for n, arm in runs:
         synthetic = (
-            preset.n_synthetic if arm in ("synthetic", "matched") else 0
+            preset.n_synthetic if arm in ("synthetic", "matched", "filtered") else 0
         )  # every pair that passed QC, at most
         augmented = views if arm in ("weak", "strong") else 1
         held_out = (

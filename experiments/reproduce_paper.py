@@ -3,8 +3,11 @@ made leak-free, budget-fair and label-counted.
 
 1. split each training cohort once (fetalgen-split): held-out validation and test subjects, and the training
    pool (the paper's case lists in PRESET=paper); every later step reads this split;
-2. train the joint diffusion on 20 pool pairs per trimester (60 in all) and sample the synthetic pairs with QC
-   (495 in the paper); the label-matched generators train on exactly the N_real pairs SAM will see;
+2. train the generator on 20 pool pairs per trimester (60 in all) and sample the synthetic pairs with QC
+   (495 in the paper); the label-matched generators train on exactly the N_real pairs SAM will see; each set is
+   judged, its agreement measured by one segmenter fitted on the paper generator's 60 pairs for every generator
+   (and filtered, in the `filtered` arm, by the generator's own pairs only). ``--generators`` compares recipes
+   (:data:`GENERATORS`): the first is the preset's own; the others get the paper arm at the smallest N_real;
 3. fine-tune SAM for each training cohort and N_real in the arms (real only; + the paper generator's pairs;
    + the label-matched generator's pairs; weak and strong augmentation), over the seeds, every arm with the
    same number of optimizer steps; plus the label-budget reference (real only on the generator's 60 pairs);
@@ -16,6 +19,7 @@ PRESET=paper is the full protocol for a GPU machine (SAM ViT-B from `make weight
 same steps at small scale (tiny models, 32/64 px, N_real 5/20/50, 3 seeds) on 2 CPU cores.
 
     python experiments/reproduce_paper.py --preset cpu [--out outputs/reproduce-paper] [--results results]
+    python experiments/reproduce_paper.py --preset cpu --generators conditioned,joint,joint-eps --num-real 5
 """
 
 from __future__ import annotations
@@ -34,6 +38,42 @@ from fetalgen.data.protocol import restrict_pool
 from fetalgen.data.provenance import TRAINING_CASES, read_training_cases
 from fetalgen.report.paper import ARMS, write_paper_results
 from fetalgen.report.synthetic import synthetic_set_markdown
+
+
+@dataclass(frozen=True)
+class GeneratorVariant:
+    """A generator recipe of the comparison: overrides of fetalgen-train-diffusion and of fetalgen-sample."""
+
+    diffusion: tuple[str, ...]
+    sample: tuple[str, ...]
+    about: str
+
+
+V_COSINE = (
+    "model.noise_scheduler.prediction_type=v_prediction",
+    "model.noise_scheduler.beta_schedule=squaredcos_cap_v2",
+)
+GENERATORS = {
+    "conditioned": GeneratorVariant(
+        ("generator=mask_conditioned", *V_COSINE),
+        ("mode=mask_conditioned",),
+        "mask-conditioned image model, masks from the training masks' shape prior",
+    ),
+    "joint": GeneratorVariant(
+        ("generator=joint", *V_COSINE),
+        ("mode=joint",),
+        "joint image-and-mask model, v-prediction on a cosine schedule",
+    ),
+    "joint-eps": GeneratorVariant(
+        (
+            "generator=joint",
+            "model.noise_scheduler.prediction_type=epsilon",
+            "model.noise_scheduler.beta_schedule=linear",
+        ),
+        ("mode=joint",),
+        "joint image-and-mask model, epsilon on a linear schedule (the earlier default)",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +96,8 @@ class Preset:
     logger: str = "wandb"
     reference: bool = True  # the label-budget reference arm
     use_the_model: bool = False  # then export the first run's best checkpoint and predict with it
+    generators: tuple[str, ...] = ("conditioned",)  # GENERATORS compared; the first is the preset's own
+    matched_arms: tuple[str, ...] = ("matched",)  # the arms on the label-matched sets (matched, filtered)
 
 
 PAPER_LISTS = "${paths.paper_lists_dir}"
@@ -68,7 +110,7 @@ PRESETS = {
     # 2 CPU cores, about an hour: the paper's four arms are cut to real and synthetic (weak/strong: --arms).
     "cpu": Preset(
         "cpu", (5, 20, 50), (0, 1, 2), 120, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
-        matched_num_real=(5, 20), matched_seeds=(0,), arms=("real", "synthetic"),
+        matched_num_real=(5,), arms=("real", "synthetic"), matched_arms=("matched", "filtered"),
         sample=("fidelity/features=sam_tiny",),  # no SAM weights here; ViT-B takes seconds per image on a CPU
     ),
     # PRESET=paper rehearsed on a CPU with random weights: the paper's lists, 256 px UNet, ViT-B at 1024 px with
@@ -171,10 +213,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="comma-separated extra arms to leave out: matched, reference (default: none)",
     )
+    parser.add_argument("--generators", default=None,
+                        help=f"comma-separated generator recipes to compare, the first the main one "
+                             f"({', '.join(GENERATORS)}; default: the preset's)")  # fmt: skip
+    parser.add_argument("--num-real", default=None, help="comma-separated N_real (default: the preset's)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hours estimate only")
     parser.add_argument("--gpu-figures", type=Path, default=Path(__file__).parent / "bench" / "gpu.json",
                         help="gpu.py --out figures for the estimate")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def chosen_generators(args: argparse.Namespace, preset: Preset) -> list[str]:
+    """The generator recipes of this run (``--generators`` or the preset's); unknown names stop it."""
+    variants = args.generators.split(",") if args.generators else list(preset.generators)
+    unknown = [v for v in variants if v not in GENERATORS]
+    if unknown:
+        sys.exit(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
+    return variants
+
+
+def chosen_num_real(args: argparse.Namespace, preset: Preset) -> list[int]:
+    """N_real of this run (``--num-real`` or the preset's)."""
+    return [int(n) for n in args.num_real.split(",")] if args.num_real else list(preset.num_real)
 
 
 def dry_run(args: argparse.Namespace, preset: Preset) -> None:
@@ -188,10 +248,10 @@ def dry_run(args: argparse.Namespace, preset: Preset) -> None:
     matched_seeds = [s for s in (preset.matched_seeds or seeds) if s in seeds]
     cohorts = ["hc18", "spanish"] if args.preset == "paper" else ["hc18"]
     test_sets = ["spanish", "african"] if args.preset == "paper" else []
-    print(f"reproduce-paper {args.preset}: cohorts {', '.join(cohorts)}, N_real {list(preset.num_real)}, arms "
+    print(f"reproduce-paper {args.preset}: cohorts {', '.join(cohorts)}, N_real {chosen_num_real(args, preset)}, arms "
           f"{arms}, seeds {seeds} (as if every cohort were present and every N_real fit the pool)")  # fmt: skip
-    work = plan(preset, list(preset.num_real), seeds, arms, matched, matched_seeds, "reference" not in skip,
-                cohorts, test_sets)  # fmt: skip
+    work = plan(preset, chosen_num_real(args, preset), seeds, arms, matched, matched_seeds, "reference" not in skip,
+                cohorts, test_sets, chosen_generators(args, preset))  # fmt: skip
     print(format_plan(work, args.gpu_figures))
 
 
@@ -250,62 +310,82 @@ def main(argv: list[str] | None = None) -> Path:
                 f"{cohort}: {len(info['pool_missing'])} cases of the pool list are absent from the data and were "
                 f"left out (named in {splits[cohort] / 'split.json'}); the pool has {pool} images."
             )
-        if cohort == "hc18" and max(preset.num_real) > pool:
+        if cohort == "hc18" and max(chosen_num_real(args, preset)) > pool:
             found.notes.append(f"hc18: N_real > {pool} (the pool) cannot run and is left out.")
     for note in found.notes:
         print(f"NOTE: {note}", flush=True)
     hc18_pool = json.loads((splits["hc18"] / "split.json").read_text())["counts"]["train"]["images"]
-    num_real = [n for n in preset.num_real if n <= hc18_pool]
+    num_real = [n for n in chosen_num_real(args, preset) if n <= hc18_pool]
 
-    def generator(title: str, folder: Path, synthetic_dir: Path, extra: list[str]) -> None:
-        """Train a generator on the HC18 pool (held-out images never read), then sample its pairs."""
+    variants = chosen_generators(args, preset)
+    judge_reference: list[str] = []  # the measurement segmenter's pairs: the paper generator's (set below)
+
+    def train_generator(title: str, folder: Path, variant: str, extra: list[str]) -> None:
+        """Train a generator on the HC18 pool (held-out images never read)."""
         run_step(
-            f"2/5 {title}",
+            f"2/5 {title} [{variant}]",
             "fetalgen-train-diffusion",
-            [f"experiment={preset.experiment}/diffusion", f"logger={preset.logger}", f"hydra.run.dir={folder}",
-             f"data.split_file={splits['hc18']}", "data.load_holdout=false", *extra, *preset.diffusion, *common],
+            [f"experiment={preset.experiment}/diffusion", *GENERATORS[variant].diffusion, f"logger={preset.logger}",
+             f"hydra.run.dir={folder}", f"data.split_file={splits['hc18']}", "data.load_holdout=false", *extra,
+             *preset.diffusion, *common],
             logs,
         )  # fmt: skip
+
+    def sample(folder: Path, synthetic_dir: Path, variant: str) -> None:
+        """Sample its pairs with QC, judged against the split's validation subjects (read for measurement only;
+        no model trains on them) by the segmenter of the fixed reference pairs and by the generator's own."""
         run_step(
-            f"2/5 sample {preset.n_synthetic} synthetic pairs with QC",
+            f"2/5 sample {preset.n_synthetic} synthetic pairs with QC [{variant}]",
             "fetalgen-sample",
             [f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
              f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}",
-             # held-out real images for realism and the agreement ceiling: the split's validation subjects
-             # (read for measurement only; no model trains on them)
              "+eval_data@fidelity.heldout=hc18", f"fidelity.heldout.source.list_file={splits['hc18'] / 'val.txt'}",
-             *preset.sample, *common],
+             *judge_reference, *GENERATORS[variant].sample, *preset.sample, *common],
             logs,
         )  # fmt: skip
 
-    generator("joint diffusion on 20 HC18 pool pairs per trimester", out / "diffusion", synthetic, [])
+    paper_generators = {v: (out / "diffusion" / v, synthetic / v) for v in variants}
+    for variant, (folder, _) in paper_generators.items():
+        train_generator("generator on 20 HC18 pool pairs per trimester", folder, variant, [])
+    # One fixed set of real pairs for the judge's measurement of every generator: the paper generator's 60.
+    names = [r["name"] for r in read_training_cases(paper_generators[variants[0]][0] / TRAINING_CASES)]
+    reference = restrict_pool(splits["hc18"], names, out / "split" / "hc18-reference")
+    judge_reference += [
+        "+eval_data@fidelity.reference=hc18",
+        f"fidelity.reference.source.list_file={reference / 'train.txt'}",
+    ]
+    for variant, (folder, synthetic_dir) in paper_generators.items():
+        sample(folder, synthetic_dir, variant)
     matched = [n for n in preset.matched_num_real if n in num_real] if "matched" not in skip else []
+    main_variant = variants[0]
     for n in matched:
         for seed in matched_seeds:
-            generator(
-                f"label-matched generator on the {n} pairs SAM sees (seed {seed})",
-                out / "diffusion-matched" / f"n{n}_seed{seed}",
-                out / "synthetic-matched" / f"n{n}_seed{seed}",
-                [f"data.num_real={n}", "data.balance_trimesters=false", f"seed={seed}"],
-            )
+            folder = out / "diffusion-matched" / main_variant / f"n{n}_seed{seed}"
+            train_generator(f"label-matched generator on the {n} pairs SAM sees (seed {seed})", folder, main_variant,
+                            [f"data.num_real={n}", "data.balance_trimesters=false", f"seed={seed}"])  # fmt: skip
+            sample(folder, out / "synthetic-matched" / main_variant / f"n{n}_seed{seed}", main_variant)
 
     sweeps: list[tuple[str, list[str]]] = []
     for cohort in cohorts:
         cohort_args = ["data.num_test=0"] if cohort == "spanish" else []  # its test set is <spanish_dir>/test
         sweeps.append((f"{cohort}/arms", [
             f"data={cohort}", f"data.split_file={splits[cohort]}", f"data.num_real={','.join(map(str, num_real))}",
-            f"arm={','.join(arms)}", f"seed={','.join(map(str, seeds))}", f"data.synthetic_dir={synthetic}",
-            *cohort_args,
+            f"arm={','.join(arms)}", f"seed={','.join(map(str, seeds))}",
+            f"data.synthetic_dir={synthetic / main_variant}", f"generator_recipe={main_variant}", *cohort_args,
+        ]))  # fmt: skip
+    for variant in variants[1:]:  # the other recipes: the paper arm at the smallest N_real
+        sweeps.append((f"hc18/synthetic-{variant}", [
+            "data=hc18", f"data.split_file={splits['hc18']}", f"data.num_real={min(num_real)}", "arm=synthetic",
+            f"seed={','.join(map(str, seeds))}", f"data.synthetic_dir={synthetic / variant}", f"generator_recipe={variant}",
         ]))  # fmt: skip
     if matched:
-        sweeps.append(("hc18/matched", [
+        sweeps.append((f"hc18/matched-{main_variant}", [
             "data=hc18", f"data.split_file={splits['hc18']}", f"data.num_real={','.join(map(str, matched))}",
-            "arm=matched", f"seed={','.join(map(str, matched_seeds))}",
-            f"data.synthetic_dir={out / 'synthetic-matched'}/n${{data.num_real}}_seed${{seed}}",
+            f"arm={','.join(preset.matched_arms)}", f"seed={','.join(map(str, matched_seeds))}",
+            f"data.synthetic_dir={out / 'synthetic-matched' / main_variant}/n${{data.num_real}}_seed${{seed}}",
+            f"generator_recipe={main_variant}",
         ]))  # fmt: skip
     if "reference" not in skip and preset.reference:
-        names = [r["name"] for r in read_training_cases(out / "diffusion" / TRAINING_CASES)]
-        reference = restrict_pool(splits["hc18"], names, out / "split" / "hc18-reference")
         sweeps.append(("hc18/reference", [
             "data=hc18", f"data.split_file={reference}", f"data.num_real={len(names)}", "arm=reference",
             f"seed={','.join(map(str, seeds))}",
@@ -327,16 +407,14 @@ def main(argv: list[str] | None = None) -> Path:
         use_the_model(out, splits["hc18"], found.hc18, logs, common)
     print("==> 5/5 results", flush=True)
     report = write_paper_results(out / "sweep", args.results)
-    sets = [synthetic, *sorted((out / "synthetic-matched").glob("*"))]
     described = []
-    for root in sets:
-        if (root / "summary.json").is_file():
-            title = (
-                "The paper arm's synthetic pairs"
-                if root == synthetic
-                else f"Label-matched generator {root.name}"
-            )
-            described += synthetic_set_markdown(root, report.parent, title)
+    for variant in variants:
+        sets = [synthetic / variant, *sorted((out / "synthetic-matched" / variant).glob("*"))]
+        for root in sets:  # the matched sets are the main recipe's
+            if (root / "summary.json").is_file():
+                title = (f"The paper arm's synthetic pairs [{variant}]" if root == synthetic / variant
+                         else f"Label-matched generator {root.name} [{variant}]")  # fmt: skip
+                described += synthetic_set_markdown(root, report.parent, title)
     if described:
         report.write_text(report.read_text() + "\n" + "\n".join(described) + "\n")
     notes = "\n".join(f"- {n}" for n in found.notes)

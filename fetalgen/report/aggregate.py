@@ -23,6 +23,7 @@ SETTING_KEYS = (
     "task_name",
     "seed",
     "arm",
+    "generator_recipe",
     "data.num_real",
     "data.synthetic_ratio",
     "data.num_synthetic",
@@ -99,6 +100,9 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
             f"{root}: no run found (no {METRICS_FILE} and no .hydra/config.yaml below it)"
         )
     rows = [_read_run(d) for d in sorted(run_dirs)]
+    for row in rows:  # arms with pairs of a named generator variant are told apart by it
+        if row.get("arm") and row.get("generator_recipe") and row.get("data/num_synthetic", 0) > 0:
+            row["arm"] = f"{row['arm']}[{row['generator_recipe']}]"
     return pd.DataFrame(rows)
 
 

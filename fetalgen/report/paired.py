@@ -85,7 +85,8 @@ def paired_comparison(
     ``_high``, ``_seeds``): the arm minus the real-only arm at the same N_real on the same seeds and images;
     ``diff_budget*``: the arm minus the label-budget reference (arm ``reference``) on the same seeds; the
     labels behind the arm (``labels_sam``, ``labels_generator``, ``labels_total``, means over seeds), its
-    ``steps`` and synthetic pairs used; and one ``box-ellipse`` row per cohort (its Dice on the same boxes).
+    ``steps`` and synthetic pairs used; ``label_equivalence``: the real labels its Dice is worth on the real-only
+    curve; and one ``box-ellipse`` row per cohort (its Dice on the same boxes).
     Runs without ``eval/<test_set>`` are left out.
     """
     ok = runs[(runs["status"] == "ok") & runs["run_dir"].map(
@@ -129,7 +130,42 @@ def paired_comparison(
         mean, low, high = bootstrap_ci(base.to_numpy(), n_boot)
         rows.append({"train cohort": cohort, "N_real": 0, "arm": "box-ellipse", "seeds": len(base),
                      "dice": mean, "dice_low": low, "dice_high": high})  # fmt: skip
-    return pd.DataFrame(rows)
+    return add_label_equivalence(pd.DataFrame(rows))
+
+
+def label_equivalence(dice: float, curve: list[tuple[float, float]]) -> str:
+    """The number of real labels an arm's Dice is worth: the N_real at which the real-only curve (``(N_real,
+    Dice)`` points: the real arm, and the label-budget reference at its labels) reaches ``dice``, linearly
+    interpolated; the curve is made non-decreasing first (a dip between seeds is noise, not fewer labels).
+    Outside the measured range it says so (``"< 5"``, ``"> 60"``)."""
+    if pd.isna(dice) or not curve:
+        return "–"
+    points = sorted(curve)
+    n = np.array([p[0] for p in points], dtype=float)
+    d = np.maximum.accumulate(np.array([p[1] for p in points], dtype=float))
+    if dice < d[0]:
+        return f"< {n[0]:.0f} (below the measured range)"
+    if dice > d[-1]:
+        return f"> {n[-1]:.0f} (beyond the measured range)"
+    k = int(np.argmax(d >= dice))
+    if k == 0 or d[k] == d[k - 1]:
+        return f"{n[k]:.0f}"
+    return f"{n[k - 1] + (dice - d[k - 1]) / (d[k] - d[k - 1]) * (n[k] - n[k - 1]):.0f}"
+
+
+def add_label_equivalence(comparison: pd.DataFrame) -> pd.DataFrame:
+    """``label_equivalence`` (:func:`label_equivalence`) for every arm row, per training cohort, on the curve of
+    its real-only rows and the label-budget reference."""
+    out = comparison.copy()
+    out["label_equivalence"] = "–"
+    for _, part in out.groupby("train cohort"):
+        real = part[part["arm"].isin([REFERENCE_ARM, BUDGET_ARM])]
+        curve = [(float(r["sam"]) if "sam" in r and not pd.isna(r["sam"]) else float(r["N_real"]), float(r["dice"]))
+                 for _, r in real.iterrows() if not pd.isna(r["dice"])]  # fmt: skip
+        for i, r in part.iterrows():
+            if r["arm"] not in ("box-ellipse",):
+                out.loc[i, "label_equivalence"] = label_equivalence(r["dice"], curve)
+    return out
 
 
 def format_ci(mean: float, low: float, high: float, scale: float = 100.0, signed: bool = False) -> str:
@@ -163,6 +199,8 @@ def paired_table(comparison: pd.DataFrame) -> pd.DataFrame:
                 format_ci(r[key], r[f"{key}_low"], r[f"{key}_high"], signed=True)
                 for _, r in comparison.iterrows()
             ]
+    if "label_equivalence" in comparison.columns:
+        out["worth real labels"] = comparison["label_equivalence"]
     if "train/steps" in comparison.columns:
         out["steps"] = comparison["train/steps"].map(lambda v: "–" if pd.isna(v) else f"{v:.0f}")
     if "data/num_synthetic" in comparison.columns:

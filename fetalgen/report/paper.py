@@ -54,7 +54,10 @@ def paper_table(summary: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 def published_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     """Our best 'w/ synthesis' Dice per test set beside the published headline figure (where one exists)."""
     rows = []
-    synth = summary[summary["arm"] == "synthetic"] if "arm" in summary.columns else summary.iloc[0:0]
+    is_paper_arm = (
+        summary["arm"].astype(str).str.match(r"^synthetic(\[|$)") if "arm" in summary.columns else None
+    )
+    synth = summary[is_paper_arm] if is_paper_arm is not None else summary.iloc[0:0]
     for name, published in PUBLISHED_DICE.items():
         column = f"test/{name}/dice_mean"
         if column in synth.columns and synth[column].notna().any():
@@ -102,7 +105,10 @@ def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
         "steps; all arms of one (N_real, seed) are tested on the same images with the same jittered boxes.",
         "Arms: `real` (real pairs only), `synthetic` (+ every usable pair of the generator trained on the "
         "paper's 60 pairs), `matched` (+ pairs of a generator trained on exactly the N_real pairs SAM sees), "
-        "`weak`/`strong` (augmentation), `reference` (real only, on every label the paper's generator saw).",
+        "`filtered` (matched, without the pairs whose judged image-mask agreement is below `data.min_agreement`), "
+        "`weak`/`strong` (augmentation), `reference` (real only, on every label the paper's generator saw); "
+        "`[name]`: the generator recipe behind the pairs. Worth real labels: the real-only N_real whose Dice the "
+        "arm matches, interpolated on the real-only curve (real arm and reference).",
         "",
     ]
     panels = []

@@ -45,7 +45,9 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Spanish cohort ABSENT" in done.stdout and "Training on HC18 alone" in done.stdout
     table = pd.read_csv(results / "table.csv")
-    assert sorted(table["arm"]) == ["matched", "real", "reference", "strong", "synthetic", "weak"]
+    assert sorted(table["arm"]) == [
+        "matched[conditioned]", "real", "reference", "strong", "synthetic[conditioned]", "weak"
+    ]  # fmt: skip
     assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3, 60}
     text = (results / "results.md").read_text()
     assert "| spanish | 94.66 | – | test set absent |" in text
@@ -53,17 +55,22 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
         "Δ vs real-only [95% CI]" in text and "| hc18 | – | box-ellipse |" in text and "## Data notes" in text
     )
     paired = pd.read_csv(results / "paired_hc18.csv").set_index("arm")
-    assert (paired.loc["synthetic", ["sam", "generator"]] == [3, 60]).all()
-    assert (paired.loc["matched", ["sam", "generator", "total"]] == [3, 3, 3]).all()
+    assert (paired.loc["synthetic[conditioned]", ["sam", "generator"]] == [3, 60]).all()
+    assert (paired.loc["matched[conditioned]", ["sam", "generator", "total"]] == [3, 3, 3]).all()
+    assert paired["label_equivalence"].notna().all() and "worth real labels" in text
     assert paired.loc["reference", "sam"] == 60 and paired.loc["real", "generator"] == 0
     assert (results / "dice_vs_nreal.png").stat().st_size > 1000
-    manifest = (tmp_path / "out" / "synthetic" / "manifest.jsonl").read_text().splitlines()
+    manifest = (tmp_path / "out" / "synthetic" / "conditioned" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 6
     # Each generator's set is described with its fidelity figures; the held-out reference is the validation split.
     assert "## The paper arm's synthetic pairs" in text and "## Label-matched generator" in text
-    summary = json.loads((tmp_path / "out" / "synthetic" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "synthetic" / "conditioned" / "summary.json").read_text())
     assert summary["fidelity"]["agreement"]["ceiling_source"] == "held-out real pairs"
     assert summary["fidelity"]["agreement"]["n_ceiling"] == 4  # num_val=4
+    # every generator is measured by the segmenter of the paper generator's 60 pairs; QC by its own pairs
+    matched = json.loads(next((tmp_path / "out" / "synthetic-matched").rglob("summary.json")).read_text())
+    assert "60 fixed real pairs" in matched["fidelity"]["agreement"]["segmenter"]
+    assert "generator's 3 real training pairs" in matched["fidelity"]["agreement_own"]["segmenter"]
     _assert_no_overlap(tmp_path / "out")
 
 
@@ -81,11 +88,15 @@ def _assert_no_overlap(out: Path) -> None:
         rows = read_training_cases(path)
         assert rows and not {r["name"] for r in rows} & held, path
         assert not {r["subject"] for r in rows} & held_subjects, path
-    for syn in [out / "synthetic", *(out / "synthetic-matched").iterdir()]:
+    for syn in [out / "synthetic" / "conditioned", *(out / "synthetic-matched" / "conditioned").iterdir()]:
         provenance = json.loads((syn / "provenance.json").read_text())
         assert not {r["name"] for r in provenance["training_cases"]} & held
-    matched_sam = read_training_cases(next((out / "sweep" / "hc18" / "matched").glob("*/training_cases.csv")))
-    matched_gen = read_training_cases(out / "diffusion-matched" / "n3_seed0" / "training_cases.csv")
+    matched_sam = read_training_cases(
+        next((out / "sweep" / "hc18" / "matched-conditioned").glob("*/training_cases.csv"))
+    )
+    matched_gen = read_training_cases(
+        out / "diffusion-matched" / "conditioned" / "n3_seed0" / "training_cases.csv"
+    )
     assert [r["name"] for r in matched_sam] == [r["name"] for r in matched_gen]  # the same labels
 
 
@@ -106,7 +117,7 @@ def test_the_paper_preset_rehearsed_step_by_step_on_a_cpu(hc18_dir: Path, tmp_pa
         Path(__file__).parents[2] / "fetalgen" / "data" / "lists" / "paper" / "HC18_data_500.list"
     )
     assert set(pool) <= set(paper)  # the paper's pool list
-    generator = json.loads((out / "diffusion" / "metrics.json").read_text())
+    generator = json.loads((out / "diffusion" / "conditioned" / "metrics.json").read_text())
     assert generator["global_step"] == 1 and generator["data/num_train"] == 3
     (run,) = (out / "sweep").rglob("metrics.json")
     metrics = json.loads(run.read_text())

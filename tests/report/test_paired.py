@@ -69,9 +69,23 @@ def test_paired_differences_against_real_only_and_the_label_budget(tmp_path: Pat
     table = paired_table(comparison)
     assert table.loc[table["arm"] == "synthetic", "Δ vs real-only [95% CI]"].item() == "+5.00 [+5.00, +5.00]"
     assert table.loc[table["arm"] == "synthetic", "labels SAM / generator / total"].item() == "5 / 60 / 65"
+    # level with real-only training on 60 labels: worth 60 (a curve of real at 5 and the reference at 60)
+    assert table.loc[table["arm"] == "synthetic", "worth real labels"].item() == "60"
+    assert table.loc[table["arm"] == "real", "worth real labels"].item() == "5"
 
 
 def test_format_ci() -> None:
     assert format_ci(0.885, 0.879, 0.891) == "88.50 [87.90, 89.10]"
     assert format_ci(-0.01, -0.02, 0.0, signed=True) == "-1.00 [-2.00, +0.00]"
     assert format_ci(float("nan"), 0, 0) == "–"
+
+
+def test_label_equivalence_interpolates_on_the_real_only_curve() -> None:
+    from fetalgen.report.paired import label_equivalence
+
+    curve = [(5, 0.78), (20, 0.84), (50, 0.88), (60, 0.87)]  # the reference's dip is flattened, not inverted
+    assert label_equivalence(0.795, curve) == "9"  # a quarter of the way from 5 to 20: 8.75
+    assert label_equivalence(0.84, curve) == "20"
+    assert label_equivalence(0.70, curve) == "< 5 (below the measured range)"
+    assert label_equivalence(0.90, curve) == "> 60 (beyond the measured range)"
+    assert label_equivalence(float("nan"), curve) == "–" and label_equivalence(0.8, []) == "–"
