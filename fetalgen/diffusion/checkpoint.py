@@ -46,6 +46,20 @@ def load_generator(
         raise CheckpointError(f"{path}: holds no generator description ('{CHECKPOINT_KEY}'); train with "
                               "fetalgen-train-diffusion")  # fmt: skip
     extra = ckpt[CHECKPOINT_KEY]
+    if (
+        extra.get("generator") == "paper_lora"
+    ):  # the paper's latent generator: its base model and LoRA weights
+        from fetalgen.diffusion.paper_lora import PaperLoraGenerator
+
+        try:
+            generator = PaperLoraGenerator.from_checkpoint(ckpt, device)
+        except (ValueError, OSError) as err:
+            raise DataError(path, str(err)) from err
+        return (
+            generator,
+            dict(extra["noise_scheduler_config"]),
+            generator_meta(path, record, ckpt, extra, False),
+        )
     unet = UNet2DModel.from_config(extra["unet_config"])
     prefix = "unet."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
@@ -68,17 +82,23 @@ def load_generator(
         ema.copy_to(unet.parameters())
         ema_loaded = True
     unet.to(device).eval().requires_grad_(False)
-    meta = {
+    return unet, dict(extra["noise_scheduler_config"]), generator_meta(path, record, ckpt, extra, ema_loaded)
+
+
+def generator_meta(
+    path: Path, record: Any, ckpt: dict[str, Any], extra: dict[str, Any], ema: bool
+) -> dict[str, Any]:
+    """What :func:`load_generator` tells of a generator besides its weights (its doc)."""
+    return {
         "config": record.config,
         "global_step": int(ckpt.get("global_step", 0)),
         "epoch": int(ckpt.get("epoch", 0)),
         "image_size": int(extra["image_size"]),
         "num_classes": int(extra["num_classes"]),
         "class_key": extra["class_key"],
-        "ema": ema_loaded,
+        "ema": ema,
         "training_cases": (record.provenance or {}).get("training_cases"),
         "shape_prior": (record.provenance or {}).get("shape_prior"),
         "sha256": sha256_file(path),
         "path": str(path.resolve()),
     }
-    return unet, dict(extra["noise_scheduler_config"]), meta

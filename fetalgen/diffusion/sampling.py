@@ -89,6 +89,12 @@ def generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
 
+def step_generators(scheduler: SchedulerMixin, gens: list[torch.Generator]) -> dict[str, Any]:
+    """``scheduler.step``'s keyword for the per-sample generators, for the samplers that draw noise in their step
+    (UniPC's step takes none)."""
+    return {"generator": gens} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
 def class_label_tensor(
     unet: UNet2DModel, labels: Sequence[int | None] | None, batch_size: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -153,7 +159,7 @@ def mask_guided_output(
 
 def is_mask_conditioned(unet: UNet2DModel) -> bool:
     """Whether ``unet`` is a mask-conditioned generator (image + mask in, image out), not the joint one."""
-    return unet.config.in_channels == 2 and getattr(unet.config, "out_channels", 2) == 1
+    return getattr(unet.config, "in_channels", None) == 2 and getattr(unet.config, "out_channels", 2) == 1
 
 
 @torch.inference_mode()
@@ -202,8 +208,7 @@ def sample_pairs(
             raise ValueError(f"masks must be [{batch},1,{size},{size}], got {tuple(masks.shape)}")
         known = to_signed(masks.to(device=device, dtype=dtype))
     scheduler.set_timesteps(steps, device=device)
-    # the per-sample generators for the samplers that draw noise in their step (UniPC's step takes none)
-    step_kwargs = {"generator": gens} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    step_kwargs = step_generators(scheduler, gens)
     for t in scheduler.timesteps:
         if known is not None and not conditioned:
             noise = randn_tensor(known.shape, generator=gens, device=device, dtype=dtype)

@@ -158,19 +158,22 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
     size = int(unet.config.sample_size)
     reference = train_reference(cfg, meta, size)
-    if is_mask_conditioned(unet) and cfg.mode != "mask_conditioned":
+    mode = cfg.mode or (
+        "mask_conditioned" if is_mask_conditioned(unet) else "joint"
+    )  # null: the generator's own
+    if is_mask_conditioned(unet) and mode != "mask_conditioned":
         raise ValueError(f"{cfg.ckpt_path} is a mask-conditioned generator: it draws images for given masks; "
-                         "sample with mode=mask_conditioned")  # fmt: skip
+                         "sample with mode=mask_conditioned (or leave mode unset)")  # fmt: skip
     spec = SynthesisSpec(
         sampler=cfg.sampler,
         steps=cfg.steps,
         seed=int(cfg.seed),
-        mode=cfg.mode,
+        mode=mode,
         class_label=cfg.class_label,
         guidance_scale=float(cfg.guidance_scale),
         batch_size=int(cfg.batch_size),
         mask_threshold=float(cfg.mask_threshold),
-        shape_prior=shape_prior(cfg, meta, reference) if cfg.mode == "mask_conditioned" else None,
+        shape_prior=shape_prior(cfg, meta, reference) if mode == "mask_conditioned" else None,
     )
     judge = build_judge(
         cfg, reference, size, device

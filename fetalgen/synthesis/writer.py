@@ -279,7 +279,12 @@ def write_synthetic(
         if spec.mode == "mask_conditioned":
             given = masks_to_tensor([spec.mask_of(i, size) for i in block])
         seeds = [derive_seed(spec.seed, i) for i in block]
-        x = sample_pairs(unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
+        if hasattr(
+            unet, "sample_pairs"
+        ):  # a generator that draws its own pairs (the paper's latent generator)
+            x = unet.sample_pairs(scheduler, seeds, steps, labels, spec.guidance_scale, given)
+        else:
+            x = sample_pairs(unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
         images, channels = unpack(x.float().cpu())
         images, channels = images[:, 0].numpy(), channels[:, 0].numpy()
         similarity = None

@@ -180,3 +180,16 @@ def test_a_fixed_reference_set_judges_and_may_not_share_images_with_the_heldout_
     with pytest.raises(LeakageError, match="fidelity.reference shares 6 image"):
         synthesize(compose_cfg("sample", [*args, f"fidelity.reference.source.root={folders['heldout']}",
                                           f"out={tmp_path / 'refused'}"]))  # fmt: skip
+
+
+def test_sampling_a_mask_conditioned_generator_takes_its_mode_unasked(compose_cfg, tmp_path):
+    cfg = compose_cfg("train_diffusion", [*TINY, "generator=mask_conditioned", "logger=none"])
+    assert cfg.model.noise_scheduler.prediction_type == "v_prediction"  # the measured recipe is the default
+    metrics = train_diffusion(cfg)
+    out = tmp_path / "set"
+    synthesize(compose_cfg("sample", [f"ckpt_path={metrics['checkpoint']}", "n=2", "steps=2", f"out={out}",
+                                      "progress=false", "fidelity.enabled=false"]))  # fmt: skip
+    assert {e.mode for e in read_manifest(out)} == {"mask_conditioned"}
+    with pytest.raises(ValueError, match="mask-conditioned generator: it draws images for given masks"):
+        synthesize(compose_cfg("sample", [f"ckpt_path={metrics['checkpoint']}", "n=2", "steps=2", "mode=joint",
+                                          f"out={tmp_path / 'joint'}", "progress=false", "fidelity.enabled=false"]))  # fmt: skip
