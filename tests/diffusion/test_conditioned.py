@@ -55,7 +55,8 @@ def test_images_drawn_for_given_masks_show_those_heads(compose_cfg, other_phanto
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert np.mean(losses[-50:]) < 0.7 * np.mean(losses[:50])  # v-prediction: its loss starts lower than epsilon's
+    # v-prediction (the default): its loss starts lower than epsilon's, so it falls by less than half
+    assert np.mean(losses[-50:]) < 0.7 * np.mean(losses[:50])
     # Images for masks it never saw (another phantom set), judged by a segmenter trained on real (toy) pairs.
     real, given = toy_pairs(other_phantoms, 1)
     module.eval()
