@@ -14,7 +14,8 @@ construction, and agreement and KID are what tell the samplers apart.
     FETALGEN_HC18_DIR=/data/hc18 python experiments/bench/samplers.py --train-steps 3000 --n 64
 
 Goals: DPM-Solver++ at 20-25 steps at least 40x faster than DDPM-1000 with no loss in QC pass rate beyond
-noise (issue 3); the best sampler at <= 10 steps, judged on agreement and KID (issue 19). A briefly trained model makes poor masks whatever the sampler: the timings are what it
+noise (issue 3); the best sampler at <= 10 steps, judged on agreement and KID (issue 19). A briefly trained
+model makes poor masks whatever the sampler: the timings are what it
 measures reliably; compare QC between samplers, not with a well-trained model.
 """
 
@@ -53,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint to benchmark (unset: train one first)")
     p.add_argument("--preset", default="small", help="model preset to train (conf/model/diffusion/)")
+    p.add_argument("--generator", default="joint", help="generator to train: joint | mask_conditioned")
     p.add_argument("--train-steps", type=int, default=150, help="optimizer steps of the brief training")
     p.add_argument("--train-batch-size", type=int, default=8, help="training batch size")
     p.add_argument("--num-real", type=int, default=40, help="training images (phantom, or HC18 if set)")
@@ -83,6 +85,7 @@ def train(args: argparse.Namespace, out: Path, device: torch.device) -> Path:
     hc18 = os.environ.get("FETALGEN_HC18_DIR")
     overrides = [
         f"model=diffusion/{args.preset}",
+        f"generator={args.generator}",
         f"data={'hc18' if hc18 else 'phantom'}",
         f"data.num_real={args.num_real}",
         "data.num_val=0",
@@ -221,10 +224,10 @@ def main() -> None:
     ckpt = args.ckpt or train(args, out, device)
     unet, scheduler_config, meta = load_generator(ckpt, device=device)
     seeds = [derive_seed(args.seed, i) for i in range(args.n)]
-    masks = None
+    given_masks = None
     if is_mask_conditioned(unet):  # the same masks for every sampler, drawn as fetalgen-sample draws them
         prior = ShapePrior.from_dict(meta["shape_prior"])
-        masks = masks_to_tensor(
+        given_masks = masks_to_tensor(
             [prior.mask(seeded_rng(args.seed, i), meta["image_size"]) for i in range(args.n)]
         )
     print(
@@ -238,7 +241,7 @@ def main() -> None:
     for spec in args.samplers.split(","):
         name, _, steps = spec.partition(":")
         images, masks, row = bench_sampler(
-            unet, scheduler_config, name, int(steps) if steps else None, seeds, args.batch_size, masks
+            unet, scheduler_config, name, int(steps) if steps else None, seeds, args.batch_size, given_masks
         )
         rows.append(row | judge(images, masks))
         print(f"  {name}-{rows[-1]['steps']}: {rows[-1]['seconds']:.1f} s")

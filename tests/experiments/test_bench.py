@@ -35,10 +35,11 @@ def test_gpu_benchmark_rows_run_on_a_cpu(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sampler_benchmark_judges_the_images_too(tmp_path: Path) -> None:
+@pytest.mark.parametrize("generator", ["joint", "mask_conditioned"])
+def test_sampler_benchmark_judges_the_images_too(tmp_path: Path, generator: str) -> None:
     script = GPU.with_name("samplers.py")
-    args = ["--preset", "tiny", "--train-steps", "4", "--num-real", "12", "--n", "4", "--samplers", "ddim:3,dpmsolver++:2",
-            "--segmenter-steps", "5", "--out", str(tmp_path)]  # fmt: skip
+    args = ["--preset", "tiny", "--generator", generator, "--train-steps", "4", "--num-real", "12", "--n", "4",
+            "--samplers", "ddim:3,unipc:2", "--segmenter-steps", "5", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "KID vs train" in done.stdout and "agreement" in done.stdout and "sam-tiny encoder" in done.stdout
