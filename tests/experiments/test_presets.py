@@ -27,14 +27,17 @@ def test_diffusion_preset_composes(compose_cfg, preset: str) -> None:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("arm", ["real", "synthetic", "weak", "strong"])
+@pytest.mark.parametrize("arm", ["real", "synthetic", "weak", "strong", "matched", "filtered"])
 def test_finetune_preset_and_arm_compose(compose_cfg, preset: str, arm: str) -> None:
     cfg = compose_cfg("finetune", [f"experiment={preset}/finetune", f"arm={arm}", "data.synthetic_dir=/syn"])
     assert cfg.arm == arm
     assert cfg.data.augment == {"weak": "weak", "strong": "strong"}.get(arm, "none")
     assert cfg.data.augment_views == 4  # seeded views the embedding cache can reuse (the data layer's job)
     assert "cache_views" not in cfg.model and "augment" not in cfg.model
-    assert (cfg.data.num_synthetic == "all") == (arm == "synthetic")
+    assert (cfg.data.num_synthetic == "all") == (arm in ("synthetic", "matched", "filtered"))
+    assert cfg.data.min_agreement == (0.7 if arm == "filtered" else None)  # the filter arm drops low pairs
+    # the cpu preset poses the automatic prompt's task in half its training prompts, every arm alike
+    assert cfg.model.full_box_share == (0.5 if preset == "cpu" else 0.0)
     assert cfg.model.sam.model_type == ("vit_b" if preset == "paper" else "tiny")
     assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/dice"
 
