@@ -79,7 +79,7 @@ def test_v_prediction_target_is_the_velocity(compose_cfg, fixed_batch):
 
 
 def test_epsilon_target_is_the_noise(compose_cfg):
-    model = build(compose_cfg)
+    model = build(compose_cfg, ["model.noise_scheduler.prediction_type=epsilon"])
     noise = torch.randn(2, 2, 4, 4)
     assert model.loss_target(torch.zeros(2, 2, 4, 4), noise, torch.tensor([1, 2])) is noise
 
@@ -210,7 +210,7 @@ def test_load_generator_rebuilds_the_ema_model_from_the_file_alone(compose_cfg):
     assert not unet.training and not any(p.requires_grad for p in unet.parameters())
     assert unet.config.num_class_embeds == 4 and meta["num_classes"] == 3
     assert (
-        scheduler_config["num_train_timesteps"] == 1000 and scheduler_config["prediction_type"] == "epsilon"
+        scheduler_config["num_train_timesteps"] == 1000 and scheduler_config["prediction_type"] == "v_prediction"
     )
     assert meta["global_step"] == 2 and meta["ema"] and meta["image_size"] == 32 and len(meta["sha256"]) == 64
     assert meta["config"]["model"]["unet"]["_target_"] == "diffusers.UNet2DModel"
