@@ -107,10 +107,12 @@ PRESETS = {
         split=("num_val=50", "num_test=100", f"pool_list={PAPER_LISTS}/HC18_data_500.list", "pool_missing=skip"),
         matched_num_real=(5, 10, 20, 50),
     ),
-    # 2 CPU cores, about an hour: the paper's four arms are cut to real and synthetic (weak/strong: --arms).
+    # 2 CPU cores, about 45 min: the paper's four arms cut to real and synthetic (weak/strong: --arms); the three
+    # generator recipes (the matched and filtered arms for the first; the paper arm at N_real=5 for the others).
     "cpu": Preset(
         "cpu", (5, 20, 50), (0, 1, 2), 120, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
         matched_num_real=(5,), arms=("real", "synthetic"), matched_arms=("matched", "filtered"),
+        generators=("conditioned", "joint", "joint-eps"),
         sample=("fidelity/features=sam_tiny",),  # no SAM weights here; ViT-B takes seconds per image on a CPU
     ),
     # PRESET=paper rehearsed on a CPU with random weights: the paper's lists, 256 px UNet, ViT-B at 1024 px with
