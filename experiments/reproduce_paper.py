@@ -110,7 +110,7 @@ PRESETS = {
     # 2 CPU cores, about 45 min: the paper's four arms cut to real and synthetic (weak/strong: --arms); the three
     # generator recipes (the matched and filtered arms for the first; the paper arm at N_real=5 for the others).
     "cpu": Preset(
-        "cpu", (5, 20, 50), (0, 1, 2), 120, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
+        "cpu", (5, 20, 50), (0, 1, 2), 495, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
         matched_num_real=(5,), arms=("real", "synthetic"), matched_arms=("matched", "filtered"),
         generators=("conditioned", "joint", "joint-eps"),
         sample=("fidelity/features=sam_tiny",),  # no SAM weights here; ViT-B takes seconds per image on a CPU
