@@ -210,7 +210,8 @@ def test_load_generator_rebuilds_the_ema_model_from_the_file_alone(compose_cfg):
     assert not unet.training and not any(p.requires_grad for p in unet.parameters())
     assert unet.config.num_class_embeds == 4 and meta["num_classes"] == 3
     assert (
-        scheduler_config["num_train_timesteps"] == 1000 and scheduler_config["prediction_type"] == "v_prediction"
+        scheduler_config["num_train_timesteps"] == 1000
+        and scheduler_config["prediction_type"] == "v_prediction"
     )
     assert meta["global_step"] == 2 and meta["ema"] and meta["image_size"] == 32 and len(meta["sha256"]) == 64
     assert meta["config"]["model"]["unet"]["_target_"] == "diffusers.UNet2DModel"

@@ -128,3 +128,16 @@ def test_summary_is_json_and_prints():
     assert "QC pass rate" in table and "0.667" in table and "185.000" in table
     empty = summarise_synthetic([], np.zeros(0), 0.95, [], train_hc)
     assert empty["qc_pass_rate"] is None and "synthetic pairs" in format_summary(empty)
+
+
+def test_the_fidelity_table_shows_the_own_pairs_agreement_only_when_it_differs():
+    from fetalgen.metrics.synthesis import format_fidelity
+
+    own = {"synthetic": 0.8, "normalised": 0.5, "ceiling": 0.9, "floor": 0.7}
+    base = {"features": "f", "over": "all", "realism": {}, "diversity": {}, "nearest_neighbours":
+            {"median_similarity": 0.5, "max_similarity": 0.6}}  # fmt: skip
+    alone = "\n".join(format_fidelity({**base, "agreement": own, "agreement_own": own}))
+    assert alone.count("ceiling (real)") == 1 and "by the own pairs" not in alone
+    measured = {**own, "synthetic": 0.85, "normalised": 0.75}
+    both = "\n".join(format_fidelity({**base, "agreement": measured, "agreement_own": own}))
+    assert both.count("ceiling (real)") == 2 and "by the own pairs" in both and "0.850" in both
