@@ -46,9 +46,8 @@ def load_generator(
         raise CheckpointError(f"{path}: holds no generator description ('{CHECKPOINT_KEY}'); train with "
                               "fetalgen-train-diffusion")  # fmt: skip
     extra = ckpt[CHECKPOINT_KEY]
-    if (
-        extra.get("generator") == "paper_lora"
-    ):  # the paper's latent generator: its base model and LoRA weights
+    # the paper's latent generator: its base model's path and LoRA weights
+    if extra.get("generator") == "paper_lora":
         from fetalgen.diffusion.paper_lora import PaperLoraGenerator
 
         try:

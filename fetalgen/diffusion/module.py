@@ -37,6 +37,46 @@ def check_prediction_type(prediction_type: str) -> str:
     return prediction_type
 
 
+def draw_training_noise(
+    x0: torch.Tensor, num_train_timesteps: int, device: torch.device, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise like ``x0`` and one training timestep per sample, from ``generator`` (CPU) or the global RNG."""
+    if generator is None:
+        return torch.randn_like(x0), torch.randint(0, num_train_timesteps, (x0.shape[0],), device=device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    return noise, torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=generator).to(device)
+
+
+def regression_target(
+    scheduler: SchedulerMixin, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What a denoiser regresses for ``scheduler.config.prediction_type``: the noise, the velocity or the sample."""
+    kind = check_prediction_type(scheduler.config.prediction_type)
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    return x0
+
+
+def optimizers_with_schedule(
+    optimizer_factory: Callable[..., torch.optim.Optimizer],
+    lr_scheduler_factory: Callable[..., Any] | None,
+    params: Any,
+    trainer: Any,
+) -> dict[str, Any]:
+    """``configure_optimizers``' answer for a generator: the optimizer over ``params`` and, when given, its LR
+    schedule stepped every step (``num_training_steps`` filled from the trainer when the partial leaves it out)."""
+    optimizer = optimizer_factory(params=params)
+    if lr_scheduler_factory is None:
+        return {"optimizer": optimizer}
+    kwargs: dict[str, Any] = {}
+    if getattr(lr_scheduler_factory, "keywords", {}).get("num_training_steps") is None:
+        kwargs["num_training_steps"] = int(trainer.estimated_stepping_batches)
+    scheduler = lr_scheduler_factory(optimizer=optimizer, **kwargs)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class JointDiffusionModule(LightningModule):
     generator_kind = "joint"  # recorded in the checkpoint; the UNet's channels tell the kind as well
     out_channels = 2  # the UNet's output: image and mask
@@ -144,23 +184,15 @@ class JointDiffusionModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- loss
     def loss_target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The regression target for ``noise_scheduler.config.prediction_type``."""
-        kind = check_prediction_type(self.noise_scheduler.config.prediction_type)
-        if kind == "epsilon":
-            return noise
-        if kind == "v_prediction":
-            return self.noise_scheduler.get_velocity(x0, noise, timesteps)
-        return x0
+        """The regression target for ``noise_scheduler.config.prediction_type`` (:func:`regression_target`)."""
+        return regression_target(self.noise_scheduler, x0, noise, timesteps)
 
     def draw_noise(
         self, x0: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise like ``x0`` and one training timestep per sample, from ``generator`` (CPU) or the global RNG."""
+        """Noise like ``x0`` and one training timestep per sample (:func:`draw_training_noise`)."""
         num_t = int(self.noise_scheduler.config.num_train_timesteps)
-        if generator is None:
-            return torch.randn_like(x0), torch.randint(0, num_t, (x0.shape[0],), device=self.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
-        return noise, torch.randint(0, num_t, (x0.shape[0],), generator=generator).to(self.device)
+        return draw_training_noise(x0, num_t, self.device, generator)
 
     def diffusion_loss(
         self,
@@ -252,14 +284,9 @@ class JointDiffusionModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.unet.parameters())
-        if self.lr_scheduler_factory is None:
-            return {"optimizer": optimizer}
-        kwargs: dict[str, Any] = {}
-        if getattr(self.lr_scheduler_factory, "keywords", {}).get("num_training_steps") is None:
-            kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers_with_schedule(
+            self.optimizer_factory, self.lr_scheduler_factory, self.unet.parameters(), self.trainer
+        )
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

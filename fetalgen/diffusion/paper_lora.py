@@ -25,7 +25,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from pytorch_lightning import LightningModule
 
 from fetalgen.diffusion.channels import to_signed
-from fetalgen.diffusion.module import CHECKPOINT_KEY, check_prediction_type
+from fetalgen.diffusion.module import (
+    CHECKPOINT_KEY,
+    check_prediction_type,
+    draw_training_noise,
+    optimizers_with_schedule,
+    regression_target,
+)
 from fetalgen.diffusion.sampling import generators, make_sampler, step_generators
 from fetalgen.utils.seeds import derive_seed, torch_generator
 
@@ -165,15 +171,9 @@ class PaperLoraGenerator(LightningModule):
         """MSE of the LoRA-adapted UNet's output against the target of the scheduler's ``prediction_type``."""
         latents = self.latents(batch, generator)
         num_t = int(self.noise_scheduler.config.num_train_timesteps)
-        if generator is None:
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, num_t, (len(latents),), device=self.device)
-        else:
-            noise = torch.randn(latents.shape, generator=generator).to(latents)
-            t = torch.randint(0, num_t, (len(latents),), generator=generator).to(self.device)
+        noise, t = draw_training_noise(latents, num_t, self.device, generator)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        kind = self.noise_scheduler.config.prediction_type
-        target = noise if kind == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
+        target = regression_target(self.noise_scheduler, latents, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=self.prompt_embeddings(len(latents))).sample
         return F.mse_loss(pred.float(), target.float())
 
@@ -193,13 +193,9 @@ class PaperLoraGenerator(LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.lora_parameters())
-        if self.lr_scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.lr_scheduler_factory(
-            optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
+        return optimizers_with_schedule(
+            self.optimizer_factory, self.lr_scheduler_factory, self.lora_parameters(), self.trainer
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------- sampling
     @torch.inference_mode()

@@ -188,9 +188,14 @@ def sample_pairs(
             replaces its mask channel at every step by the given mask (scaled to [-1, 1]) noised to the current
             timestep with ``scheduler.add_noise``. Either way the output's mask channel is the given mask.
 
+    A generator that draws its own pairs (a ``sample_pairs`` method: the paper's latent generator,
+    :mod:`fetalgen.diffusion.paper_lora`) is handed the same request.
+
     Returns:
         float [B,2,S,S]: channel 0 image, channel 1 mask, nominally in [-1, 1] (see ``channels.unpack``).
     """
+    if hasattr(unet, "sample_pairs"):
+        return unet.sample_pairs(scheduler, seeds, steps, class_labels, guidance_scale, masks)
     device = unet.device
     size = int(image_size or unet.config.sample_size)
     batch = len(seeds)

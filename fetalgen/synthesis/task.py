@@ -158,10 +158,9 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
     size = int(unet.config.sample_size)
     reference = train_reference(cfg, meta, size)
-    mode = cfg.mode or (
-        "mask_conditioned" if is_mask_conditioned(unet) else "joint"
-    )  # null: the generator's own
-    if is_mask_conditioned(unet) and mode != "mask_conditioned":
+    conditioned = is_mask_conditioned(unet)
+    mode = cfg.mode or ("mask_conditioned" if conditioned else "joint")  # null: the generator's own
+    if conditioned and mode != "mask_conditioned":
         raise ValueError(f"{cfg.ckpt_path} is a mask-conditioned generator: it draws images for given masks; "
                          "sample with mode=mask_conditioned (or leave mode unset)")  # fmt: skip
     spec = SynthesisSpec(

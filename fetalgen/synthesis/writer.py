@@ -279,24 +279,21 @@ def write_synthetic(
         if spec.mode == "mask_conditioned":
             given = masks_to_tensor([spec.mask_of(i, size) for i in block])
         seeds = [derive_seed(spec.seed, i) for i in block]
-        if hasattr(
-            unet, "sample_pairs"
-        ):  # a generator that draws its own pairs (the paper's latent generator)
-            x = unet.sample_pairs(scheduler, seeds, steps, labels, spec.guidance_scale, given)
-        else:
-            x = sample_pairs(unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
+        x = sample_pairs(unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
         images, channels = unpack(x.float().cpu())
         images, channels = images[:, 0].numpy(), channels[:, 0].numpy()
-        similarity = None
+        masks = np.stack([clean_mask(c, spec.mask_threshold) for c in channels])
+        similarity = mask_iou = None
         if len(reference.images):
             similarity = max_similarity(images, reference.images, size=similarity_size)
+        if reference.masks is not None and len(reference.masks):
+            mask_iou = best_mask_iou(
+                masks, reference.masks
+            )  # the block at once: the training masks read once
         for j, index in enumerate(block):
             if index in done or index >= n:  # block padding: computed for bit-exact batches, not written
                 continue
-            mask = clean_mask(channels[j], spec.mask_threshold)
-            mask_iou = None
-            if reference.masks is not None and len(reference.masks):
-                mask_iou = float(best_mask_iou(mask[None], reference.masks)[0])
+            mask = masks[j]
             checks = qc_mask(mask, **qc_kwargs)
             passed, reasons = qc_verdict(checks.passed, checks.reasons)
             sim = None if similarity is None else float(similarity[j])
@@ -313,7 +310,7 @@ def write_synthetic(
                 qc_pass=passed,
                 qc={**checks.to_dict(), "reasons": reasons},
                 max_train_similarity=sim,
-                max_train_mask_iou=mask_iou,
+                max_train_mask_iou=None if mask_iou is None else float(mask_iou[j]),
                 memorised=bool(sim is not None and sim > similarity_threshold),
                 pixel_size_mm=reference.pixel_size_mm,
                 **common,
