@@ -99,6 +99,16 @@ def ellipse_mask(ellipse: Ellipse, shape: tuple[int, int]) -> np.ndarray:
     return (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
 
+def fitted_ellipse_mask(mask: np.ndarray) -> np.ndarray:
+    """The filled ellipse fitted to ``mask`` (bool HxW; :func:`fit_ellipse`), empty where no ellipse fits.
+
+    A head annotation is an ellipse (HC18's masks are drawn ones), so a segmentation read as its fitted ellipse is
+    the shape the HC is measured on.
+    """
+    e = fit_ellipse(mask)
+    return np.zeros(mask.shape, dtype=bool) if e is None else ellipse_mask(e, mask.shape)
+
+
 def measure_head(mask: np.ndarray, pixel_size_mm: float = 1.0) -> Biometry | None:
     """HC, BPD and OFD of the ellipse fitted to ``mask`` (bool HxW), in mm given the pixel size; None if no fit."""
     e = fit_ellipse(mask)

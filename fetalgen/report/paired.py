@@ -77,9 +77,10 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, n_boot: int) -> tuple[float, float
 
 
 def paired_comparison(
-    runs: pd.DataFrame, test_set: str, cohort_key: str = "data", n_boot: int = 2000
+    runs: pd.DataFrame, test_set: str, cohort_key: str = "data", n_boot: int = 2000, method: str = "sam"
 ) -> pd.DataFrame:
-    """One row per (training cohort, N_real, arm) with Dice and its CI, and the paired differences.
+    """One row per (training cohort, N_real, arm) with Dice and its CI, and the paired differences, of the arms'
+    ``method`` (``sam``: the predicted masks; ``sam_ellipse``: each read as its fitted ellipse).
 
     Columns: ``train cohort, N_real, arm, seeds, dice, dice_low, dice_high``; ``diff_real`` (and ``_low``,
     ``_high``, ``_seeds``): the arm minus the real-only arm at the same N_real on the same seeds and images;
@@ -99,7 +100,7 @@ def paired_comparison(
     rows = []
     for cohort, part in ok.groupby(cohort_key, dropna=False):
         matrices = {
-            (int(n), arm): score_matrix(group, test_set)
+            (int(n), arm): score_matrix(group, test_set, method)
             for (n, arm), group in part.groupby(["data.num_real", "arm"])
         }
         budget = next((m for (_, arm), m in matrices.items() if arm == BUDGET_ARM), None)

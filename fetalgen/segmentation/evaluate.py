@@ -3,7 +3,8 @@
 Per image and box repetition: Dice, IoU, HD95 and ASSD (pixels, and mm when the pixel size is known), and the
 head-circumference error of the ellipse fitted to the predicted mask against the ground-truth mask's ellipse
 (and against the dataset's reference HC when it has one). Everything is measured at the working resolution.
-The box-ellipse baseline is scored on exactly the same boxes. Outputs, under ``<out_dir>/<name>/``:
+Methods: ``sam`` (the predicted mask), ``sam_ellipse`` (the same prediction read as its fitted ellipse: the
+shape HC is measured on) and the ``box_ellipse`` baseline, scored on exactly the same boxes. Outputs, under ``<out_dir>/<name>/``:
 ``per_image.csv`` (one row per image x repetition x method), ``summary.json`` (mean and std over repetitions of
 the per-repetition means) and ``cases.png`` (best, median and worst case by SAM Dice of repetition 0).
 """
@@ -28,6 +29,7 @@ from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.data.cases import Case
 from fetalgen.data.provenance import check_no_leak
 from fetalgen.data.sources import EvalSet, load_eval_set
+from fetalgen.metrics.biometry import fitted_ellipse_mask
 from fetalgen.metrics.cases import case_metrics, hc_px
 from fetalgen.report.figures import save_case_figure
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
@@ -59,6 +61,12 @@ BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 # on the HC18 test set (figures as quoted in fetalgen's issue 13; HC error against the reference HC, i.e. our
 # ``hc_abs_err_csv_mm``). Shown beside ``auto`` and ``full`` results.
 HC18_BEST_AUTOMATIC = {"dice": 0.9775, "hc_abs_err_csv_mm": 1.90}
+# method in per_image.csv -> prefix of its metrics (``<prefix>/<label><metric>``) and its column in printed tables
+METHODS = {
+    "sam": ("", "SAM"),
+    "sam_ellipse": ("ellipse_", "SAM ellipse"),
+    "box_ellipse": ("baseline_", "box-ellipse"),
+}
 
 
 def evaluate_dataset(
@@ -128,6 +136,7 @@ def evaluate_dataset(
                         }
                         for method, pred in (
                             ("sam", preds[r, i]),
+                            ("sam_ellipse", fitted_ellipse_mask(preds[r, i])),
                             ("box_ellipse", box_ellipse_mask(box, target.shape)),
                         ):
                             rows.append(
@@ -180,11 +189,12 @@ def _float(value: Any) -> float | None:
 
 
 def flat_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
-    """``{prefix}/<metric>``, ``{prefix}/<metric>_std`` for SAM and ``{prefix}/baseline_<metric>`` for the
-    box-ellipse baseline (nan where undefined), plus ``{prefix}/n_images`` and ``{prefix}/[baseline_]n_empty``:
-    the empty predictions over all repetitions, which the surface distances leave out (their Dice counts 0)."""
+    """``{prefix}/<metric>``, ``{prefix}/<metric>_std`` for SAM, ``{prefix}/ellipse_<metric>`` for its mask read
+    as the fitted ellipse and ``{prefix}/baseline_<metric>`` for the box-ellipse baseline (nan where undefined),
+    plus ``{prefix}/n_images`` and ``{prefix}/[<label>]n_empty``: the empty predictions over all repetitions,
+    which the surface distances leave out (their Dice counts 0)."""
     out: dict[str, float] = {f"{prefix}/n_images": float(summary["n_images"])}
-    for method, label in (("sam", ""), ("box_ellipse", "baseline_")):
+    for method, (label, _) in METHODS.items():
         stats_of = summary["methods"].get(method, {})
         for metric, stats in stats_of.items():
             for key, suffix in (("mean", ""), ("std", "_std")):
@@ -196,20 +206,23 @@ def flat_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A printable table: one line per metric, SAM beside the box-ellipse baseline (mean ± std)."""
+    """A printable table: one line per metric, SAM and its fitted ellipse beside the box-ellipse baseline
+    (mean ± std)."""
 
     def cell(stats: dict[str, Any] | None) -> str:
         if not stats or stats["mean"] is None:
             return "n/a"
         return f"{stats['mean']:.4f} ± {stats['std'] or 0.0:.4f}"
 
-    sam, base = summary["methods"].get("sam", {}), summary["methods"].get("box_ellipse", {})
+    methods = [(summary["methods"].get(m, {}), title) for m, (_, title) in METHODS.items()]
     head = (
         f"{summary.get('dataset', '')}: {summary['n_images']} images, prompt {summary.get('prompt_mode')}, "
         f"{summary['repetitions']} repetition(s)"
     )
-    lines = [head, f"{'metric':<18} {'SAM':>20} {'box-ellipse':>20}"]
-    lines += [f"{m:<18} {cell(sam.get(m)):>20} {cell(base.get(m)):>20}" for m in SUMMARY_METRICS]
+    lines = [head, f"{'metric':<18} " + " ".join(f"{title:>20}" for _, title in methods)]
+    lines += [
+        f"{m:<18} " + " ".join(f"{cell(stats.get(m)):>20}" for stats, _ in methods) for m in SUMMARY_METRICS
+    ]
     if summary.get("prompt_mode") in ("auto", "full"):
         best = HC18_BEST_AUTOMATIC
         lines.append(

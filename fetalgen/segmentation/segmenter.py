@@ -230,7 +230,7 @@ def load_segmenter(
 
     Args:
         ckpt_path: a ``fetalgen-finetune`` checkpoint (it carries the model and its working size).
-        model: without a checkpoint, the SAM size (``vit_b | vit_l | vit_h | medsam | tiny``).
+        model: without a checkpoint, the SAM size (``vit_b | vit_l | vit_h | medsam | tiny | small``).
         weights: without a checkpoint, the official weights file of ``model`` (``make weights``).
         device: ``cpu``, ``cuda``, ...; None: the GPU when there is one.
         image_size: the working side; None: the checkpoint's ``data.image_size``, else 256.

@@ -9,6 +9,7 @@ from fetalgen.metrics.biometry import (
     ellipse_circumference,
     ellipse_mask,
     fit_ellipse,
+    fitted_ellipse_mask,
     measure_head,
 )
 from fetalgen.metrics.overlap import iou_score
@@ -49,6 +50,18 @@ def test_ellipse_mask_matches_drawing():
     assert iou_score(ellipse_mask(fit_ellipse(m), m.shape), m) > 0.97
     # A circle of radius 3 at the origin holds the 29 pixel centres with x^2 + y^2 <= 9.
     assert ellipse_mask(Ellipse(10, 10, 3, 3, 0), (21, 21)).sum() == 29
+
+
+def test_fitted_ellipse_mask_smooths_a_ragged_segmentation():
+    truth = drawn_ellipse()
+    ragged = truth.copy()
+    ragged[::5, ::5] = False  # pinholes in it, a speck beside it, a notch in its border
+    ragged[5:15, 5:15] = True
+    ragged[95:105, 215:225] = False
+    smoothed = fitted_ellipse_mask(ragged)
+    assert smoothed.dtype == bool and smoothed.shape == truth.shape
+    assert iou_score(smoothed, truth) > 0.97 > iou_score(ragged, truth)
+    assert not fitted_ellipse_mask(np.zeros((20, 20), bool)).any()  # nothing fits: an empty mask
 
 
 def test_fit_uses_largest_component_and_ignores_holes():

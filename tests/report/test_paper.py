@@ -31,7 +31,8 @@ def _run(root: Path, i: int, arm: str, num_real: int, seed: int, spanish: float)
     folder = run / "eval" / "spanish"
     folder.mkdir(parents=True)
     rows = [{"name": f"img{k}", "repetition": 0, "method": method, "dice": value + 0.01 * (k - 1.5)}
-            for k in range(4) for method, value in (("sam", spanish), ("box_ellipse", 0.85))]  # fmt: skip
+            for k in range(4)
+            for method, value in (("sam", spanish), ("sam_ellipse", spanish + 0.02), ("box_ellipse", 0.85))]  # fmt: skip
     pd.DataFrame(rows).to_csv(folder / "per_image.csv", index=False)
 
 
@@ -81,3 +82,7 @@ def test_write_paper_results(sweep: Path, tmp_path: Path) -> None:
     ].tolist() == pytest.approx([0.03, 0.03, 0.03])
     assert paired.loc[("box-ellipse", 0), "dice"] == pytest.approx(0.85)
     assert "| hc18 | 5 | synthetic |" in report.read_text() and "+3.00 [+3.00, +3.00]" in report.read_text()
+    ellipses = pd.read_csv(tmp_path / "results" / "paired_spanish_ellipse.csv").set_index(["arm", "N_real"])
+    assert ellipses.loc[("real", 5), "dice"] == pytest.approx(paired.loc[("real", 5), "dice"] + 0.02)
+    assert ellipses.loc[("synthetic", 5), "diff_real"] == pytest.approx(0.03)
+    assert "SAM's masks read as their fitted ellipses" in report.read_text()

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fetalgen.baselines.box_ellipse import box_ellipse_mask
-from fetalgen.metrics.biometry import measure_head
+from fetalgen.metrics.biometry import fitted_ellipse_mask, measure_head
 from fetalgen.metrics.cases import case_metrics
 from fetalgen.metrics.surface import assd, hd95
 from fetalgen.segmentation.evaluate import (
@@ -88,8 +88,9 @@ def test_files_and_rows(evaluated):
     rows, summary, folder = evaluated
     assert (folder / "summary.json").is_file() and (folder / "cases.png").stat().st_size > 1000
     assert json.loads((folder / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert len(rows) == 3 * 3 * 2  # images x repetitions x methods
-    assert set(rows["method"]) == {"sam", "box_ellipse"} and set(rows["prompt_mode"]) == {"jitter"}
+    assert len(rows) == 3 * 3 * 3  # images x repetitions x methods
+    assert set(rows["method"]) == {"sam", "sam_ellipse", "box_ellipse"}
+    assert set(rows["prompt_mode"]) == {"jitter"}
     assert summary["n_images"] == 3 and summary["repetitions"] == 3 and summary["checkpoint"] == "fake"
     assert summary["prompt_mode"] == "jitter"
 
@@ -123,6 +124,23 @@ def test_sam_rows_are_exact(evaluated):
             and math.isnan(empty["hc_pred_px"])
         )
     assert sam.loc[("case_0", 0)]["hd95_px"] == 0 and sam.loc[("case_0", 0)]["assd_px"] == 0
+
+
+def test_sam_ellipse_rows_score_the_fitted_ellipse_of_each_prediction(evaluated):
+    rows, summary, _ = evaluated
+    fitted = rows[rows["method"] == "sam_ellipse"].set_index(["name", "repetition"])
+    for r in range(3):
+        pred = np.roll(SQUARE, r, axis=1)
+        want = case_metrics(fitted_ellipse_mask(pred), SQUARE, 0.5, None, 40.0)
+        got = fitted.loc[("case_0", r)]
+        for key in ("dice", "iou", "hd95_px", "hc_abs_err_px"):
+            assert got[key] == pytest.approx(want[key]), key
+        assert got["dice"] != pytest.approx(rows.set_index(["method", "name", "repetition"]).loc[
+            ("sam", "case_0", r), "dice"])  # fmt: skip
+        assert fitted.loc[("case_2", r)]["dice"] == 0  # no ellipse fits an empty prediction
+    flat = flat_metrics(summary, "test/x")
+    assert flat["test/x/ellipse_dice"] == pytest.approx(summary["methods"]["sam_ellipse"]["dice"]["mean"])
+    assert flat["test/x/ellipse_n_empty"] == 3
 
 
 def test_boxes_are_seeded_and_the_baseline_uses_them(evaluated):
@@ -174,7 +192,7 @@ def test_deterministic_prompts_run_once(tmp_path: Path):
     )["tight"]  # fmt: skip
     rows = pd.read_csv(tmp_path / "tight" / "per_image.csv")
     assert (
-        summary["repetitions"] == 1 and len(rows) == 3 * 2 and summary["methods"]["sam"]["dice"]["std"] == 0
+        summary["repetitions"] == 1 and len(rows) == 3 * 3 and summary["methods"]["sam"]["dice"]["std"] == 0
     )
     np.testing.assert_array_equal(
         rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()[0], [12, 10, 31, 29]

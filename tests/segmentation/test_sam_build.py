@@ -42,6 +42,14 @@ def test_vit_b_and_medsam_have_93_7m_parameters():
     assert shapes(medsam) == shapes(vit_b)
 
 
+def test_small_is_the_tiny_encoder_with_sams_own_decoder():
+    tiny, small, vit_b = build_sam("tiny", seed=0), build_sam("small", seed=0), build_sam("vit_b")
+    assert shapes(small.image_encoder.blocks) == shapes(tiny.image_encoder.blocks)
+    assert shapes(small.mask_decoder) == shapes(vit_b.mask_decoder)
+    assert shapes(small.prompt_encoder) == shapes(vit_b.prompt_encoder)
+    assert count_parameters(small) < 6_000_000  # 5.1 M, 4.1 M of them the decoder
+
+
 def test_tiny_builds_fast_and_is_seeded():
     a, b, c = (
         build_sam("tiny", image_size=64, seed=0),
