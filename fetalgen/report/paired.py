@@ -84,7 +84,8 @@ def paired_comparison(
 
     Columns: ``train cohort, N_real, arm, seeds, dice, dice_low, dice_high``; ``diff_real`` (and ``_low``,
     ``_high``, ``_seeds``): the arm minus the real-only arm at the same N_real on the same seeds and images;
-    ``diff_budget*``: the arm minus the label-budget reference (arm ``reference``) on the same seeds; the
+    ``diff_budget*``: the arm minus the label-budget reference (arm ``reference``) on the same seeds;
+    ``diff_baseline*``: the arm minus the box-ellipse baseline on the very boxes the arm got; the
     labels behind the arm (``labels_sam``, ``labels_generator``, ``labels_total``, means over seeds), its
     ``steps`` and synthetic pairs used; ``label_equivalence``: the real labels its Dice is worth on the real-only
     curve; and one ``box-ellipse`` row per cohort (its Dice on the same boxes).
@@ -109,6 +110,8 @@ def paired_comparison(
             mean, low, high = bootstrap_ci(matrix.to_numpy(), n_boot)
             row = {"train cohort": cohort, "N_real": n, "arm": arm, "seeds": len(matrix),
                    "dice": mean, "dice_low": low, "dice_high": high}  # fmt: skip
+            d, lo, hi, k = _paired(matrix, score_matrix(group, test_set, method="box_ellipse"), n_boot)
+            row |= {"diff_baseline": d, "diff_baseline_low": lo, "diff_baseline_high": hi}
             real = matrices.get((n, REFERENCE_ARM))
             if real is not None and arm != REFERENCE_ARM:
                 d, lo, hi, k = _paired(matrix, real, n_boot)
@@ -194,7 +197,11 @@ def paired_table(comparison: pd.DataFrame) -> pd.DataFrame:
             "Dice % [95% CI]": [format_ci(r.dice, r.dice_low, r.dice_high) for r in comparison.itertuples()],
         }
     )
-    for key, label in (("diff_real", "Δ vs real-only"), ("diff_budget", "Δ vs label-budget reference")):
+    for key, label in (
+        ("diff_real", "Δ vs real-only"),
+        ("diff_budget", "Δ vs label-budget reference"),
+        ("diff_baseline", "Δ vs box-ellipse"),
+    ):
         if key in comparison.columns:
             out[f"{label} [95% CI]"] = [
                 format_ci(r[key], r[f"{key}_low"], r[f"{key}_high"], signed=True)

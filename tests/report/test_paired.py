@@ -66,7 +66,11 @@ def test_paired_differences_against_real_only_and_the_label_budget(tmp_path: Pat
     assert by_arm.loc["real", "dice_low"] < by_arm.loc["real", "dice"] < by_arm.loc["real", "dice_high"]
     assert pd.isna(by_arm.loc["real", "diff_real"])  # no difference of an arm to itself
     assert by_arm.loc["box-ellipse", "dice"] == pytest.approx(0.8)
+    # against the baseline on the arm's own boxes: real-only is below it by 0.8 - mean(real) - 0.005 (its seeds)
+    assert by_arm.loc["real", "diff_baseline"] == pytest.approx(np.mean(real) + 0.005 - 0.8)
+    assert by_arm.loc["synthetic", "diff_baseline_high"] < 0
     table = paired_table(comparison)
+    assert table.loc[table["arm"] == "synthetic", "Δ vs box-ellipse [95% CI]"].item().startswith("-4.")
     assert table.loc[table["arm"] == "synthetic", "Δ vs real-only [95% CI]"].item() == "+5.00 [+5.00, +5.00]"
     assert table.loc[table["arm"] == "synthetic", "labels SAM / generator / total"].item() == "5 / 60 / 65"
     # level with real-only training on 60 labels: worth 60 (a curve of real at 5 and the reference at 60)
