@@ -16,7 +16,7 @@ made leak-free, budget-fair and label-counted.
    figures beside ours, and the chart.
 
 PRESET=paper is the full protocol for a GPU machine (SAM ViT-B from `make weights`); PRESET=cpu runs the
-same steps at small scale (tiny models, 32/64 px, N_real 5/20/50, 3 seeds) on 2 CPU cores.
+same steps at small scale (random-init small SAM, tiny UNet, 32/64 px, N_real 5/20/50, 3 seeds) on 2 CPU cores.
 
     python experiments/reproduce_paper.py --preset cpu [--out outputs/reproduce-paper] [--results results]
     python experiments/reproduce_paper.py --preset cpu --generators conditioned,joint,joint-eps --num-real 5
@@ -107,8 +107,9 @@ PRESETS = {
         split=("num_val=50", "num_test=100", f"pool_list={PAPER_LISTS}/HC18_data_500.list", "pool_missing=skip"),
         matched_num_real=(5, 10, 20, 50),
     ),
-    # 2 CPU cores, about 45 min: the paper's four arms cut to real and synthetic (weak/strong: --arms); the three
-    # generator recipes (the matched and filtered arms for the first; the paper arm at N_real=5 for the others).
+    # 2 CPU cores, about 55 min (52.5 at commit bae044b): the paper's four arms cut to real and synthetic
+    # (weak/strong: --arms); the three generator recipes (the matched and filtered arms for the first; the paper
+    # arm at N_real=5 for the others).
     "cpu": Preset(
         "cpu", (5, 20, 50), (0, 1, 2), 495, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
         matched_num_real=(5,), arms=("real", "synthetic"), matched_arms=("matched", "filtered"),

@@ -36,9 +36,10 @@ def test_finetune_preset_and_arm_compose(compose_cfg, preset: str, arm: str) -> 
     assert "cache_views" not in cfg.model and "augment" not in cfg.model
     assert (cfg.data.num_synthetic == "all") == (arm in ("synthetic", "matched", "filtered"))
     assert cfg.data.min_agreement == (0.7 if arm == "filtered" else None)  # the filter arm drops low pairs
-    # the cpu preset poses the automatic prompt's task in half its training prompts, every arm alike
-    assert cfg.model.full_box_share == (0.5 if preset == "cpu" else 0.0)
-    assert cfg.model.sam.model_type == ("vit_b" if preset == "paper" else "tiny")
+    # the cpu preset poses the automatic prompt's task in a tenth of its training prompts, every arm alike, with a
+    # SAM whose decoder can learn to use a box
+    assert cfg.model.full_box_share == (0.1 if preset == "cpu" else 0.0)
+    assert cfg.model.sam.model_type == {"paper": "vit_b", "cpu": "small"}.get(preset, "tiny")
     assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/dice"
 
 

@@ -178,7 +178,7 @@ def test_evaluate_on_real_hc18_cases(compose_cfg, hc18_dir: Path, tmp_path: Path
     )  # fmt: skip
     metrics = evaluate(cfg)
     rows = pd.read_csv(Path(cfg.paths.output_dir) / "hc18" / "per_image.csv")
-    assert set(rows["name"]) == {"001_HC", "010_2HC"} and len(rows) == 2 * 2 * 2
+    assert set(rows["name"]) == {"001_HC", "010_2HC"} and len(rows) == 2 * 2 * 3  # images x reps x methods
     assert rows["pixel_size_mm"].notna().all() and rows["hc_csv_mm"].notna().all()  # from the HC18 CSV
     base = rows[rows["method"] == "box_ellipse"]
     assert base["hc_abs_err_csv_mm"].notna().all() and base["dice"].min() > 0.5
@@ -191,7 +191,7 @@ def test_evaluate_on_real_hc18_cases(compose_cfg, hc18_dir: Path, tmp_path: Path
             metrics
         )
     auto = pd.read_csv(Path(cfg.paths.output_dir) / "hc18@auto" / "per_image.csv")
-    assert set(auto["prompt_mode"]) == {"auto"} and len(auto) == 2 * 2  # one repetition, two methods
+    assert set(auto["prompt_mode"]) == {"auto"} and len(auto) == 2 * 3  # one repetition, three methods
 
 
 @pytest.mark.slow
