@@ -15,7 +15,7 @@ towards y, in [0, 180).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -103,10 +103,13 @@ def fitted_ellipse_mask(mask: np.ndarray) -> np.ndarray:
     """The filled ellipse fitted to ``mask`` (bool HxW; :func:`fit_ellipse`), empty where no ellipse fits.
 
     A head annotation is an ellipse (HC18's masks are drawn ones), so a segmentation read as its fitted ellipse is
-    the shape the HC is measured on.
+    the shape the HC is measured on. The fit runs through the boundary pixels' centres, half a pixel inside the
+    region's edge, so the ellipse is drawn half a pixel larger: an elliptic mask comes back as itself.
     """
     e = fit_ellipse(mask)
-    return np.zeros(mask.shape, dtype=bool) if e is None else ellipse_mask(e, mask.shape)
+    if e is None:
+        return np.zeros(mask.shape, dtype=bool)
+    return ellipse_mask(replace(e, semi_major=e.semi_major + 0.5, semi_minor=e.semi_minor + 0.5), mask.shape)
 
 
 def measure_head(mask: np.ndarray, pixel_size_mm: float = 1.0) -> Biometry | None:

@@ -62,6 +62,17 @@ def test_fitted_ellipse_mask_smooths_a_ragged_segmentation():
     assert smoothed.dtype == bool and smoothed.shape == truth.shape
     assert iou_score(smoothed, truth) > 0.97 > iou_score(ragged, truth)
     assert not fitted_ellipse_mask(np.zeros((20, 20), bool)).any()  # nothing fits: an empty mask
+    for true, shape in (
+        (Ellipse(32.3, 30.7, 22.0, 16.0, 25.0), (64, 64)),
+        (Ellipse(20.2, 21.7, 8.0, 6.0, 70.0), (40, 40)),
+    ):
+        mask = ellipse_mask(
+            true, shape
+        )  # an elliptic mask comes back as itself, at 64 px too (no half-pixel shrink)
+        assert (
+            iou_score(fitted_ellipse_mask(mask), mask) > 0.98
+            and abs(int(fitted_ellipse_mask(mask).sum()) - int(mask.sum())) <= 3
+        )
 
 
 def test_fit_uses_largest_component_and_ignores_holes():
