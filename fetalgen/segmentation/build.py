@@ -49,17 +49,21 @@ class SamArch:
 
 
 _VIT_B = SamArch(768, 12, 12, (2, 5, 8, 11))
+# the tiny random-init encoder (64-dim, 2 blocks) that runs on a CPU in seconds, shared by the tiny and small sizes
+_TINY_ENCODER = {
+    "encoder_embed_dim": 64,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": (1,),
+    "window_size": 4,
+}
 SAM_ARCHS: dict[str, SamArch] = {
     "vit_b": _VIT_B,
     "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
     "medsam": _VIT_B,
     "tiny": SamArch(
-        encoder_embed_dim=64,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
-        window_size=4,
+        **_TINY_ENCODER,
         prompt_embed_dim=64,
         mask_in_chans=4,
         decoder_depth=1,
@@ -68,14 +72,9 @@ SAM_ARCHS: dict[str, SamArch] = {
         iou_head_hidden_dim=64,
     ),
     # the tiny encoder with SAM's own mask decoder (5.1 M parameters, 4.1 M in the decoder): the cpu preset's
-    # size, whose decoder learns to use a box (tiny's 64-dim one barely does: its Dice hardly changes with a tight box)
-    "small": SamArch(
-        encoder_embed_dim=64,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
-        window_size=4,
-    ),
+    # size, whose decoder learns to use a box (tiny's 64-dim one barely does: its Dice hardly changes with a
+    # tight box)
+    "small": SamArch(**_TINY_ENCODER),
 }
 
 

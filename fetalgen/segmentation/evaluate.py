@@ -4,9 +4,10 @@ Per image and box repetition: Dice, IoU, HD95 and ASSD (pixels, and mm when the 
 head-circumference error of the ellipse fitted to the predicted mask against the ground-truth mask's ellipse
 (and against the dataset's reference HC when it has one). Everything is measured at the working resolution.
 Methods: ``sam`` (the predicted mask), ``sam_ellipse`` (the same prediction read as its fitted ellipse: the
-shape HC is measured on) and the ``box_ellipse`` baseline, scored on exactly the same boxes. Outputs, under ``<out_dir>/<name>/``:
-``per_image.csv`` (one row per image x repetition x method), ``summary.json`` (mean and std over repetitions of
-the per-repetition means) and ``cases.png`` (best, median and worst case by SAM Dice of repetition 0).
+shape HC is measured on) and the ``box_ellipse`` baseline, scored on exactly the same boxes. Outputs, under
+``<out_dir>/<name>/``: ``per_image.csv`` (one row per image x repetition x method), ``summary.json`` (mean and
+std over repetitions of the per-repetition means) and ``cases.png`` (best, median and worst case by SAM Dice of
+repetition 0).
 """
 
 from __future__ import annotations
