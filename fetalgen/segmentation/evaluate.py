@@ -33,6 +33,7 @@ from fetalgen.data.sources import EvalSet, load_eval_set
 from fetalgen.metrics.biometry import fitted_ellipse_mask
 from fetalgen.metrics.cases import case_metrics, hc_px
 from fetalgen.report.figures import save_case_figure
+from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
 from fetalgen.segmentation.prompts import PROMPT_MODES, prompt_boxes
 from fetalgen.utils.files import write_json
@@ -363,9 +364,11 @@ def check_lineage(
 
 
 def _describe(cfg: DictConfig) -> str:
-    """What was evaluated: the checkpoint path, the raw SAM weights, or a random init."""
+    """What was evaluated: the checkpoint path, the raw SAM weights (packaged ones: zero-shot), or a random init."""
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path)
     weights = OmegaConf.select(cfg, "model.sam.checkpoint")
     model_type = OmegaConf.select(cfg, "model.sam.model_type")
+    if weights == PRETRAINED:
+        return f"{model_type} pretrained weights, zero-shot ({PACKAGED_WEIGHTS[model_type].requirement})"
     return str(weights) if weights else f"random init ({model_type})"

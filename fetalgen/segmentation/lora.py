@@ -31,17 +31,18 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(encoder: nn.Module, rank: int = 4, alpha: float | None = None) -> int:
-    """Wrap every ``blocks[i].attn.qkv`` of a SAM ``ImageEncoderViT`` in :class:`LoRALinear`; returns the count.
+    """Wrap every attention block's ``attn.qkv`` ``nn.Linear`` of an image encoder (SAM's ``ImageEncoderViT``,
+    LiteMedSAM's TinyViT) in :class:`LoRALinear`; returns the count.
 
     Only the adapters are trainable afterwards (the wrapped weights are frozen). Load pretrained weights
     before adding adapters: the wrapped weight's key becomes ``...attn.qkv.base.weight``.
     """
-    count = 0
-    for block in encoder.blocks:
-        if not isinstance(block.attn.qkv, LoRALinear):
-            block.attn.qkv = LoRALinear(block.attn.qkv, rank=rank, alpha=alpha)
-            count += 1
-    return count
+    attentions = [m for _, m in encoder.named_modules() if isinstance(getattr(m, "qkv", None), nn.Linear)]
+    for attn in attentions:
+        attn.qkv = LoRALinear(attn.qkv, rank=rank, alpha=alpha)
+    if not attentions and not any(isinstance(m, LoRALinear) for m in encoder.modules()):
+        raise ValueError(f"{type(encoder).__name__} has no attention qkv projection to adapt with LoRA")
+    return len(attentions)
 
 
 def merge_lora(state: dict[str, torch.Tensor], alpha: float | None = None) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 
 * ``encoder.onnx``: ``images [B, 1, S, S]`` float32 working images in [0, 1] (the image padded bottom/right to a
   square and resized to the working side ``S``) -> ``embeddings [B, C, E, E]``. SAM's own preprocessing (resize to
-  the encoder's input, normalisation, padding) is inside.
+  the encoder's input, normalisation, padding) is inside. LiteMedSAM's TinyViT reads its batch size with ``len(x)``,
+  which the exporter fixes: its encoder takes one image per call (``B = 1``; :func:`encoder_batch_is_free`).
 * ``decoder.onnx``: ``embeddings [B, C, E, E]`` and ``boxes [B, 4]`` (XYXY in working pixels, box ``i`` on image
   ``i``) -> ``logits [B, 1, S, S]`` on the working image; a pixel is in the head where its logit > 0. The prompt
   encoder and the mask decoder, single-mask output, as fetalgen trains and evaluates them.
@@ -21,6 +22,7 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+from fetalgen.segmentation.build import LiteMedSam
 from fetalgen.segmentation.decoder import decode_batch
 from fetalgen.segmentation.preprocess import logits_to_working, resized_shape, to_encoder_input
 
@@ -56,24 +58,30 @@ class OnnxBoxDecoder(nn.Module):
         return logits_to_working(self.sam, low_res, self.hw)
 
 
+def encoder_batch_is_free(sam: Sam) -> bool:
+    """Whether ``encoder.onnx`` of ``sam`` takes any batch size (1 to 64); else one image per call (module doc)."""
+    return not isinstance(sam, LiteMedSam)
+
+
 def export_onnx(sam: Sam, size: int, out: Path) -> tuple[Path, Path]:
     """Write ``encoder.onnx`` and ``decoder.onnx`` (module doc) of ``sam`` at working side ``size`` into ``out``;
-    the batch size is free (1 to 64)."""
+    the batch size is free (1 to 64), but for an encoder that fixes it (:func:`encoder_batch_is_free`)."""
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as err:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'fetalgen[onnx]'") from err
     sam = sam.eval().float()
     batch = torch.export.Dim("batch", min=1, max=64)
-    images = torch.rand(2, 1, size, size)
+    free = encoder_batch_is_free(sam)
+    images = torch.rand(2 if free else 1, 1, size, size)
     encoder, decoder = OnnxEncoder(sam).eval(), OnnxBoxDecoder(sam, size).eval()
     with torch.no_grad():
-        embeddings = encoder(images)
+        embeddings = encoder(images).expand(2, -1, -1, -1).contiguous()
     boxes = torch.tensor([[1.0, 1.0, size - 2.0, size - 2.0], [0.0, 0.0, size / 2, size / 2]])
     paths = out / "encoder.onnx", out / "decoder.onnx"
     torch.onnx.export(encoder, (images,), paths[0], dynamo=True, input_names=["images"],
-                      output_names=["embeddings"], dynamic_shapes=({0: batch},), opset_version=OPSET,
-                      external_data=False, verbose=False)  # fmt: skip
+                      output_names=["embeddings"], dynamic_shapes=({0: batch},) if free else None,
+                      opset_version=OPSET, external_data=False, verbose=False)  # fmt: skip
     torch.onnx.export(decoder, (embeddings, boxes), paths[1], dynamo=True, input_names=["embeddings", "boxes"],
                       output_names=["logits"], dynamic_shapes=({0: batch}, {0: batch}), opset_version=OPSET,
                       external_data=False, verbose=False)  # fmt: skip

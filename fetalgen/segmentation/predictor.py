@@ -24,6 +24,7 @@ from fetalgen.segmentation.cache import encode_in_chunks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import full_box, tight_box
+from fetalgen.segmentation.stored import rebuild_module
 from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
 from fetalgen.utils.masks import largest_component
 
@@ -50,7 +51,9 @@ class Embedded:
 class SamBoxPredictor:
     """Box-prompted (and automatically prompted) masks of a :class:`SamFinetuneModule`.
 
-    The embedding cache is bypassed (images are seen once); ``encoded`` counts encoded images.
+    Images are encoded afresh (each is seen once), except through the module's embedding cache when that is a disk
+    cache: content-keyed by the encoder's weights, it then serves every run that shares the encoder (a frozen
+    pretrained one: the zero-shot model and every decoder fine-tune of a sweep). ``encoded`` counts images asked for.
     """
 
     def __init__(
@@ -66,16 +69,25 @@ class SamBoxPredictor:
         self.encode_batch_size = (
             encode_batch_size  # images per encoder call (peak memory; see encode_in_chunks)
         )
+        cache = getattr(module, "cache", None)
+        self.cache = cache if cache is not None and cache.storage == "disk" else None
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> Embedded:
-        """Working images ``[B, 1, S, S]`` in [0, 1] -> their embeddings (one encoder pass each)."""
+        """Working images ``[B, 1, S, S]`` in [0, 1] -> their embeddings (one encoder pass each, or the cache's)."""
         sam = self.module.sam
         images = images.to(self.module.device)
         self.encoded += len(images)
-        embeddings = encode_in_chunks(
-            lambda x: sam.image_encoder(to_encoder_input(sam, x)), images, self.encode_batch_size
-        )
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return sam.image_encoder(to_encoder_input(sam, x))
+
+        if self.cache is not None:
+            if self.cache.namespace is None:
+                self.cache.bind(sam)
+            embeddings = self.cache.embed(images, encode)
+        else:
+            embeddings = encode_in_chunks(encode, images, self.encode_batch_size)
         return Embedded(embeddings, tuple(images.shape[-2:]))
 
     @torch.no_grad()
@@ -154,51 +166,16 @@ def require_weights(
         )
 
 
-# What a model config stored in a checkpoint may build: the project's own builders and the optimisers they take.
-# Anything else (any other callable a crafted checkpoint names) is refused before anything is built.
-REBUILDABLE_TARGETS = frozenset(
-    {
-        "fetalgen.segmentation.module.SamFinetuneModule",
-        "fetalgen.segmentation.build.build_sam",
-        "fetalgen.segmentation.cache.EmbeddingCache",
-        "torch.optim.AdamW",
-        "torch.optim.Adam",
-        "torch.optim.SGD",
-        "torch.optim.lr_scheduler.CosineAnnealingLR",
-        "torch.optim.lr_scheduler.StepLR",
-        "torch.optim.lr_scheduler.LinearLR",
-    }
-)
-
-
-def check_rebuildable(config: Any, source: str | Path, where: str = "model") -> None:
-    """Raise :class:`~fetalgen.utils.checkpoints.CheckpointError` when the stored ``config`` names a target outside
-    :data:`REBUILDABLE_TARGETS` or holds an interpolation (``${...}``: resolvers run code too)."""
-    if isinstance(config, dict):
-        for key, value in config.items():
-            if key == "_target_" and value not in REBUILDABLE_TARGETS:
-                raise CheckpointError(
-                    f"{source}: its config names {value!r} at {where}._target_, which fetalgen does not rebuild "
-                    f"from a checkpoint (allowed: {', '.join(sorted(REBUILDABLE_TARGETS))}); refused, nothing ran"
-                )
-            check_rebuildable(value, source, f"{where}.{key}")
-    elif isinstance(config, list):
-        for i, value in enumerate(config):
-            check_rebuildable(value, source, f"{where}[{i}]")
-    elif isinstance(config, str) and "${" in config:
-        raise CheckpointError(f"{source}: its config holds an interpolation at {where} ({config!r}); refused")
-
-
 def load_module(
     model_cfg: DictConfig | None, ckpt_path: str | Path | None = None, allow_random_weights: bool = False
 ) -> LoadedModel:
     """The module to predict with, and the training run's config and provenance when it comes from a checkpoint.
 
-    ``ckpt_path``: a ``fetalgen-finetune`` checkpoint (``.ckpt``); the model is rebuilt from the config saved
-    in it (else from ``model_cfg``) with random init and no cache, then its weights loaded; the stored config may
-    only name the project's own builders (:data:`REBUILDABLE_TARGETS`). Without ``ckpt_path``, ``model_cfg`` is
-    built as is: raw SAM/MedSAM weights via ``model.sam.checkpoint``, or, with ``allow_random_weights``, a
-    random-init model (:func:`require_weights`).
+    ``ckpt_path``: a ``fetalgen-finetune`` checkpoint (``.ckpt``); the model is rebuilt from the plain values of
+    the config saved in it (:func:`~fetalgen.segmentation.stored.rebuild_module`: nothing named in the file is
+    instantiated), else from ``model_cfg``, with random init and no cache, then its weights loaded. Without
+    ``ckpt_path``, ``model_cfg`` is built as is: SAM weights via ``model.sam.checkpoint`` (``pretrained`` for
+    the packaged LiteMedSAM), or, with ``allow_random_weights``, a random-init model (:func:`require_weights`).
     """
     if ckpt_path is None:
         if model_cfg is None:
@@ -211,16 +188,21 @@ def load_module(
     if train_cfg is None and model_cfg is None:
         raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")
     if train_cfg is not None:
-        if not isinstance(train_cfg, dict) or not isinstance(train_cfg.get("model"), dict):
-            raise CheckpointError(f"{path}: its stored config has no model section")
-        check_rebuildable(train_cfg["model"], path)
-    cfg = OmegaConf.create(
-        train_cfg["model"] if train_cfg else OmegaConf.to_container(model_cfg, resolve=True)
-    )
-    with open_dict(cfg):
-        cfg.sam.checkpoint = None  # the weights come from the checkpoint
-        cfg.cache = None
-    module = hydra.utils.instantiate(cfg)
-    module.load_state_dict(checkpoint.state_dict)
+        if not isinstance(train_cfg, dict):
+            raise CheckpointError(f"{path}: its stored config is not a mapping")
+        module = rebuild_module(train_cfg.get("model"), path)
+    else:  # the user's own model config (the command line), not the file's
+        cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+        with open_dict(cfg):
+            cfg.sam.checkpoint = None  # the weights come from the checkpoint
+            cfg.cache = None
+        module = hydra.utils.instantiate(cfg)
+    try:
+        module.load_state_dict(checkpoint.state_dict)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:300]
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its config describes ({first})"
+        ) from None
     log.info("Loaded fine-tuned SAM from %s", path)
     return LoadedModel(module, train_cfg, checkpoint.provenance)

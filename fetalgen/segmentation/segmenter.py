@@ -230,15 +230,20 @@ def load_segmenter(
 
     Args:
         ckpt_path: a ``fetalgen-finetune`` checkpoint (it carries the model and its working size).
-        model: without a checkpoint, the SAM size (``vit_b | vit_l | vit_h | medsam | tiny | small``).
-        weights: without a checkpoint, the official weights file of ``model`` (``make weights``).
+        model: without a checkpoint, the SAM size (``lite_medsam | vit_b | vit_l | vit_h | medsam | tiny | small``).
+        weights: without a checkpoint, the official weights file of ``model`` (``make weights``); None for
+            ``lite_medsam``: its pretrained weights from the installed package (sha256-checked).
         device: ``cpu``, ``cuda``, ...; None: the GPU when there is one.
         image_size: the working side; None: the checkpoint's ``data.image_size``, else 256.
         allow_random_weights: allow a model with neither (random init; tests only).
         seed: the random init of a model without weights.
-        encoder_size: without a checkpoint, the encoder's input side; None: 1024 (128 for ``tiny``, as
-            ``conf/model/sam/tiny.yaml``).
+        encoder_size: without a checkpoint, the encoder's input side; None: the model's own (1024; 256 for
+            ``lite_medsam``; 128 for ``tiny``, as ``conf/model/sam/tiny.yaml``).
     """
+    from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED, native_image_size
+
+    if ckpt_path is None and weights is None and model in PACKAGED_WEIGHTS:
+        weights = PRETRAINED
     require_weights(ckpt_path, weights, allow_random_weights)
     if ckpt_path is not None:
         loaded = load_module(None, ckpt_path)
@@ -246,7 +251,7 @@ def load_segmenter(
         from fetalgen.segmentation.build import build_sam
         from fetalgen.segmentation.module import SamFinetuneModule
 
-        size = encoder_size or (TINY_ENCODER_SIZE if model == "tiny" else 1024)
+        size = encoder_size or (TINY_ENCODER_SIZE if model == "tiny" else native_image_size(model))
         sam = build_sam(model, checkpoint=str(weights) if weights else None, image_size=size, seed=seed)
         loaded = LoadedModel(SamFinetuneModule(sam, optimizer=partial(torch.optim.AdamW)), None, None)
     return segmenter_for(loaded, image_size, device, auto_rounds)

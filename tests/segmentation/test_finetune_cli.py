@@ -125,13 +125,15 @@ def test_finetune_then_evaluate_the_checkpoint(
 
 
 def test_every_sam_config_composes(compose_cfg):
-    for name in ("tiny", "vit_b", "vit_l", "vit_h", "medsam"):
+    for name in ("tiny", "vit_b", "vit_l", "vit_h", "medsam", "lite_medsam"):
         cfg = compose_cfg("finetune", [f"model=sam/{name}", "logger=none"])
         assert cfg.model.sam.model_type == name and cfg.model._target_.endswith("SamFinetuneModule")
         assert cfg.callbacks.model_checkpoint.monitor == "val/dice"
         assert cfg.callbacks.early_stopping is None  # it would give the arms of a comparison unequal budgets
         assert cfg.trainer.max_epochs == -1 and cfg.trainer.max_steps > 0
-        if name != "tiny":
+        if name == "lite_medsam":  # the weights in the installed package, at its one input size
+            assert cfg.model.sam.checkpoint == "pretrained" and cfg.model.sam.image_size == 256
+        elif name != "tiny":
             assert cfg.model.sam.checkpoint.endswith(".pth") and cfg.model.sam.image_size == 1024
     cfg = compose_cfg("finetune", ["model.sam.image_size=64", "logger=none"])
     module = instantiate(cfg.model)

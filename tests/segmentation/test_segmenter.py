@@ -131,21 +131,45 @@ def crafted_checkpoint(path: Path, target: str, **extra) -> Path:
     return path
 
 
+SHELL = {"_target_": "asyncio.create_subprocess_shell", "cmd": "touch {marker}"}
+OS_SYSTEM = {"_target_": "os.system", "command": "touch {marker}"}
+
+
 @pytest.mark.parametrize(
     ("target", "extra"),
     [
-        ("asyncio.run", {"main": {"_target_": "asyncio.create_subprocess_shell", "cmd": "touch {marker}"}}),
-        ("fetalgen.segmentation.module.SamFinetuneModule",
-         {"sam": {"_target_": "os.system", "command": "touch {marker}"}}),
+        ("asyncio.run", {"main": SHELL}),
+        ("fetalgen.segmentation.module.SamFinetuneModule", {"sam": OS_SYSTEM}),
         ("fetalgen.segmentation.module.SamFinetuneModule", {"sam": "${oc.env:HOME}"}),
+        # a tuple (the audit's payload: OmegaConf turned it into a list that instantiate built)
+        ("fetalgen.segmentation.module.SamFinetuneModule", {"sam": ({"_target_": "asyncio.run", "main": SHELL},)}),
+        ("fetalgen.segmentation.module.SamFinetuneModule", {"sam": {"model_type": (OS_SYSTEM,)}}),
+        # a payload in a section nothing reads (the optimizer): never built; the weights then do not fit
+        ("fetalgen.segmentation.module.SamFinetuneModule",
+         {"sam": {"model_type": "tiny", "image_size": 64}, "optimizer": (SHELL,), "lr_scheduler": [OS_SYSTEM]}),
     ],
 )  # fmt: skip
 def test_a_crafted_checkpoint_runs_no_code(tmp_path: Path, target: str, extra: dict):
     marker = tmp_path / "pwned"
     text = repr(extra).replace("{marker}", str(marker))
     path = crafted_checkpoint(tmp_path / "ft.ckpt", target, **eval(text))
-    with pytest.raises(CheckpointError, match="ft.ckpt: its config"):
+    with pytest.raises(CheckpointError, match="ft.ckpt: its"):
         load_module(None, path)
     with pytest.raises(CheckpointError):
         load_segmenter(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("image_size", 200_000, "model.sam.image_size = 200000, not a int in \\[16, 4096\\]"),
+        ("model_type", "vit_b; rm -rf", "model.sam.model_type = 'vit_b; rm -rf', not one of"),
+        ("image_size", True, "model.sam.image_size = True"),
+    ],
+)
+def test_stored_settings_are_typed_and_bounded(tmp_path: Path, field: str, value, message: str):
+    sam = {"model_type": "tiny", "image_size": 64} | {field: value}
+    path = crafted_checkpoint(tmp_path / "ft.ckpt", "x", sam=sam)
+    with pytest.raises(CheckpointError, match=message):
+        load_module(None, path)
