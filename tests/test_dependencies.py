@@ -23,7 +23,9 @@ def floors() -> dict[str, tuple[int, ...]]:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     found = {}
     for dep in deps:
-        name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:>=|==)([0-9.]+)", dep.split(";")[0].strip()).groups()
+        name, version = re.fullmatch(
+            r"([A-Za-z0-9_.-]+)(?:>=|==)([0-9.]+)", dep.split(";")[0].strip()
+        ).groups()
         found[name] = tuple(int(v) for v in version.split("."))
     return found
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 REFERENCE_ARM = "real"  # differences are taken against this arm at the same N_real
 BUDGET_ARM = "reference"  # real-only training on every label the paper's generator saw
+ZERO_SHOT_ARM = "zero_shot"  # the pretrained model, not fine-tuned: what fine-tuning must beat to count
 CI_LEVEL = 0.95
 
 
@@ -85,6 +86,8 @@ def paired_comparison(
     Columns: ``train cohort, N_real, arm, seeds, dice, dice_low, dice_high``; ``diff_real`` (and ``_low``,
     ``_high``, ``_seeds``): the arm minus the real-only arm at the same N_real on the same seeds and images;
     ``diff_budget*``: the arm minus the label-budget reference (arm ``reference``) on the same seeds;
+    ``diff_zero_shot*``: the arm minus the zero-shot pretrained model (arm ``zero_shot``, run at any N_real: it
+    trains on nothing; its row has N_real 0);
     ``diff_baseline*``: the arm minus the box-ellipse baseline on the very boxes the arm got; the
     labels behind the arm (``labels_sam``, ``labels_generator``, ``labels_total``, means over seeds), its
     ``steps`` and synthetic pairs used; ``label_equivalence``: the real labels its Dice is worth on the real-only
@@ -105,10 +108,12 @@ def paired_comparison(
             for (n, arm), group in part.groupby(["data.num_real", "arm"])
         }
         budget = next((m for (_, arm), m in matrices.items() if arm == BUDGET_ARM), None)
+        # zero-shot is the same model at every N_real: its run at any N_real (same seeds, same boxes) serves all
+        any_zero = next((m for (_, arm), m in matrices.items() if arm == ZERO_SHOT_ARM), None)
         for (n, arm), matrix in sorted(matrices.items()):
             group = part[(part["data.num_real"] == n) & (part["arm"] == arm)]
             mean, low, high = bootstrap_ci(matrix.to_numpy(), n_boot)
-            row = {"train cohort": cohort, "N_real": n, "arm": arm, "seeds": len(matrix),
+            row = {"train cohort": cohort, "N_real": 0 if arm == ZERO_SHOT_ARM else n, "arm": arm, "seeds": len(matrix),
                    "dice": mean, "dice_low": low, "dice_high": high}  # fmt: skip
             d, lo, hi, k = _paired(matrix, score_matrix(group, test_set, method="box_ellipse"), n_boot)
             row |= {"diff_baseline": d, "diff_baseline_low": lo, "diff_baseline_high": hi}
@@ -116,6 +121,10 @@ def paired_comparison(
             if real is not None and arm != REFERENCE_ARM:
                 d, lo, hi, k = _paired(matrix, real, n_boot)
                 row |= {"diff_real": d, "diff_real_low": lo, "diff_real_high": hi, "diff_real_seeds": k}
+            zero = matrices.get((n, ZERO_SHOT_ARM), any_zero)
+            if zero is not None and arm != ZERO_SHOT_ARM:
+                d, lo, hi, k = _paired(matrix, zero, n_boot)
+                row |= {"diff_zero_shot": d, "diff_zero_shot_low": lo, "diff_zero_shot_high": hi}
             if budget is not None and arm != BUDGET_ARM:
                 d, lo, hi, k = _paired(matrix, budget, n_boot)
                 row |= {
@@ -167,7 +176,7 @@ def add_label_equivalence(comparison: pd.DataFrame) -> pd.DataFrame:
         curve = [(float(r["sam"]) if "sam" in r and not pd.isna(r["sam"]) else float(r["N_real"]), float(r["dice"]))
                  for _, r in real.iterrows() if not pd.isna(r["dice"])]  # fmt: skip
         for i, r in part.iterrows():
-            if r["arm"] not in ("box-ellipse",):
+            if r["arm"] not in ("box-ellipse", ZERO_SHOT_ARM):
                 out.loc[i, "label_equivalence"] = label_equivalence(r["dice"], curve)
     return out
 
@@ -200,6 +209,7 @@ def paired_table(comparison: pd.DataFrame) -> pd.DataFrame:
     for key, label in (
         ("diff_real", "Δ vs real-only"),
         ("diff_budget", "Δ vs label-budget reference"),
+        ("diff_zero_shot", "Δ vs zero-shot"),
         ("diff_baseline", "Δ vs box-ellipse"),
     ):
         if key in comparison.columns:

@@ -77,20 +77,23 @@ def sam_features(
     batch_size: int = 2,
     device: str | torch.device = "cpu",
 ) -> SamFeatures:
-    """The mean-pooled encoder of a SAM size (``checkpoint`` None: random init, a smoke test only).
+    """The mean-pooled encoder of a SAM size (``checkpoint`` None: random init, a smoke test only; ``"pretrained"``:
+    the weights that ship with the size, LiteMedSAM's).
 
     Raises:
         FileNotFoundError: a checkpoint that is not there (with the ways out).
     """
-    from fetalgen.segmentation.build import build_sam
+    from fetalgen.segmentation.build import PRETRAINED, build_sam
 
-    if checkpoint and not Path(checkpoint).is_file():
+    if checkpoint and checkpoint != PRETRAINED and not Path(checkpoint).is_file():
         raise FileNotFoundError(
             f"fidelity.features.checkpoint {checkpoint} not found: `make weights` downloads SAM ViT-B; or "
             "fidelity/features=sam_tiny (random init: a smoke test only), or fidelity.enabled=false"
         )
     sam = build_sam(model_type, checkpoint=checkpoint, image_size=int(image_size), seed=int(seed))
-    source = Path(checkpoint).name if checkpoint else "random init"
+    source = (
+        "pretrained" if checkpoint == PRETRAINED else Path(checkpoint).name if checkpoint else "random init"
+    )
     name = f"sam-{model_type} encoder ({source}, {image_size} px, mean-pooled)"
     if not checkpoint:
         log.warning("fidelity features from a randomly initialised SAM (%s): only a smoke test", model_type)

@@ -19,10 +19,17 @@ from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak
 from fetalgen.data.sources import EvalSet, load_eval_set, source_root
 from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.predictor import SamBoxPredictor
+from fetalgen.segmentation.predictor import SamBoxPredictor, require_weights
 from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, resume_checkpoint, task_wrapper
+from fetalgen.utils.task import (
+    build_trainer,
+    is_rank_zero,
+    output_dir,
+    resolve_device,
+    resume_checkpoint,
+    task_wrapper,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,8 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     test_sets = build_test_sets(
         cfg.get("test_sets"), datamodule, cfg.data.image_size, cfg.get("test_split", True)
     )
+    if not cfg.get("train", True):  # arm=zero_shot
+        return evaluate_as_built(cfg, model, test_sets)
     # Every image SAM would train on (real, synthetic) and its generator's, against the held-out cases: by name,
     # subject and pixels (a held-out image put into a synthetic set, or copied under a new name, is found too).
     trained_on = case_records(datamodule.train_cases + datamodule.synthetic_cases)
@@ -106,6 +115,20 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     )
     log_evaluation(loggers, output_dir(cfg) / "eval", test_metrics, step=trainer.global_step)
     metrics |= test_metrics
+    write_json(output_dir(cfg) / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_as_built(
+    cfg: DictConfig, model: SamFinetuneModule, test_sets: list[EvalSet]
+) -> dict[str, float]:
+    """``train=false``: the model as built (pretrained weights, no step taken) on the test sets, with the boxes every
+    arm of the same seed gets; ``metrics.json`` as a trained run writes it, with no label behind the model."""
+    require_weights(None, cfg.model.sam.get("checkpoint"), False)  # a random model's zero-shot means nothing
+    metrics = {"train/steps": 0.0, "labels/sam": 0.0, "labels/generator": 0.0, "labels/total": 0.0}
+    metrics |= evaluate_sets(SamBoxPredictor(model, resolve_device("auto")), test_sets, output_dir(cfg) / "eval",
+                             "test", eval_settings(cfg.eval, model.hparams),
+                             info={"checkpoint": f"{cfg.model.sam.model_type} as built, zero-shot"})  # fmt: skip
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
 

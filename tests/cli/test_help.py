@@ -21,7 +21,10 @@ def test_a_commands_help_shows_its_purpose_examples_groups_and_settings():
     page = help_page("predict")
     assert page.startswith("fetalgen-predict: segment unlabelled images")
     assert "Examples:\n  fetalgen-predict ckpt_path=" in page
-    assert "model: sam/tiny  (sam/lite_medsam, sam/medsam, sam/small, sam/tiny, sam/vit_b, sam/vit_h, sam/vit_l)" in page
+    assert (
+        "model: sam/tiny  (sam/lite_medsam, sam/medsam, sam/small, sam/tiny, sam/vit_b, sam/vit_h, sam/vit_l)"
+        in page
+    )
     assert "allow_random_weights: false" in page and "auto_rounds: 2" in page  # settings with their defaults
     assert (
         "trainer:" not in page and "Hydra's own flags" in page

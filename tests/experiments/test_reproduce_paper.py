@@ -46,9 +46,9 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     assert "Spanish cohort ABSENT" in done.stdout and "Training on HC18 alone" in done.stdout
     table = pd.read_csv(results / "table.csv")
     assert sorted(table["arm"]) == [
-        "matched[conditioned]", "real", "reference", "strong", "synthetic[conditioned]", "weak"
+        "matched[conditioned]", "real", "reference", "strong", "synthetic[conditioned]", "weak", "zero_shot"
     ]  # fmt: skip
-    assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3, 60}
+    assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3, 60}  # zero-shot ran at 3
     text = (results / "results.md").read_text()
     assert "| spanish | 94.66 | – | test set absent |" in text
     assert (
@@ -58,6 +58,9 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     assert (paired.loc["synthetic[conditioned]", ["sam", "generator"]] == [3, 60]).all()
     assert (paired.loc["matched[conditioned]", ["sam", "generator", "total"]] == [3, 3, 3]).all()
     assert paired["label_equivalence"].notna().all() and "worth real labels" in text
+    assert (paired.loc["zero_shot", ["sam", "generator", "total", "train/steps"]] == 0).all()
+    assert paired.loc["zero_shot", "N_real"] == 0 and "Δ vs zero-shot [95% CI]" in text
+    assert paired["diff_zero_shot"].drop(["zero_shot", "box-ellipse"]).notna().all()  # the reference (60) too
     assert paired.loc["reference", "sam"] == 60 and paired.loc["real", "generator"] == 0
     assert (results / "dice_vs_nreal.png").stat().st_size > 1000
     manifest = (tmp_path / "out" / "synthetic" / "conditioned" / "manifest.jsonl").read_text().splitlines()

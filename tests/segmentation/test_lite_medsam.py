@@ -244,3 +244,20 @@ def test_finetune_starts_from_the_pretrained_weights_on_real_hc18(
         "image_size": 256,
     }
     assert len(record.provenance["training_cases"]) == 3
+
+
+def test_the_zero_shot_arm_evaluates_the_pretrained_model_without_a_step(compose_cfg, tmp_path: Path):
+    from fetalgen.segmentation.finetune import finetune
+    from fetalgen.segmentation.predictor import RandomWeightsError
+
+    overrides = ["arm=zero_shot", "data.image_size=64", "data.num_real=2", "data.num_val=2", "data.num_test=3",
+                 "logger=none", "test_sets=null", "eval.repetitions=1", "eval.more_prompt_modes=[auto]",
+                 "eval.figure=false", "eval.progress=false"]  # fmt: skip
+    metrics = finetune(compose_cfg("finetune", ["model=sam/lite_medsam", *overrides]))
+    assert metrics["train/steps"] == 0 and metrics["labels/total"] == 0
+    assert 0 < metrics["test/phantom/dice"] <= 1 and "test/phantom@auto/dice" in metrics
+    assert not (tmp_path / "output" / "checkpoints").exists()  # nothing trained, nothing saved
+    rows = (tmp_path / "output" / "eval" / "phantom" / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 3  # 3 images x (sam, sam_ellipse, box_ellipse), one repetition
+    with pytest.raises(RandomWeightsError):  # a random model has no zero-shot score worth reporting
+        finetune(compose_cfg("finetune", overrides))
