@@ -20,7 +20,7 @@ from fetalgen.data.sources import EvalSet, load_eval_set, source_root
 from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor, require_weights
-from fetalgen.utils.checkpoints import read_run_checkpoint
+from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import (
     build_trainer,
@@ -60,8 +60,13 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     # Every image SAM would train on (real, synthetic) and its generator's, against the held-out cases: by name,
     # subject and pixels (a held-out image put into a synthetic set, or copied under a new name, is found too).
     trained_on = case_records(datamodule.train_cases + datamodule.synthetic_cases)
+    resume = resume_checkpoint(cfg, "finetune")
+    inherited = inherited_lineage(resume, cfg.get("allow_unknown_lineage", False))
     check_no_leak(
-        trained_on + (datamodule.generator_cases or []),
+        trained_on
+        + inherited["training_cases"]
+        + inherited["generator_cases"]
+        + (datamodule.generator_cases or []),
         {"validation": datamodule.val_cases} | {f"test set {t.name!r}": t.cases for t in test_sets},
         model="SAM (or the generator of its synthetic pairs)",
         fix="evaluate on cases outside the training pool, or drop the test set from test_sets",
@@ -76,7 +81,9 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     )
     used = {c.name for c in datamodule.train_set.cases}  # skipped pairs are not trained on, nor listed
     sam_cases = [r for r in trained_on if r["name"] in used and r["cohort"] != "synthetic"]
-    provenance = {"training_cases": sam_cases, "generator_cases": datamodule.generator_cases}
+    sam_cases = merged(sam_cases, inherited["training_cases"])
+    provenance = {"training_cases": sam_cases,
+                  "generator_cases": merged(datamodule.generator_cases, inherited["generator_cases"])}  # fmt: skip
     if is_rank_zero():  # the run's files, once (the extra ranks of trainer=ddp run this function too)
         write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
         write_skipped(output_dir(cfg), datamodule.skipped())
@@ -88,7 +95,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(counts)
     if cfg.data.get("synthetic_dir"):
         log_synthetic_set(loggers, Path(cfg.data.synthetic_dir))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, "finetune"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out
@@ -117,6 +124,45 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     metrics |= test_metrics
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
+
+
+def inherited_lineage(resume: str | None, allow_unknown: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """What the weights a run resumes from already trained on (their checkpoint's provenance), so that the leakage
+    guard and the new checkpoint's record carry it.
+
+    Raises:
+        CheckpointError: the checkpoint records no training cases (its lineage is unknown), unless ``allow_unknown``.
+    """
+    empty: dict[str, list[dict[str, Any]]] = {"training_cases": [], "generator_cases": []}
+    if resume is None:
+        return empty
+    provenance = read_run_checkpoint(resume, "finetune").provenance
+    if not isinstance(provenance, dict) or not isinstance(provenance.get("training_cases"), list):
+        if allow_unknown:
+            log.warning(
+                "resuming %s, which records no training cases: test leakage cannot be ruled out", resume
+            )
+            return empty
+        raise CheckpointError(
+            f"{resume}: records no training cases, so what its weights saw is unknown: refused as a resume "
+            "(allow_unknown_lineage=true resumes anyway, and the leakage guard cannot cover those weights)"
+        )
+    generator = provenance.get("generator_cases")
+    return {"training_cases": list(provenance["training_cases"]),
+            "generator_cases": list(generator) if isinstance(generator, list) else []}  # fmt: skip
+
+
+def merged(*lists: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The records of ``lists`` (None: unrecorded) in order, each once; None when every list is None."""
+    if all(x is None for x in lists):
+        return None
+    out, seen = [], set()
+    for record in (r for x in lists if x for r in x):
+        key = repr(sorted(record.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
 
 
 def evaluate_as_built(

@@ -133,13 +133,61 @@ def read_run_checkpoint(path: str | Path, task: str | None = None) -> RunCheckpo
     return RunCheckpoint(path, kind, contents)
 
 
-class KeepBestOnResume(ModelCheckpoint):
+RESTORED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def own_checkpoint_paths(state: dict[str, Any], folder: Path, task: str | None) -> dict[str, Any]:
+    """``state`` of a ``ModelCheckpoint`` with only the paths it may later delete kept: files directly in ``folder``
+    that are fetalgen checkpoints of ``task`` (a crafted resume file could name ``<dirpath>/../../x``)."""
+
+    def own(path: Any) -> bool:
+        if not isinstance(path, str) or not path:
+            return False
+        candidate = Path(path)
+        if candidate.resolve().parent != folder.resolve() or not candidate.is_file():
+            return False
+        try:
+            read_run_checkpoint(candidate, task)
+        except (CheckpointError, FileNotFoundError):
+            return False
+        return True
+
+    out = dict(state)
+    dropped = [p for p in state.get("best_k_models", {}) if not own(p)]
+    dropped += [state[k] for k in RESTORED_PATHS if state.get(k) and not own(state[k])]
+    out["best_k_models"] = {p: v for p, v in state.get("best_k_models", {}).items() if own(p)}
+    for key in RESTORED_PATHS:
+        out[key] = state.get(key) if own(state.get(key)) else ""
+    if dropped:
+        log.warning("resume: checkpoint paths outside %s or not fetalgen checkpoints are not restored (never "
+                    "deleted): %s", folder, ", ".join(map(str, sorted(set(dropped))))[:500])  # fmt: skip
+    return out
+
+
+class OwnCheckpoints(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that restores from a resumed checkpoint only paths of its own folder holding fetalgen
+    checkpoints of ``task`` (:func:`own_checkpoint_paths`): the ones it may delete when it saves a better one."""
+
+    def __init__(self, *args: Any, task: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.task = task
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.dirpath is not None:
+            state_dict = own_checkpoint_paths(state_dict, Path(self.dirpath), self.task)
+        super().load_state_dict(state_dict)
+
+
+class KeepBestOnResume(OwnCheckpoints):
     """A ``ModelCheckpoint`` whose best checkpoints and score survive a resume into another folder.
 
     Lightning keeps the best score only when the resumed run writes to the same ``dirpath``; every Hydra run has
     its own folder, so it would forget the best before the interruption. This copies the best checkpoint(s) of
     the interrupted run into the new folder and keeps their scores: the final best is the best of all training.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, task="finetune", **kwargs)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old_dir = state_dict.get("dirpath")

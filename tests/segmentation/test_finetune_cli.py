@@ -19,6 +19,7 @@ from fetalgen.data.synthetic import MANIFEST, ManifestEntry
 from fetalgen.segmentation.evaluate import evaluate
 from fetalgen.segmentation.finetune import finetune
 from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.utils.checkpoints import CheckpointError
 
 
 def synthetic_set(root: Path, other_phantoms: Path, n: int = 4) -> Path:
@@ -120,8 +121,29 @@ def test_finetune_then_evaluate_the_checkpoint(
     rcfg = compose_cfg(
         "finetune", [*overrides(phantom_dir), "trainer.max_steps=6", f"ckpt_path={last}", "test_split=false"]
     )
+    first_cases = torch.load(last, weights_only=True)["fetalgen_provenance"]["training_cases"]
     resumed = finetune(rcfg)
     assert "val/dice" in resumed and not any(k.startswith("test/") for k in resumed)
+    assert (
+        torch.load(last, weights_only=True)["fetalgen_provenance"]["training_cases"] == first_cases
+    )  # once each
+
+    # A resume carries what the earlier weights trained on: a record naming a held-out case is TEST LEAKAGE, and
+    # a checkpoint that records nothing is refused unless waived.
+    contents = torch.load(last, weights_only=True)
+    held = [{"name": n, "subject": n, "cohort": "phantom"} for n in trained["name"].unique()]
+    contents["fetalgen_provenance"]["training_cases"] += held
+    torch.save(contents, tmp_path / "leaky.ckpt")
+    leaky = [*overrides(phantom_dir), "trainer.max_steps=8", f"ckpt_path={tmp_path / 'leaky.ckpt'}"]
+    with pytest.raises(LeakageError, match="TEST LEAKAGE"):
+        finetune(compose_cfg("finetune", leaky))
+    del contents["fetalgen_provenance"]
+    torch.save(contents, tmp_path / "unrecorded.ckpt")
+    unrecorded = [*overrides(phantom_dir), "trainer.max_steps=8", f"ckpt_path={tmp_path / 'unrecorded.ckpt'}",
+                  "test_split=false"]  # fmt: skip
+    with pytest.raises(CheckpointError, match="records no training cases"):
+        finetune(compose_cfg("finetune", unrecorded))
+    finetune(compose_cfg("finetune", [*unrecorded, "allow_unknown_lineage=true"]))
 
 
 def test_every_sam_config_composes(compose_cfg):

@@ -11,6 +11,7 @@ import torch
 from fetalgen.utils.checkpoints import (
     CheckpointError,
     KeepBestOnResume,
+    OwnCheckpoints,
     RunRecord,
     checkpoint_kind,
     read_run_checkpoint,
@@ -86,3 +87,28 @@ def test_wrong_kind_truncated_missing_and_unsafe_files(
     with pytest.raises(CheckpointError, match="evil.ckpt: cannot be read"):
         read_run_checkpoint(tmp_path / "evil.ckpt", "finetune")
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_crafted_resume_restores_no_path_outside_the_run_folder(tmp_path: Path) -> None:
+    # Lightning deletes a restored best_k_models / kth_best / last path at the next save: a crafted resume file
+    # naming <dirpath>/../../victim would delete it. Only the folder's own fetalgen checkpoints are restored.
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not a checkpoint")
+    own = folder / "best_step_000010.ckpt"
+    torch.save(FINETUNE, own)
+    torch.save(FINETUNE, tmp_path / "elsewhere.ckpt")
+    outside = str(folder / ".." / ".." / "victim.txt")
+    for callback in (
+        OwnCheckpoints(dirpath=folder, task="finetune", monitor=None),
+        KeepBestOnResume(dirpath=folder, monitor="val/dice", mode="max"),
+    ):
+        state = {"dirpath": str(folder), "best_model_score": torch.tensor(0.9), "kth_value": torch.tensor(0.8),
+                 "best_k_models": {outside: torch.tensor(0.9), str(own): torch.tensor(0.8),
+                                   str(tmp_path / "elsewhere.ckpt"): torch.tensor(0.7)},
+                 "best_model_path": outside, "kth_best_model_path": str(victim), "last_model_path": outside}  # fmt: skip
+        callback.load_state_dict(state)
+        assert list(callback.best_k_models) == [str(own)]
+        assert callback.best_model_path == callback.kth_best_model_path == callback.last_model_path == ""
+    assert victim.read_text() == "not a checkpoint"
