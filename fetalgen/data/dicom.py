@@ -31,13 +31,30 @@ def _pydicom():
 def _header(path: Path):
     try:
         return _pydicom().dcmread(path, stop_before_pixels=True)
-    except (OSError, ValueError, TypeError, AttributeError) as err:
+    except Exception as err:  # pydicom raises InvalidDicomError, OSError, ValueError, ... for a file that is not one
         raise DataError(path, f"unreadable or corrupt DICOM file ({type(err).__name__}: {err})") from None
 
 
+def _frames(ds, path: Path) -> int:
+    """The header's NumberOfFrames (1 when absent), checked."""
+    value = getattr(ds, "NumberOfFrames", None)
+    try:
+        frames = 1 if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        raise DataError(path, f"NumberOfFrames {value!r} is not a number") from None
+    if frames < 1:
+        raise DataError(path, f"NumberOfFrames {frames}: a DICOM image has at least one frame")
+    return frames
+
+
 def frame_count(path: str | Path) -> int:
-    """Frames in a DICOM file (1 for a single-frame file)."""
-    return int(getattr(_header(Path(path)), "NumberOfFrames", 1) or 1)
+    """Frames in a DICOM file (1 for a single-frame file).
+
+    Raises:
+        DataError: not a DICOM file, or a NumberOfFrames below 1.
+    """
+    path = Path(path)
+    return _frames(_header(path), path)
 
 
 def dicom_pixel_size(path: str | Path) -> float:
@@ -70,34 +87,36 @@ def dicom_pixel_size(path: str | Path) -> float:
 
 
 def load_dicom_frame(path: str | Path, frame: int = 0) -> np.ndarray:
-    """Frame ``frame`` of a DICOM file as uint8 HxW grayscale (RGB/YBR converted, MONOCHROME1 inverted, higher bit
-    depths scaled by the bits stored).
+    """Frame ``frame`` of a DICOM file as uint8 HxW grayscale.
+
+    Only that frame is decoded (pydicom 3's ``pixels.pixel_array(..., index=frame)``: a long cine loop is not read
+    whole). Colour frames come from pydicom already as RGB (it converts YBR_FULL / YBR_FULL_422, JPEG included), so
+    they are only weighted to gray here (ITU-R 601); MONOCHROME1 is inverted; values above 8 bits are scaled by the
+    depth they actually use (``BitsStored`` 16 holding 12-bit values is read as 12-bit, not as near black).
 
     Raises:
-        DataError: unreadable file, no pixel data, or no such frame.
+        DataError: unreadable file, no pixel data, or no such frame (naming the file).
     """
     path = Path(path)
     pydicom = _pydicom()
+    ds = _header(path)
+    frames = _frames(ds, path)
+    if not 0 <= frame < frames:
+        raise DataError(path, f"no frame {frame} (the file has {frames})")
     try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
+        pixels = pydicom.pixels.pixel_array(path, index=frame if frames > 1 else None)
     except Exception as err:  # pydicom raises many kinds for bad or unsupported pixel data
         raise DataError(
             path, f"unreadable or corrupt DICOM pixel data ({type(err).__name__}: {err})"
         ) from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        if not 0 <= frame < frames:
-            raise DataError(path, f"no frame {frame} (the file has {frames})")
-        pixels = pixels[frame]
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if pixels.ndim == 3:
-        if photometric.startswith("YBR"):
-            pixels = pydicom.pixels.convert_color_space(pixels, photometric, "RGB")
-        rgb = pixels[..., :3].astype(np.float64)
-        pixels = rgb @ np.array([0.299, 0.587, 0.114])
+    if pixels.ndim == 3:  # RGB (pydicom returned YBR as RGB)
+        pixels = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     bits = int(getattr(ds, "BitsStored", 8) or 8)
-    scaled = pixels.astype(np.float64) * (255.0 / (2**bits - 1)) if bits != 8 else pixels.astype(np.float64)
+    if bits > 8:  # the depth the values use, at most the declared one
+        top = float(np.max(pixels)) if pixels.size else 0.0
+        bits = min(bits, max(8, int(np.ceil(np.log2(top + 1)))))
+    scaled = pixels.astype(np.float64) * (255.0 / (2**bits - 1))
     if photometric == "MONOCHROME1":
         scaled = 255.0 - scaled
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

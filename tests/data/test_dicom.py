@@ -89,3 +89,70 @@ def test_predict_reads_a_dicom_folder(compose_cfg, tmp_path: Path):
     assert rows["name"].tolist() == ["cine_f000", "cine_f001", "one"] and summary["n_without_pixel_size"] == 2
     assert rows.set_index("name").loc["one", "pixel_size_mm"] == pytest.approx(0.2)
     assert (Path(cfg.paths.output_dir) / "masks" / "cine_f001.png").is_file()
+
+
+def write_colour_dicom(path: Path, rgb: np.ndarray, photometric: str, jpeg: bool = False) -> Path:
+    """An RGB image ``[H, W, 3]`` as a colour US Image Storage file: RGB or YBR_FULL uncompressed, or (``jpeg``)
+    YBR_FULL_422 in JPEG baseline, as many scanners write it."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    path = write_dicom(path, rgb[..., 0])  # the header, then the colour pixel data
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+    if jpeg:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, "JPEG", quality=95, subsampling=1)  # 4:2:2
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+    else:
+        data = rgb if photometric == "RGB" else pydicom.pixels.convert_color_space(rgb, "RGB", photometric)
+        ds.PixelData = data.astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_colour_dicom_is_converted_to_gray_once(tmp_path: Path):
+    # pydicom 3 already returns RGB for YBR_FULL(_422); converting again read black as grey 79 (issue 30)
+    rng = np.random.default_rng(2)
+    gray = np.zeros((48, 64), np.uint8)
+    gray[10:38, 12:52] = rng.integers(60, 250, (28, 40))
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    for photometric, jpeg, tolerance in (
+        ("RGB", False, 0.5),
+        ("YBR_FULL", False, 1.0),
+        ("YBR_FULL_422", True, 4.0),
+    ):
+        image = load_dicom_frame(write_colour_dicom(tmp_path / f"{photometric}.dcm", rgb, photometric, jpeg))
+        assert np.abs(image.astype(float) - gray).mean() < tolerance, photometric
+        assert image[0, 0] <= 2, photometric  # black stays black
+    mono1 = load_dicom_frame(write_dicom(tmp_path / "m1.dcm", gray, photometric="MONOCHROME1"))
+    assert (mono1 == 255 - gray).all()
+    assert (load_dicom_frame(write_dicom(tmp_path / "m2.dcm", gray)) == gray).all()
+
+
+def test_a_long_cine_loop_is_read_frame_by_frame_and_bad_headers_are_named(tmp_path: Path):
+    frames = np.arange(120, dtype=np.uint8)[:, None, None].repeat(16, 1).repeat(24, 2)  # frame k is all k
+    path = write_dicom(tmp_path / "cine.dcm", frames)
+    assert load_dicom_frame(path, 117)[0, 0] == 117 and load_dicom_frame(path, 0).max() == 0
+    with pytest.raises(DataError, match="cine.dcm: no frame 120"):
+        load_dicom_frame(path, 120)
+    bad = pydicom.dcmread(path)
+    bad.NumberOfFrames = -5
+    bad.save_as(tmp_path / "negative.dcm")
+    with pytest.raises(DataError, match="negative.dcm: NumberOfFrames -5"):
+        load_dicom_frame(tmp_path / "negative.dcm")
+    twelve_in_16 = np.linspace(0, 4095, 16 * 24).reshape(16, 24).astype(np.uint16)
+    image = load_dicom_frame(write_dicom(tmp_path / "b16.dcm", twelve_in_16, bits=16))
+    assert image.max() == 255 and image.mean() > 100  # scaled by the 12 bits used, not by 65535
+    (tmp_path / "fake.dcm").write_bytes(b"\x00" * 200 + b"not a dicom file")
+    with pytest.raises(DataError, match="fake.dcm"):
+        load_dicom_frame(tmp_path / "fake.dcm")
+    items = read_images(tmp_path, on_bad="skip")  # the bad files are skipped, the good ones read
+    assert {"b16", "cine_f000"} <= {i.name for i in items} and not {"fake", "negative"} & {
+        i.name for i in items
+    }
