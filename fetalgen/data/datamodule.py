@@ -152,6 +152,12 @@ class PairDataModule(pl.LightningDataModule):
                 )
             self.train_cases = choose(parts["train"], num_real, self.seed)
             self.val_cases, self.test_cases = parts["val"], parts["test"]
+            if num_test and load_holdout:
+                log.warning(
+                    "no data.split_file: the validation and test cases are drawn with seed=%d, so runs of other "
+                    "seeds are tested on other images (a seed sweep is then no paired comparison); split once with "
+                    "fetalgen-split and give its folder as data.split_file", self.seed,
+                )  # fmt: skip
         if not load_holdout:
             self.val_cases, self.test_cases = [], []
         self.generator_cases: list[Record] | None = None  # what the synthetic pairs' generator saw

@@ -31,7 +31,9 @@ def _pydicom():
 def _header(path: Path):
     try:
         return _pydicom().dcmread(path, stop_before_pixels=True)
-    except Exception as err:  # pydicom raises InvalidDicomError, OSError, ValueError, ... for a file that is not one
+    except (
+        Exception
+    ) as err:  # pydicom raises InvalidDicomError, OSError, ValueError, ... for a file that is not one
         raise DataError(path, f"unreadable or corrupt DICOM file ({type(err).__name__}: {err})") from None
 
 

@@ -145,6 +145,10 @@ def load_mask(
             raise DataError(path, "mask is empty (all pixels are 0)")
         raise DataError(path, f"mask covers the whole image (every pixel is {int(levels[0])})")
     fg = gray > levels[0]
+    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])
+    if border.all():  # foreground all round the image: filled, it would be the whole image
+        raise DataError(path, "mask foreground runs all round the image border: an inverted mask (the head drawn "
+                              f"as {int(levels[0])} on {int(levels[1])})? A head mask is the head's pixels only")  # fmt: skip
     filled = _fill_outline(fg)
     if filled is None:
         raise DataError(path, f"mask has only {int(fg.sum())} foreground pixels: too few to form a region")

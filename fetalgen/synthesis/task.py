@@ -148,12 +148,42 @@ def shape_prior(cfg: DictConfig, meta: dict[str, Any], reference: TrainReference
 
 
 @task_wrapper
+def check_sample_settings(cfg: DictConfig) -> None:
+    """Refuse, before anything is loaded, sampling settings outside their range (``guidance_scale=nan`` drew blank
+    images that all passed QC); the message names the setting."""
+
+    def number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+            raise ValueError(f"{name}={value!r} is outside {bound}")
+
+    if not isinstance(cfg.n, int) or isinstance(cfg.n, bool) or cfg.n < 1:
+        raise ValueError(f"n={cfg.n!r}: the number of pairs to sample must be a whole number >= 1")
+    number("guidance_scale", cfg.guidance_scale, 0.0, 100.0)
+    number("mask_threshold", cfg.mask_threshold, -1.0, 1.0)
+    number("memorisation.threshold", cfg.memorisation.threshold, -1.0, 1.0)
+    number("qc.min_ellipse_iou", cfg.qc.min_ellipse_iou, 0.0, 1.0)
+    number("qc.border_margin", cfg.qc.border_margin, 0.0, 0.5)
+    low, high = cfg.qc.area_range
+    number("qc.area_range[0]", low, 0.0, 1.0)
+    number("qc.area_range[1]", high, low, 1.0, low_open=True)
+    if cfg.fidelity.get("min_agreement") is not None:
+        number("fidelity.min_agreement", cfg.fidelity.min_agreement, 0.0, 1.0)
+    if cfg.get("steps") is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
+        raise ValueError(
+            f"steps={cfg.steps!r}: sampler steps must be a whole number >= 1 (null: the sampler's default)"
+        )
+
+
 def synthesize(cfg: DictConfig) -> dict[str, Any]:
     """Load the checkpoint; write ``cfg.n`` pairs into ``cfg.out``, judge them, summarise and seal (module doc).
 
     Returns:
         Flat metrics: ``qc_pass_rate``, ``memorisation_rate``, ``n`` and ``out``.
     """
+    check_sample_settings(cfg)
     device = resolve_device(cfg.device)
     unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
     size = int(unet.config.sample_size)

@@ -84,6 +84,11 @@ def test_mask_errors_name_the_file(tmp_path: Path) -> None:
     full = np.full(SHAPE, 255, np.uint8)
     with pytest.raises(DataError, match="full.png.*whole image"):
         load_mask(_write(tmp_path / "full.png", full), SHAPE)
+    for inverted in (255 - _outline(thickness=-1), 255 - _outline()):  # a filled head or an outline, inverted
+        with pytest.raises(
+            DataError, match="inverted.png.*an inverted mask"
+        ):  # was trained on as the whole image
+            load_mask(_write(tmp_path / "inverted.png", inverted), SHAPE)
     jpegish = _outline(thickness=-1)
     jpegish[0, 0], jpegish[0, 1] = 3, 250  # compression artefacts
     with pytest.raises(DataError, match=r"jpegish.png.*not binary: 4 grey levels found \(0, 3, 250, 255\)"):

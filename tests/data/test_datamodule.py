@@ -342,3 +342,21 @@ def test_the_agreement_filter_leaves_out_low_pairs_and_counts_them(
     with pytest.raises(DataError, match="no pair_agreement: judge the set"):  # a set never judged: refused
         PairDataModule(real, image_size=16, num_real=6, num_val=4, synthetic_dir=synthetic_dir, num_synthetic="all",
                  min_agreement=0.5)  # fmt: skip
+
+
+def test_a_seeded_split_without_a_split_file_warns_that_seeds_change_the_test_set(
+    real, caplog, tmp_path: Path
+):
+    with caplog.at_level("WARNING", logger="fetalgen.data.datamodule"):
+        a = PairDataModule(real, image_size=16, num_real=4, num_val=4, num_test=4, seed=0)
+        b = PairDataModule(real, image_size=16, num_real=4, num_val=4, num_test=4, seed=1)
+    assert {c.name for c in a.test_cases} != {c.name for c in b.test_cases}  # what the warning is about
+    assert caplog.text.count("no data.split_file") == 2 and "fetalgen-split" in caplog.text
+    caplog.clear()
+    split = tmp_path / "split"
+    split.mkdir()
+    for part, cases in (("train", a.train_cases), ("val", a.val_cases), ("test", a.test_cases)):
+        (split / f"{part}.txt").write_text("\n".join(c.name for c in cases) + "\n")
+    with caplog.at_level("WARNING", logger="fetalgen.data.datamodule"):
+        PairDataModule(real, image_size=16, num_real=4, num_val=4, num_test=4, split_file=split, seed=1)
+    assert "no data.split_file" not in caplog.text

@@ -250,3 +250,26 @@ def test_the_sets_folder_must_be_named_so_that_a_rerun_resumes_it():
     GlobalHydra.instance().clear()
     with pytest.raises(MissingMandatoryValue, match="out"):
         _ = cfg.out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("guidance_scale=nan", "guidance_scale=nan is outside"),
+        ("mask_threshold=nan", "mask_threshold=nan is outside"),
+        ("fidelity.min_agreement=1.5", "fidelity.min_agreement=1.5 is outside"),
+        ("memorisation.threshold=2", "memorisation.threshold=2 is outside"),
+        ("qc.area_range=[0.7,0.01]", "qc.area_range\\[1\\]=0.01 is outside \\(0.7, 1.0\\]"),
+        ("n=0", "n=0: the number of pairs to sample must be a whole number >= 1"),
+        ("steps=0", "steps=0: sampler steps"),
+    ],
+)
+def test_sampling_settings_out_of_range_are_refused_before_loading(compose_cfg, tmp_path, override, message):
+    from fetalgen.synthesis.task import synthesize
+
+    cfg = compose_cfg(
+        "sample", [f"ckpt_path={tmp_path / 'nowhere.ckpt'}", f"out={tmp_path / 'syn'}", override]
+    )
+    with pytest.raises(ValueError, match=message):  # before the (missing) checkpoint is read
+        synthesize(cfg)
+    assert not (tmp_path / "syn").exists()
