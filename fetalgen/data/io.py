@@ -20,10 +20,31 @@ ON_BAD = ("raise", "skip")
 MASK_REGIONS = ("raise", "largest")  # a mask of several separate regions: refuse, or keep the largest
 
 
+MAX_PIXELS = 50_000_000  # an image or mask larger than this is refused before decoding (ultrasound: < 2 M)
+
+
+def decoded_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header without decoding its pixels (None: a format PIL cannot tell)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Image.DecompressionBombError:  # PIL's own limit (far above ours) on what its header says
+        return (MAX_PIXELS + 1, 1)
+    except Exception:  # not an image PIL knows: cv2 decides below
+        return None
+
+
 def _read(path: str | Path, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, f"{what} file is missing")
+    size = decoded_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        shown = f"{size[0]} x {size[1]} pixels" if size[1] > 1 else "more pixels than PIL opens"
+        raise DataError(path, f"{what} of {shown} exceeds the {MAX_PIXELS:,}-pixel limit "
+                              "(a decompression bomb, or a scan to downsample first)")  # fmt: skip
     data = np.fromfile(str(path), dtype=np.uint8)
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if array is None or array.size == 0:

@@ -143,3 +143,15 @@ def test_pair_dataset_counts_the_masks_it_cut(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="1 mask\\(s\\) had several regions; kept the largest"):
         data = PairDataset([case], 32, mask_regions="largest")
     assert len(data) == 1 and data.repaired == [case.mask_path]
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fetalgen.data.io import load_image
+
+    path = tmp_path / "bomb.png"
+    Image.new("L", (10_000, 6_000)).save(path)  # 60 M pixels in a small file
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(DataError, match="bomb.png.*10000 x 6000 pixels exceeds the 50,000,000-pixel limit"):
+        load_image(path)
