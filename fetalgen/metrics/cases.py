@@ -28,7 +28,7 @@ def case_metrics(
 
     Returns:
         ``dice, iou, hd95_px, assd_px, hd95_mm, assd_mm, hc_pred_px, hc_true_px, hc_abs_err_px, hc_pred_mm,
-        hc_true_mm, hc_abs_err_mm, hc_abs_err_csv_mm``; surface distances are nan for an empty prediction,
+        hc_true_mm, hc_abs_err_mm, hc_err_mm (signed, predicted minus true), hc_abs_err_csv_mm``; surface distances are nan for an empty prediction,
         HC values nan when no ellipse fits.
     """
     if hc_true_px is None:
@@ -49,6 +49,7 @@ def case_metrics(
         "hc_pred_mm": hc_pred_px * ps,
         "hc_true_mm": hc_true_px * ps,
         "hc_abs_err_mm": abs(hc_pred_px - hc_true_px) * ps,
+        "hc_err_mm": (hc_pred_px - hc_true_px) * ps,  # signed: its mean is the bias
         "hc_abs_err_csv_mm": abs(hc_pred_px * ps - float(hc_csv_mm)),
     }
 

@@ -56,7 +56,8 @@ class Predictor(Protocol):
 
 
 SUMMARY_METRICS = (
-    "dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_err_px", "hc_abs_err_mm", "hc_abs_err_csv_mm",
+    "dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_err_px", "hc_abs_err_mm", "hc_err_mm",
+    "hc_abs_err_csv_mm",
 )  # fmt: skip
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 # Prompt-free results are the ones comparable with the HC18 literature: the best published fully automatic method

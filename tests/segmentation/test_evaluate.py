@@ -111,6 +111,7 @@ def test_sam_rows_are_exact(evaluated):
         hc_pred, hc_true = measure_head(pred).hc, measure_head(SQUARE).hc
         assert row["hc_abs_err_px"] == pytest.approx(abs(hc_pred - hc_true))
         assert row["hc_abs_err_mm"] == pytest.approx(0.5 * abs(hc_pred - hc_true))
+        assert row["hc_err_mm"] == pytest.approx(0.5 * (hc_pred - hc_true))  # signed: the bias's terms
         assert row["hc_abs_err_csv_mm"] == pytest.approx(abs(0.5 * hc_pred - 40.0))
         assert math.isnan(sam.loc[("case_1", r)]["hd95_mm"]) and math.isnan(
             sam.loc[("case_1", r)]["hc_abs_err_mm"]
@@ -217,7 +218,11 @@ def test_every_prompt_mode_from_one_embedding_each_under_its_own_label(tmp_path:
     np.testing.assert_array_equal(
         sam.loc["case_0", ["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(), [12, 12, 31, 31]
     )
-    assert "best published fully automatic HC18 method, Dice 0.9775" in format_summary(summaries["c@auto"])
+    line = format_summary(summaries["c@auto"])
+    assert (
+        "best published fully automatic HC18 method reports Dice 0.9775" in line
+        and "not a comparison" in line
+    )
     assert "fully automatic" not in format_summary(summaries["c@tight"])
     flat = flat_metrics(summaries["c@auto"], "eval/c@auto")
     assert flat["eval/c@auto/dice"] == pytest.approx((18 / 20 * 2) / 3)
