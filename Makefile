@@ -52,8 +52,9 @@ reproduce-paper: install # DRY_RUN=1: the plan and a GPU-hours estimate only
 bench: install
 	$(BIN)/python experiments/bench/samplers.py
 	$(BIN)/python experiments/bench/sam_cache.py
+	$(BIN)/python experiments/bench/lite_medsam.py
 
-gpu-check: install # the first GPU machine: gpu.py, then both tasks for 20 steps (bf16-mixed, DDP over every GPU)
+gpu-check: install # the first GPU machine: gpu.py and lite_medsam.py, then both tasks for 20 steps (bf16-mixed, DDP over every GPU)
 	$(BIN)/python experiments/bench/gpu_check.py
 
 show-data: # where the tests and scripts will look for HC18 (empty: not found, they skip)

@@ -1,4 +1,4 @@
-"""``make gpu-check``: the first command for the first GPU machine. gpu.py's rows, then both training tasks for 20
+"""``make gpu-check``: the first command for the first GPU machine. gpu.py's rows and LiteMedSAM's (lite_medsam.py), then both training tasks for 20
 steps in bf16-mixed with DDP over every visible GPU (trainer=ddp, the subprocess launcher), on phantom data with
 random weights; one JSON and one table.
 
@@ -62,6 +62,8 @@ def main() -> int:
         card = f"{gpus} x {torch.cuda.get_device_name(0)}"
         bench = HERE / "gpu.json"
         subprocess.run([sys.executable, str(HERE / "gpu.py"), "--quick", "--out", str(bench)], check=False)
+        subprocess.run([sys.executable, str(HERE / "lite_medsam.py"), "--device", "cuda", "--seconds", "3",
+                        "--out", str(HERE / "lite_medsam_gpu.json")], check=False)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="fetalgen-gpu-check-"))
     data = ["data=folder", f"data.source.root={work / 'phantom'}", "data.num_real=16", "data.num_val=4",
             "logger=csv", "trainer.enable_progress_bar=false", f"trainer.max_steps={args.steps}",
