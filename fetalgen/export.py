@@ -112,11 +112,19 @@ def working_size(config: dict[str, Any], source: Path) -> int:
 
 def export_generator(ckpt_path: Path, out: Path) -> Path:
     """Write the generator of ``ckpt_path`` (EMA weights) as a diffusers pipeline folder; returns the folder."""
-    from diffusers import DDPMPipeline, DDPMScheduler
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     from fetalgen.diffusion.checkpoint import load_generator
 
+    from fetalgen.diffusion.sampling import is_mask_conditioned
+
     unet, scheduler_config, _ = load_generator(ckpt_path)
+    if not isinstance(unet, UNet2DModel):  # the paper's SD 1.5 + LoRA generator
+        raise ValueError(f"{ckpt_path}: the paper's LoRA generator has no diffusers pipeline export here (its "
+                         "checkpoint holds the LoRA weights and the base model's path): sample it with fetalgen-sample")  # fmt: skip
+    if is_mask_conditioned(unet):  # a DDPMPipeline would sample it without its mask and shape prior: noise
+        raise ValueError(f"{ckpt_path}: a mask-conditioned generator needs its mask condition and shape prior, "
+                         "which a diffusers DDPMPipeline does not carry: sample it with fetalgen-sample")  # fmt: skip
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler_config)).save_pretrained(out)
     return out
 

@@ -125,6 +125,14 @@ def test_exported_generator_loads_with_diffusers_and_samples(compose_cfg, tmp_pa
     assert (folder / MODEL_CARD).is_file() and "UNet2DModel.from_pretrained" in (
         folder / MODEL_CARD
     ).read_text()
+    # A mask-conditioned generator as a DDPMPipeline would sample without its mask and shape prior: refused,
+    # nothing written (it ran and returned noise before).
+    conditioned = train_diffusion(compose_cfg("train_diffusion", [*tiny, "generator=mask_conditioned"]))
+    with pytest.raises(
+        ValueError, match="mask-conditioned generator needs its mask condition and shape prior"
+    ):
+        export(compose_cfg("export", [f"ckpt_path={conditioned['checkpoint']}", f"out={tmp_path / 'cond'}"]))
+    assert not (tmp_path / "cond" / "unet").exists()
 
 
 def test_a_file_that_is_no_fetalgen_checkpoint_is_refused(compose_cfg, tmp_path: Path):

@@ -92,6 +92,11 @@ def test_trains_the_lora_weights_only_and_samples_a_set(compose_cfg, tiny_sd, tm
     torch.testing.assert_close(generator.sample(2, seed=0, steps=2), pairs)  # same seed, same pairs
     with pytest.raises(ValueError, match="no mask_conditioned mode"):
         generator.sample(1, steps=2, masks=torch.zeros(1, 1, 16, 16))
+    from fetalgen.export import export
+
+    with pytest.raises(ValueError, match="the paper's LoRA generator has no diffusers pipeline export"):
+        export(compose_cfg("export", [f"ckpt_path={metrics['checkpoint']}", f"out={tmp_path / 'export'}"]))
+    assert not (tmp_path / "export" / "MODEL_CARD.md").exists()  # exit 0 with a UNet's card before
 
 
 def test_lora_weights_of_another_rank_are_refused(compose_cfg, tiny_sd, tmp_path):
