@@ -115,7 +115,6 @@ def export_generator(ckpt_path: Path, out: Path) -> Path:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     from fetalgen.diffusion.checkpoint import load_generator
-
     from fetalgen.diffusion.sampling import is_mask_conditioned
 
     unet, scheduler_config, _ = load_generator(ckpt_path)
