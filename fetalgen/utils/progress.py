@@ -7,11 +7,23 @@ writes cursor-up codes, stray ``[A`` lines where the output is not a terminal); 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+
+PIPE_UPDATES = 50  # bar redraws per run when the output is a pipe or a file (a SLURM .out, a CI log)
+
+
+def refresh_rate(max_steps: int, interactive: bool | None = None) -> int:
+    """Steps between redraws: every step on a terminal; where the output is a pipe or a file (each redraw is
+    another ~150 bytes there), about :data:`PIPE_UPDATES` per run whatever its length."""
+    if interactive is None:
+        interactive = sys.stderr.isatty()
+    return 1 if interactive else max(1, max_steps // PIPE_UPDATES)
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -35,9 +47,16 @@ class StepProgressBar(TQDMProgressBar):
         if self._should_update(step, self.train_progress_bar.total):
             self.train_progress_bar.n = step
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
+            self.drawn_step = step
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        step = trainer.global_step  # few-pair epochs end every step or two: draw once per update step
+        if (
+            self._should_update(step, self.train_progress_bar.total)
+            and getattr(self, "drawn_step", None) != step
+        ):
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            self.drawn_step = step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 
 from fetalgen.utils.checkpoints import RunRecord
-from fetalgen.utils.progress import StepProgressBar
+from fetalgen.utils.progress import StepProgressBar, refresh_rate
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ def build_trainer(cfg: DictConfig, task: str, provenance: dict[str, Any]) -> tup
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if (cfg.trainer.get("max_steps") or -1) > 0 and cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(StepProgressBar())  # "step 340/1000, val/dice 0.81" instead of "Epoch 749: 2/2"
+        # "step 340/1000, val/dice 0.81" instead of "Epoch 749: 2/2"; in a pipe or file, ~50 redraws a run
+        callbacks.append(StepProgressBar(refresh_rate=refresh_rate(int(cfg.trainer.max_steps))))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_trainer(trainer, callbacks, requested_precision=cfg.trainer.get("precision"))
     log_config(loggers, cfg)
