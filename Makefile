@@ -15,7 +15,7 @@ endif
 endif
 PRESET ?= cpu
 
-.PHONY: install test demo data weights lint format reproduce-paper bench gpu-check clean show-data
+.PHONY: install test test-full demo data weights lint format reproduce-paper bench gpu-check clean show-data
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-test: install
+test: install # the fast lane: everything but the end-to-end runs marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-full: install # the whole suite, slow end-to-end runs included (what CI runs)
 	$(BIN)/python -m pytest -q
 
 demo: install

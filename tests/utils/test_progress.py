@@ -1,5 +1,7 @@
 """Progress under a step budget: one bar over the optimizer steps, with the validation metrics on it."""
 
+import pytest
+
 from fetalgen.segmentation.finetune import finetune
 
 
@@ -13,6 +15,7 @@ def test_the_training_bar_counts_steps_of_the_budget_not_batches_of_an_epoch(com
     assert "Epoch " not in out and "\x1b[A" not in out  # no per-epoch bar, no nested bar's cursor-up codes
 
 
+@pytest.mark.slow
 def test_in_a_pipe_the_bar_redraws_about_fifty_times_a_run(compose_cfg, capsys):
     from fetalgen.utils.progress import refresh_rate
 
