@@ -18,6 +18,7 @@ from fetalgen.report.aggregate import (
     spread,
     summarise,
 )
+from fetalgen.report.biometry import PUBLISHED_HC_MAD_MM, hc_comparison, hc_table
 from fetalgen.report.paired import paired_comparison, paired_table
 from fetalgen.report.plots import plot_ci_panels
 
@@ -141,6 +142,20 @@ def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
                 "HC18's annotations are drawn ellipses), compared the same way.",
                 "",
                 markdown_table(paired_table(ellipses)),
+            ]
+        hc = hc_comparison(runs, name)
+        if not hc.empty and hc["hc_mad_mm"].notna().any():
+            hc.to_csv(out / f"hc_{name}.csv", index=False)
+            quoted = ", ".join(f"{k} {v:.2f} mm" for k, v in PUBLISHED_HC_MAD_MM.items())
+            lines += [
+                f"### Test set {name}: head circumference (mm)",
+                "",
+                "Mean absolute difference between the HC of the ellipse fitted to SAM's mask and that of the "
+                "annotation, at the working size, with its bootstrap CI; bias: the mean signed difference; no "
+                f"ellipse: predictions without an HC (left out of the mean). For scale only ({quoted} on "
+                "HC18's official test set at full resolution): not the same images or resolution.",
+                "",
+                markdown_table(hc_table(hc)),
             ]
         for cohort, part in comparison.groupby("train cohort"):
             panels.append((f"train {cohort} → test {name}", part))
