@@ -57,7 +57,7 @@ def bootstrap_ci(
         cols = rng.integers(n_images, size=n_images)
         draws[b] = np.nanmean(scores[np.ix_(rows, cols)])
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])  # a draw of only NaN cells has no mean
     return float(np.nanmean(scores)), float(low), float(high)
 
 
