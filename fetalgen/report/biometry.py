@@ -18,6 +18,8 @@ def hc_errors(run_dir: str | Path, test_set: str, method: str = "sam") -> pd.Ser
     """Signed HC error (mm, predicted minus the annotation's ellipse) per test image, averaged over box repetitions
     (NaN: no ellipse fitted to the prediction, or no pixel size)."""
     rows = pd.read_csv(Path(run_dir) / "eval" / test_set / "per_image.csv")
+    if not {"hc_pred_mm", "hc_true_mm"} <= set(rows.columns):  # a table written without HC
+        return pd.Series(dtype=float)
     rows = rows[rows["method"] == method]
     return (rows["hc_pred_mm"] - rows["hc_true_mm"]).groupby(rows["name"]).mean().sort_index()
 
