@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
 from fetalgen.data.transforms import pad_resize
-from fetalgen.metrics.agreement import calibrated_agreement
+from fetalgen.metrics.agreement import boxed_agreement, calibrated_agreement
 from fetalgen.metrics.fidelity import Features, diversity, kid_fid, nearest_neighbours, save_gallery
 from fetalgen.synthesis.reference import ReferenceSegmenter
 from fetalgen.synthesis.verdict import AGREEMENT, qc_verdict
@@ -167,8 +167,13 @@ def judge_synthetic(
     heldout: RealPairs | None = None,
     reference: RealPairs | None = None,
     reference_source: str = "",
+    box_judge: Callable[[torch.Tensor, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Judge the set at ``root`` (module doc): update its manifest, write the gallery, return the figures.
+
+    ``box_judge``: a box-prompted pretrained segmenter (:class:`~fetalgen.synthesis.box_judge.BoxJudge`); its
+    agreement (ceiling: the held-out pairs, else the training pairs; floor: each image in another pair's box) is
+    reported as ``agreement_pretrained``, beside the CNN segmenters' figures.
 
     ``reference``: the fixed real pairs of the measurement segmenter (with ``heldout``, whose pairs give the
     ceiling; the caller makes sure the two share no image), named by ``reference_source``.
@@ -221,6 +226,15 @@ def judge_synthetic(
             "ceiling_source": ceiling_source,
             "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on {len(reference)} fixed real pairs "
                          f"{reference_source} (final loss {fixed_loss:.3f})"})  # fmt: skip
+
+    pretrained = None
+    if box_judge is not None:
+        bar.set_postfix_str("box judge (pretrained)")
+        real = heldout if heldout is not None and len(heldout) else train
+        pretrained = boxed_agreement(box_judge, as_tensor(pairs.images[kept]), pairs.masks[kept],
+                                     as_tensor(real.images), real.masks, settings.seed)  # fmt: skip
+        pretrained = {**public(pretrained), "segmenter": box_judge.name,
+                      "ceiling_source": "held-out real pairs" if real is heldout else "the generator's training pairs"}  # fmt: skip
 
     # Features: synthetic (and mirrored), training, held-out.
     bar.set_postfix_str(f"features ({features.name})")
@@ -284,6 +298,7 @@ def judge_synthetic(
         # the measurement (the fixed reference's segmenter when given), and the own-labels figures QC used
         "agreement": own_summary if measured is None else public(measured),
         "agreement_own": own_summary,
+        "agreement_pretrained": pretrained,
         "nearest_neighbours": {
             "median_similarity": float(np.median(similarity)),
             "max_similarity": float(similarity.max()),

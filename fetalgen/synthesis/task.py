@@ -123,13 +123,14 @@ def build_judge(
         progress=bool(cfg.get("progress", True)),
     )
     train = RealPairs(reference.images, reference.masks)
+    box_judge = hydra.utils.instantiate(fid.box_judge, device=str(device)) if fid.get("box_judge") else None
 
     def judge(root: Path) -> dict[str, Any]:
         return judge_synthetic(
             root, train, reference.names, reference.subjects, features, settings,
             heldout=None if heldout is None else heldout.pairs,
             reference=None if reference_pairs is None else reference_pairs.pairs,
-            reference_source=None if reference_pairs is None else reference_pairs.where,
+            reference_source=None if reference_pairs is None else reference_pairs.where, box_judge=box_judge,
         )  # fmt: skip
 
     return judge

