@@ -27,7 +27,7 @@ def test_diffusion_preset_composes(compose_cfg, preset: str) -> None:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("arm", ["real", "synthetic", "weak", "strong", "matched", "filtered"])
+@pytest.mark.parametrize("arm", ["real", "synthetic", "weak", "strong", "matched", "filtered", "zero_shot"])
 def test_finetune_preset_and_arm_compose(compose_cfg, preset: str, arm: str) -> None:
     cfg = compose_cfg("finetune", [f"experiment={preset}/finetune", f"arm={arm}", "data.synthetic_dir=/syn"])
     assert cfg.arm == arm
@@ -35,11 +35,15 @@ def test_finetune_preset_and_arm_compose(compose_cfg, preset: str, arm: str) -> 
     assert cfg.data.augment_views == 4  # seeded views the embedding cache can reuse (the data layer's job)
     assert "cache_views" not in cfg.model and "augment" not in cfg.model
     assert (cfg.data.num_synthetic == "all") == (arm in ("synthetic", "matched", "filtered"))
+    assert cfg.train == (arm != "zero_shot")  # zero-shot: the model as built, no step taken
     assert cfg.data.min_agreement == (0.7 if arm == "filtered" else None)  # the filter arm drops low pairs
-    # the cpu preset poses the automatic prompt's task in a tenth of its training prompts, every arm alike, with a
-    # SAM whose decoder can learn to use a box
+    # the cpu preset poses the automatic prompt's task in a tenth of its training prompts, every arm alike, on the
+    # pretrained LiteMedSAM at its own 256 px, its encodings on disk for every run of the sweep
     assert cfg.model.full_box_share == (0.1 if preset == "cpu" else 0.0)
-    assert cfg.model.sam.model_type == {"paper": "vit_b", "cpu": "small"}.get(preset, "tiny")
+    assert cfg.model.sam.model_type == {"paper": "vit_b", "cpu": "lite_medsam"}.get(preset, "tiny")
+    if preset == "cpu":
+        assert cfg.model.sam.checkpoint == "pretrained" and cfg.data.image_size == 256
+        assert cfg.model.cache.storage == "disk"
     assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/dice"
 
 
