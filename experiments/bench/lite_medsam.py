@@ -72,7 +72,7 @@ def measure(model_type: str, args: argparse.Namespace, device: torch.device) -> 
     loss_fn = SegmentationLoss()
 
     def train_step() -> int:
-        loss = loss_fn(module.decode(embeddings, boxes, (working, working)), target)
+        loss, _ = loss_fn(module.decode(embeddings, boxes, (working, working)), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
