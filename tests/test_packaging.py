@@ -68,5 +68,5 @@ def test_a_non_editable_install_runs_its_entry_points_with_the_shipped_configs(t
     sample = run(str(venv / "bin" / "fetalgen-sample"), "--help")
     assert (
         sample.returncode == 0
-        and "fidelity/features: sam_vit_b  (inception, sam_tiny, sam_vit_b)" in sample.stdout
+        and "fidelity/features: sam_vit_b  (inception, lite_medsam, sam_tiny, sam_vit_b)" in sample.stdout
     )

