@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,7 @@ from fetalgen.data.hc18 import read_hc18
 from fetalgen.data.provenance import TRAINING_CASES, read_training_cases, record_case
 from fetalgen.metrics.agreement import boxed_agreement, derangement
 from fetalgen.metrics.fidelity import kid_fid
-from fetalgen.segmentation.build import build_sam
-from fetalgen.segmentation.cache import EmbeddingCache
-from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.predictor import SamBoxPredictor
-from fetalgen.segmentation.prompts import tight_box
+from fetalgen.segmentation.box_judge import BoxJudge
 
 SIZE = 256
 
@@ -64,20 +59,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     hc18 = args.hc18 or Path(os.environ.get("FETALGEN_HC18_DIR", "data/hc18"))
     torch.set_num_threads(2)
-    cache = EmbeddingCache(storage="disk", cache_dir=args.cache, dtype="float16", encode_batch_size=1)
-    module = SamFinetuneModule(build_sam("lite_medsam", checkpoint="pretrained"), optimizer=partial(torch.optim.AdamW),
-                               cache=cache)  # fmt: skip
-    predictor = SamBoxPredictor(module)
+    judge = BoxJudge(cache_dir=args.cache)  # the same judge fidelity/box_judge=lite_medsam builds
+    cache = judge.predictor.cache
 
     def embed(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([predictor.embed(images[k : k + 8]).embeddings for k in range(0, len(images), 8)])
-
-    def predict(images: torch.Tensor, masks: np.ndarray) -> np.ndarray:
-        out = []
-        for k in range(0, len(images), 8):
-            boxes = torch.from_numpy(np.stack([tight_box(m) for m in masks[k : k + 8]]).astype(np.float32))
-            out.append(predictor.predict(predictor.embed(images[k : k + 8]), boxes[None])[0])
-        return np.concatenate(out)
+        return torch.cat(
+            [judge.predictor.embed(images[k : k + 8]).embeddings for k in range(0, len(images), 8)]
+        )
 
     real_images, real_masks = tensors(read_hc18(hc18, args.run / "split" / "hc18" / "val.txt"))
     generator = args.run / "diffusion" / args.recipe
@@ -88,11 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     reference = embed(reference_images).mean(dim=(2, 3))
     rows = {}
-    real = boxed_agreement(predict, real_images, real_masks, real_images[:0], real_masks[:0], args.seed)
+    real = boxed_agreement(judge, real_images, real_masks, real_images[:0], real_masks[:0], args.seed)
     shuffled_masks = real_masks[derangement(len(real_masks), args.seed)]
-    shuffled = predict(real_images, shuffled_masks)
+    shuffled = judge(real_images, shuffled_masks)
     real_kid = kid_fid(reference, embed(real_images).mean(dim=(2, 3)), 20, 100, args.seed)
-    syn = boxed_agreement(predict, syn_images, syn_masks, real_images[:0], real_masks[:0], args.seed)
+    syn = boxed_agreement(judge, syn_images, syn_masks, real_images[:0], real_masks[:0], args.seed)
     syn_kid = kid_fid(reference, embed(syn_images).mean(dim=(2, 3)), 20, 100, args.seed)
     from fetalgen.metrics.agreement import pair_dice
 

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from fetalgen.segmentation.build import build_sam, native_image_size
 from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.predictor import Embedded, SamBoxPredictor
-from fetalgen.segmentation.preprocess import to_encoder_input
+from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.segmentation.prompts import tight_box
 
 
@@ -33,21 +32,13 @@ class BoxJudge:
 
     def __init__(self, model_type: str = "lite_medsam", checkpoint: str | None = "pretrained", device: str = "cpu",
                  cache_dir: str | Path | None = None, batch_size: int = 8) -> None:  # fmt: skip
-        sam = build_sam(model_type, checkpoint=checkpoint)
-        self.predictor = SamBoxPredictor(SamFinetuneModule(sam, optimizer=partial(torch.optim.AdamW)), device)
+        module = SamFinetuneModule(
+            build_sam(model_type, checkpoint=checkpoint), optimizer=partial(torch.optim.AdamW)
+        )
         storage = ("disk", cache_dir) if cache_dir else ("memory", None)
-        self.cache = EmbeddingCache(*storage, encode_batch_size=1).bind(sam)
+        self.predictor = SamBoxPredictor(module, device, cache=EmbeddingCache(*storage, encode_batch_size=1))
         self.size, self.batch_size = native_image_size(model_type), batch_size
         self.name = f"{model_type} zero-shot ({checkpoint or 'random init'} weights), tight box of each mask"
-
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> Embedded:
-        """Images at the model's input size -> their embeddings, through the cache."""
-        sam, device = self.predictor.module.sam, self.predictor.module.device
-        embeddings = self.cache.embed(
-            images.to(device), lambda x: sam.image_encoder(to_encoder_input(sam, x))
-        )
-        return Embedded(embeddings, tuple(images.shape[-2:]))
 
     def __call__(self, images: torch.Tensor, masks: np.ndarray) -> np.ndarray:
         side = int(images.shape[-1])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fetalgen.segmentation.cache import encode_in_chunks
+from fetalgen.segmentation.cache import EmbeddingCache, encode_in_chunks
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import full_box, tight_box
@@ -53,7 +53,8 @@ class SamBoxPredictor:
 
     Images are encoded afresh (each is seen once), except through the module's embedding cache when that is a disk
     cache: content-keyed by the encoder's weights, it then serves every run that shares the encoder (a frozen
-    pretrained one: the zero-shot model and every decoder fine-tune of a sweep). ``encoded`` counts images asked for.
+    pretrained one: the zero-shot model and every decoder fine-tune of a sweep), or through the ``cache`` given.
+    ``encoded`` counts images asked for.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class SamBoxPredictor:
         module: SamFinetuneModule,
         device: torch.device | str | None = None,
         encode_batch_size: int | None = 2,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.module = module.eval()
         if device is not None:
@@ -69,8 +71,12 @@ class SamBoxPredictor:
         self.encode_batch_size = (
             encode_batch_size  # images per encoder call (peak memory; see encode_in_chunks)
         )
-        cache = getattr(module, "cache", None)
-        self.cache = cache if cache is not None and cache.storage == "disk" else None
+        if (
+            cache is None
+        ):  # the module's own, when it is shared on disk (a memory one only holds training images)
+            own = getattr(module, "cache", None)
+            cache = own if own is not None and own.storage == "disk" else None
+        self.cache = cache
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> Embedded:
