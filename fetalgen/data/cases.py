@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+# The sizes a reading may take (mm): outside them a value is a unit or typing error, not a measurement. Ultrasound
+# pixels are ~0.05-0.5 mm; fetal heads 40-400 mm around.
+PLAUSIBLE_MM = {"pixel size": (1e-3, 10.0), "head circumference": (1.0, 1000.0)}
+
+
+def implausible(value: float, what: str) -> str | None:
+    """Why ``value`` (mm) cannot be a ``what`` (a key of :data:`PLAUSIBLE_MM`), or None when it can."""
+    low, high = PLAUSIBLE_MM[what]
+    if not (math.isfinite(value) and low <= value <= high):
+        return f"{what} {value} mm is outside the plausible {low:g}-{high:g} mm"
+    return None
 
 
 class DataError(ValueError):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fetalgen.data.cases import DataError
+from fetalgen.data.cases import DataError, implausible
 
 DICOM_EXTS = (".dcm", ".dicom")
 CM = 3  # PhysicalUnitsXDirection / YDirection: 3 = cm (DICOM PS3.3 C.8.5.5.1.1)
@@ -83,6 +83,8 @@ def dicom_pixel_size(path: str | Path) -> float:
         return math.nan
     if not all(math.isfinite(s) and s > 0 for s in sizes):
         raise DataError(path, f"pixel size {sizes} mm in the header is not finite and positive")
+    if why := implausible(sizes[0], "pixel size"):
+        raise DataError(path, f"header: {why}")
     if not math.isclose(sizes[0], sizes[1], rel_tol=1e-3):
         raise DataError(path, f"non-square pixels ({sizes[0]} x {sizes[1]} mm): resample before measuring")
     return sizes[0]

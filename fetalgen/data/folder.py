@@ -18,7 +18,7 @@ import math
 import re
 from pathlib import Path
 
-from fetalgen.data.cases import Case, CaseList, DataError
+from fetalgen.data.cases import PLAUSIBLE_MM, Case, CaseList, DataError, implausible
 from fetalgen.data.io import check_on_bad, warn_skipped
 from fetalgen.data.splits import read_case_list
 
@@ -82,6 +82,9 @@ def read_column_csv(path: Path, column: str) -> dict[str, float]:
             raise DataError(
                 path, f"line {lineno}: '{column}' must be a finite positive number, got {row[column]}"
             )
+        what = next((k for k in PLAUSIBLE_MM if column.startswith(k)), None)
+        if what is not None and (why := implausible(value, what)):
+            raise DataError(path, f"line {lineno} ({row['filename']}): {why}")
         out[stem] = value
     return out
 

@@ -78,6 +78,13 @@ def load_generator(
             raise DataError(
                 path, f"EMA holds {len(ema.shadow_params)} tensors for a UNet with {n_params} parameters"
             )
+        wrong = [
+            f"{name}: EMA {tuple(shadow.shape)} vs UNet {tuple(param.shape)}"
+            for (name, param), shadow in zip(unet.named_parameters(), ema.shadow_params, strict=True)
+            if shadow.shape != param.shape
+        ]
+        if wrong:  # copy_to would broadcast a wrong-shaped tensor into the weight
+            raise DataError(path, f"{len(wrong)} EMA tensors do not fit the UNet: {'; '.join(wrong[:3])}")
         ema.copy_to(unet.parameters())
         ema_loaded = True
     unet.to(device).eval().requires_grad_(False)

@@ -8,7 +8,7 @@ import numpy as np
 
 from fetalgen.metrics.biometry import measure_head
 from fetalgen.metrics.overlap import dice_score, iou_score
-from fetalgen.metrics.surface import assd, hd95
+from fetalgen.metrics.surface import surface_metrics
 
 
 def case_metrics(
@@ -33,7 +33,7 @@ def case_metrics(
     """
     if hc_true_px is None:
         hc_true_px = hc_px(target)
-    hd, sd = hd95(pred, target), assd(pred, target)
+    hd, sd = surface_metrics(pred, target)
     hc_pred_px = hc_px(pred)
     ps = float(pixel_size_mm)
     return {

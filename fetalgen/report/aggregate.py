@@ -33,15 +33,20 @@ SETTING_KEYS = (
 
 
 def _select(cfg: Any, dotted: str) -> Any:
-    value = OmegaConf.select(cfg, dotted, default=None, throw_on_missing=False)
-    return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+    """The value at ``dotted`` of a plain (never resolved) config: a run folder's ``${oc.env:...}`` stays text, so
+    a report reads nothing from the environment of whoever builds it."""
+    for key in dotted.split("."):
+        if not isinstance(cfg, dict) or key not in cfg:
+            return None
+        cfg = cfg[key]
+    return cfg
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"run_dir": str(run_dir)}
     hydra_dir = run_dir / ".hydra"
     if (hydra_dir / "config.yaml").is_file():
-        cfg = OmegaConf.load(hydra_dir / "config.yaml")
+        cfg = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
         for key in SETTING_KEYS:
             value = _select(cfg, key)
             if value is not None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from fetalgen.segmentation.lora import add_lora, merge_lora
+from fetalgen.segmentation.lora import add_lora, has_lora, merge_lora
 from fetalgen.utils.checkpoints import WRITERS, checkpoint_kind, read_weights
 from fetalgen.utils.files import sha256_file
 
@@ -318,7 +318,7 @@ def load_sam_weights(sam: Sam, checkpoint: str | Path, name: str = "SAM") -> Non
 def sam_state_from_finetune(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The SAM of a ``fetalgen-finetune`` checkpoint as a plain ``segment-anything`` state dict (LoRA merged)."""
     state = {k[len("sam.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("sam.")}
-    if any(k.endswith(".lora_a") for k in state):
+    if has_lora(state):
         state = merge_lora(state, checkpoint.get("hyper_parameters", {}).get("lora_alpha"))
     return state
 

@@ -32,6 +32,7 @@ from fetalgen.data.provenance import check_no_leak
 from fetalgen.data.sources import EvalSet, load_eval_set
 from fetalgen.metrics.biometry import fitted_ellipse_mask
 from fetalgen.metrics.cases import case_metrics, hc_px
+from fetalgen.metrics.surface import HD95_CONVENTION
 from fetalgen.report.figures import save_case_figure
 from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
@@ -260,7 +261,14 @@ def run_evaluation(
         folder.mkdir(parents=True, exist_ok=True)
         mode_rows = rows[rows["prompt_mode"] == mode] if len(rows) else rows
         mode_rows.to_csv(folder / "per_image.csv", index=False)
-        summary = summarise(mode_rows, dataset=label, prompt_mode=mode, **settings, **dict(info or {}))
+        summary = summarise(
+            mode_rows,
+            dataset=label,
+            prompt_mode=mode,
+            hd95_convention=HD95_CONVENTION,
+            **settings,
+            **dict(info or {}),
+        )
         write_json(folder / "summary.json", summary)
         if figure:
             save_case_figure(mode_rows, dataset, first[mode], folder / "cases.png")

@@ -1,67 +1,78 @@
-"""LoRA adapters on the image encoder's attention ``qkv`` projections (no peft: a few clear lines).
+"""LoRA adapters on the image encoder's attention ``qkv`` projections, through peft (``pip install -e .[lora]``).
 
-``qkv(x) = W x + b + (alpha / r) * B A x`` with ``A`` [r, in] random and ``B`` [out, r] zero, so an adapted
-encoder computes exactly what the original does until ``B`` is trained.
+peft wraps each ``attn.qkv`` ``nn.Linear`` (SAM's ``ImageEncoderViT``, LiteMedSAM's TinyViT) in its own
+``lora.Linear``: ``qkv(x) = W x + b + (alpha / r) * B A x``, ``B`` zero at the start, so an adapted encoder computes
+exactly what the original does until ``B`` is trained. A fine-tune checkpoint stores peft's keys
+(``...attn.qkv.base_layer.weight``, ``...qkv.lora_A.default.weight``, ``...qkv.lora_B.default.weight``);
+:func:`merge_lora` folds them into the plain ``segment-anything`` keys for export and serving.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 from torch import nn
 
+TARGET_MODULES = r".*attn\.qkv"  # peft matches the whole module name: every attention block's qkv projection
+ADAPTER = "default"  # peft's adapter name, part of every stored key
+_BASE, _A, _B = ".base_layer.", f".lora_A.{ADAPTER}.weight", f".lora_B.{ADAPTER}.weight"
 
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update ``(alpha / rank) * B @ A``."""
 
-    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float | None = None) -> None:
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-        self.base = base.requires_grad_(False)
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, **kw))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, **kw))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear initialises its weight
-        self.scaling = (alpha if alpha is not None else rank) / rank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scaling
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError as err:  # an extra: only LoRA fine-tuning needs it
+        raise ImportError(
+            "model.sam.trainable=lora needs peft: pip install -e .[lora] (or train decoder / decoder_prompt)"
+        ) from err
+    return peft
 
 
 def add_lora(encoder: nn.Module, rank: int = 4, alpha: float | None = None) -> int:
-    """Wrap every attention block's ``attn.qkv`` ``nn.Linear`` of an image encoder (SAM's ``ImageEncoderViT``,
-    LiteMedSAM's TinyViT) in :class:`LoRALinear`; returns the count.
+    """Add peft LoRA adapters of ``rank`` (scaling ``alpha / rank``; ``alpha`` None means ``rank``) to every
+    ``attn.qkv`` of an image encoder, in place; returns how many were adapted.
 
-    Only the adapters are trainable afterwards (the wrapped weights are frozen). Load pretrained weights
-    before adding adapters: the wrapped weight's key becomes ``...attn.qkv.base.weight``.
+    Only the adapters are trainable afterwards (peft freezes the rest of the encoder). Load pretrained weights
+    before adding adapters: the wrapped weight's key becomes ``...attn.qkv.base_layer.weight``.
     """
-    attentions = [m for _, m in encoder.named_modules() if isinstance(getattr(m, "qkv", None), nn.Linear)]
-    for attn in attentions:
-        attn.qkv = LoRALinear(attn.qkv, rank=rank, alpha=alpha)
-    if not attentions and not any(isinstance(m, LoRALinear) for m in encoder.modules()):
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if not any(isinstance(getattr(m, "qkv", None), nn.Linear) for m in encoder.modules()):
         raise ValueError(f"{type(encoder).__name__} has no attention qkv projection to adapt with LoRA")
-    return len(attentions)
+    peft = _peft()
+    config = peft.LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha if alpha is not None else rank),
+        lora_dropout=0.0,
+        target_modules=TARGET_MODULES,
+    )
+    peft.inject_adapter_in_model(config, encoder, adapter_name=ADAPTER)
+    return sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in encoder.modules())
 
 
 def merge_lora(state: dict[str, torch.Tensor], alpha: float | None = None) -> dict[str, torch.Tensor]:
-    """A state dict with :class:`LoRALinear` entries folded back into plain ``nn.Linear`` weights.
+    """A state dict with peft LoRA entries folded back into plain ``nn.Linear`` weights.
 
-    ``...qkv.base.weight + (alpha / rank) * lora_b @ lora_a`` becomes ``...qkv.weight`` (``base.bias`` becomes
-    ``bias``; ``alpha`` None means ``rank``, as in :class:`LoRALinear`), so the result has the keys of the
-    unadapted model: what ``segment-anything`` loads.
+    ``...qkv.base_layer.weight + (alpha / rank) * lora_B @ lora_A`` becomes ``...qkv.weight`` (``base_layer.bias``
+    becomes ``bias``; ``alpha`` None means ``rank``, as in :func:`add_lora`): what peft's own ``merge()`` computes
+    (tested), on stored tensors, so the result has the keys of the unadapted model that ``segment-anything`` loads.
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key.endswith((".lora_a", ".lora_b")):
+        if key.endswith((_A, _B)):
             continue
-        if ".base." in key:
-            prefix, name = key.rsplit(".base.", 1)
+        if _BASE in key:
+            prefix, name = key.split(_BASE, 1)
             if name == "weight":
-                a, b = state[f"{prefix}.lora_a"], state[f"{prefix}.lora_b"]
+                a, b = state[prefix + _A], state[prefix + _B]
                 scaling = (alpha if alpha is not None else a.shape[0]) / a.shape[0]
                 value = value + (scaling * (b.float() @ a.float())).to(value.dtype)
             key = f"{prefix}.{name}"
         out[key] = value
     return out
+
+
+def has_lora(state: dict[str, Any]) -> bool:
+    """Whether a state dict holds peft LoRA adapters."""
+    return any(k.endswith(_A) for k in state)

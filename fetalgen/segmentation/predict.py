@@ -35,7 +35,7 @@ from fetalgen.data.io import check_on_bad, warn_skipped
 from fetalgen.metrics.biometry import Ellipse
 from fetalgen.segmentation.predictor import load_module
 from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, segmenter_for
-from fetalgen.utils.files import append_line, claim_folder, json_safe, write_json, write_png
+from fetalgen.utils.files import append_line, claim_folder, json_safe, sha256_file, write_json, write_png
 from fetalgen.utils.task import output_dir, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,16 @@ def predict_images(
     return pd.DataFrame(rows), skipped
 
 
+def input_hashes(cfg: DictConfig) -> dict[str, str]:
+    """The sha256 of the checkpoint and CSVs a prediction reads: a resume across a replaced file is refused, where
+    the paths alone would let one table mix two models."""
+    files = {"checkpoint": cfg.get("ckpt_path"), "pixel_sizes": cfg.images.get("pixel_sizes"),
+             "boxes": cfg.images.get("boxes")}  # fmt: skip
+    return {
+        f"{key}_sha256": sha256_file(path) for key, path in files.items() if path and Path(path).is_file()
+    }
+
+
 @task_wrapper
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run ``fetalgen-predict`` (``conf/predict.yaml``); returns the summary written to ``summary.json``."""
@@ -171,11 +181,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise DataError(
             cfg.images.boxes, f"boxes for images not in {cfg.images.root}: {', '.join(unknown[:5])}"
         )
-    out = output_dir(cfg)
+    out = Path(cfg.out) if cfg.get("out") else output_dir(cfg)
     settings = {"checkpoint": str(cfg.get("ckpt_path") or ""), "model": str((cfg.get("model") or {}).get("sam")),
                 "images": str(Path(cfg.images.root).resolve()), "pixel_sizes": str(cfg.images.get("pixel_sizes")),
                 "boxes": str(cfg.images.get("boxes")), "image_size": segmenter.image_size,
-                "auto_rounds": cfg.auto_rounds}  # fmt: skip
+                "auto_rounds": cfg.auto_rounds, **input_hashes(cfg)}  # fmt: skip
     done = read_journal(out / JOURNAL) if claim_folder(out, settings, SETTINGS) else []
     if done:
         log.info("%s: resuming, %d image(s) done before", out, len(done))

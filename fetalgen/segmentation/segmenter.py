@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import torch
 
+from fetalgen.data.cases import implausible
 from fetalgen.data.io import load_image
 from fetalgen.data.transforms import pad_resize
 from fetalgen.metrics.biometry import Ellipse, ellipse_circumference, fit_ellipse
@@ -90,11 +91,14 @@ def check_box(box: Box, shape: tuple[int, int], name: str) -> np.ndarray:
 
 
 def check_pixel_size(value: float | None, name: str) -> float:
-    """A pixel size in mm (nan when unknown: ``None`` or nan); zero, negative or infinite is a ValueError."""
+    """A pixel size in mm (nan when unknown: ``None`` or nan); zero, negative, infinite or implausible
+    (:data:`~fetalgen.data.cases.PLAUSIBLE_MM`) is a ValueError."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return math.nan
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name}: pixel size {value} mm must be a finite positive number")
+    if why := implausible(float(value), "pixel size"):
+        raise ValueError(f"{name}: {why}")
     return float(value)
 
 

@@ -71,6 +71,9 @@ def test_bit_depth_and_monochrome1_are_converted_and_bad_files_named(tmp_path: P
     write_dicom(tmp_path / "y.dcm", twelve.astype(np.uint8), region_cm=(0.01, 0.02))
     with pytest.raises(DataError, match="y.dcm: non-square pixels"):
         dicom_pixel_size(tmp_path / "y.dcm")
+    write_dicom(tmp_path / "w.dcm", twelve.astype(np.uint8), spacing_mm=(1e300, 1e300))
+    with pytest.raises(DataError, match="w.dcm: header: pixel size 1e\\+300 mm is outside the plausible"):
+        dicom_pixel_size(tmp_path / "w.dcm")
     (tmp_path / "z.dcm").write_bytes(b"not a dicom file")
     with pytest.raises(DataError, match="z.dcm: unreadable or corrupt DICOM"):
         load_dicom_frame(tmp_path / "z.dcm")

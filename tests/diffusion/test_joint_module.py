@@ -225,12 +225,17 @@ def test_load_generator_rebuilds_the_ema_model_from_the_file_alone(compose_cfg):
     state = {k.removeprefix("unet."): v for k, v in ckpt["state_dict"].items()}
     for name, p in raw.named_parameters():
         assert torch.equal(p, state[name])
-    ckpt["ema"]["shadow_params"] = ckpt["ema"]["shadow_params"][
-        :-1
-    ]  # EMA of another UNet: refused, not zipped
+    state_ema = list(ckpt["ema"]["shadow_params"])
+    ckpt["ema"]["shadow_params"] = state_ema[:-1]  # EMA of another UNet: refused, not zipped
     torch.save(ckpt, path.with_name("short_ema.ckpt"))
     with pytest.raises(DataError, match="EMA holds"):
         load_generator(path.with_name("short_ema.ckpt"))
+    ckpt["ema"]["shadow_params"] = [
+        p[..., :1] if p.ndim else p for p in state_ema
+    ]  # right count, wrong shapes
+    torch.save(ckpt, path.with_name("narrow_ema.ckpt"))
+    with pytest.raises(DataError, match=r"narrow_ema.ckpt: \d+ EMA tensors do not fit the UNet: .* vs UNet"):
+        load_generator(path.with_name("narrow_ema.ckpt"))
 
 
 def test_load_generator_rejects_other_files(tmp_path):

@@ -77,3 +77,16 @@ def test_every_table_says_what_its_spread_is_over() -> None:
     assert real["Dice"] == "85.00 ± 7.07" and real["± over"] == "2 seeds"  # sample std over the two seeds
     assert synthetic["Dice"] == "88.00 ± 2.00" and synthetic["± over"] == "repetitions of 1 seed"
     assert spread(summary.iloc[1], "test/hc18/dice") == (pytest.approx(0.02), "repetitions of 1 seed")
+
+
+def test_a_run_folders_env_interpolation_is_read_as_text(tmp_path: Path, monkeypatch) -> None:
+    # A run folder is data: building a report must not read the builder's environment through it.
+    monkeypatch.setenv("FETALGEN_SECRET_FOR_TEST", "s3cret")
+    run = tmp_path / "runs" / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "arm: ${oc.env:FETALGEN_SECRET_FOR_TEST}\ndata:\n  num_real: 5\n"
+    )
+    (run / "metrics.json").write_text('{"val/dice": 0.5}')
+    (row,) = collect_runs(tmp_path / "runs").to_dict("records")
+    assert row["arm"] == "${oc.env:FETALGEN_SECRET_FOR_TEST}" and row["data.num_real"] == 5

@@ -128,7 +128,9 @@ def test_lora_adapts_every_tinyvit_attention_and_merges_back():
         before = sam.image_encoder(to_encoder_input(sam, x))
     set_trainable(sam, "lora", lora_rank=2)
     adapted = sam.state_dict()
-    assert sum(k.endswith(".lora_a") for k in adapted) == 10  # the attention blocks of TinyViT's stages 2-4
+    assert (
+        sum(k.endswith(".lora_A.default.weight") for k in adapted) == 10
+    )  # the attention blocks of TinyViT's stages 2-4
     with torch.no_grad():
         assert torch.equal(sam.image_encoder(to_encoder_input(sam, x)), before)  # B = 0 until trained
     assert set(merge_lora(adapted)) == set(plain)

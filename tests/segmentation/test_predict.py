@@ -213,6 +213,15 @@ def test_predict_owns_its_folder_and_resumes_after_a_kill(compose_cfg, phantom_d
     assert resumed["name"].tolist() == full["name"].tolist()
     assert np.allclose(resumed["mask_area_px"], full["mask_area_px"])
     assert not list((out / "masks").glob(".*")) and len(list((out / "masks").glob("*.png"))) == 5
+    # A pixel-size CSV replaced under the same path: its content is part of the settings, so no resume mixes them.
+    sizes = tmp_path / "sizes.csv"
+    sizes.write_text("filename,pixel size(mm)\n" + "".join(f"{n}.png,0.1\n" for n in full["name"]))
+    with_sizes = [*common, f"images.pixel_sizes={sizes}", f"out={tmp_path / 'sized'}"]
+    predict(compose_cfg("predict", with_sizes))
+    assert (tmp_path / "sized" / "measurements.csv").is_file()  # out=: the folder asked for
+    sizes.write_text(sizes.read_text().replace("0.1", "0.2"))
+    with pytest.raises(FileExistsError, match="pixel_sizes_sha256 differ"):
+        predict(compose_cfg("predict", with_sizes))
     # Another run's settings, or a folder holding other files: refused, nothing touched.
     with pytest.raises(FileExistsError, match="holds a run with other settings \\(image_size differ\\)"):
         predict(compose_cfg("predict", [*common[:1], "image_size=64", *common[2:]]))

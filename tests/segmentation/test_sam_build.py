@@ -1,5 +1,6 @@
 """SAM building: registry, checkpoints (official key format), input-size resizing, freezing, LoRA, I/O pipeline."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from fetalgen.segmentation.build import (
     load_sam_weights,
     set_trainable,
 )
-from fetalgen.segmentation.lora import LoRALinear
+from fetalgen.segmentation.lora import merge_lora
 from fetalgen.segmentation.losses import SegmentationLoss, hard_dice_iou, resize_masks
 from fetalgen.segmentation.preprocess import boxes_to_encoder, logits_to_working, to_encoder_input
 from fetalgen.utils.checkpoints import CheckpointError
@@ -140,6 +141,8 @@ def test_position_embeddings_are_resized_to_the_input_size(tmp_path: Path):
 
 @pytest.mark.parametrize("trainable", ["decoder", "decoder_prompt", "lora"])
 def test_trainable_selection(trainable):
+    if trainable == "lora":
+        pytest.importorskip("peft")
     sam = build_sam("tiny", image_size=64, seed=0)
     frozen = set_trainable(sam, trainable, lora_rank=2)
     names = {n for n, p in sam.named_parameters() if p.requires_grad}
@@ -150,7 +153,9 @@ def test_trainable_selection(trainable):
         box = ("point_embeddings.2.weight", "point_embeddings.3.weight", "no_mask_embed.weight")
         expected |= {f"prompt_encoder.{n}" for n in box}
     if trainable == "lora":  # rank-2 adapters on the qkv (64 -> 192) of both encoder blocks
-        expected |= {f"image_encoder.blocks.{i}.attn.qkv.lora_{ab}" for i in range(2) for ab in "ab"}
+        expected |= {
+            f"image_encoder.blocks.{i}.attn.qkv.lora_{ab}.default.weight" for i in range(2) for ab in "AB"
+        }
     assert names == expected and iou_head
     n_expected = sum(p.numel() for n, p in sam.named_parameters() if n in expected)
     assert count_parameters(sam, trainable_only=True) == n_expected
@@ -179,30 +184,59 @@ def test_every_trainable_parameter_gets_a_gradient():
 
 
 def test_lora_starts_as_identity_and_trains():
+    peft = pytest.importorskip("peft")
     torch.manual_seed(0)
     sam = build_sam("tiny", image_size=64, seed=0)
     x = torch.randn(2, 3, 64, 64)
     before = sam.image_encoder(x)
     set_trainable(sam, "lora", lora_rank=4)
     qkv = sam.image_encoder.blocks[0].attn.qkv
-    assert isinstance(qkv, LoRALinear) and not qkv.base.weight.requires_grad
+    assert isinstance(qkv, peft.tuners.lora.Linear) and not qkv.base_layer.weight.requires_grad
     out = sam.image_encoder(x)
     assert torch.equal(out, before)
     out.square().mean().backward()
-    assert qkv.lora_b.grad is not None and qkv.lora_b.grad.abs().sum() > 0
+    lora_b = qkv.lora_B["default"].weight
+    assert lora_b.grad is not None and lora_b.grad.abs().sum() > 0
     with torch.no_grad():
-        qkv.lora_b.fill_(0.01)
+        lora_b.fill_(0.01)
     assert not torch.allclose(sam.image_encoder(x), before)
 
 
+def test_merged_state_dict_is_what_peft_merges():
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    sam = build_sam("tiny", image_size=64, seed=0)
+    set_trainable(sam, "lora", lora_rank=2, lora_alpha=6.0)
+    with torch.no_grad():
+        for name, p in sam.image_encoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    ours = merge_lora(sam.state_dict(), alpha=6.0)
+    for module in sam.image_encoder.modules():
+        if isinstance(module, peft.tuners.lora.LoraLayer):
+            module.merge()  # peft's own fold, in place on the base layer
+    theirs = sam.state_dict()
+    key = "image_encoder.blocks.0.attn.qkv"
+    assert torch.allclose(ours[f"{key}.weight"], theirs[f"{key}.base_layer.weight"], atol=1e-6)
+    plain = build_sam("tiny", image_size=64, seed=0).state_dict()
+    assert not torch.allclose(ours[f"{key}.weight"], plain[f"{key}.weight"])  # the adapters did change it
+    assert set(ours) == set(build_sam("tiny", image_size=64).state_dict())
+
+
+def test_lora_without_peft_says_which_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # what an install without the [lora] extra sees
+    with pytest.raises(ImportError, match=r"pip install -e .\[lora\]"):
+        set_trainable(build_sam("tiny", image_size=64), "lora")
+
+
 def test_lora_keys_after_loading(tmp_path: Path):
-    # Official weights are loaded before the adapters are added: the wrapped weight is ...qkv.base.weight.
+    # Official weights are loaded before the adapters are added: the wrapped weight is ...qkv.base_layer.weight.
     path = tmp_path / "tiny.pth"
     torch.save(build_sam("tiny", image_size=64, seed=0).state_dict(), path)
     sam = build_sam("tiny", image_size=64)
     load_sam_weights(sam, path)
     set_trainable(sam, "lora")
-    assert "image_encoder.blocks.0.attn.qkv.base.weight" in sam.state_dict()
+    assert "image_encoder.blocks.0.attn.qkv.base_layer.weight" in sam.state_dict()
 
 
 def test_truncated_and_generator_checkpoints_get_one_line_naming_the_file(tmp_path: Path):
@@ -223,12 +257,13 @@ def test_truncated_and_generator_checkpoints_get_one_line_naming_the_file(tmp_pa
 
 
 def test_a_finetune_checkpoint_loads_as_sam_weights_with_lora_merged(tmp_path: Path):
+    pytest.importorskip("peft")
     torch.manual_seed(0)
     tuned = build_sam("tiny", image_size=64, seed=0)
     set_trainable(tuned, "lora", lora_rank=2, lora_alpha=4.0)
     with torch.no_grad():
         for block in tuned.image_encoder.blocks:
-            block.attn.qkv.lora_b.normal_()  # trained adapters
+            block.attn.qkv.lora_B["default"].weight.normal_()  # trained adapters
     state = {f"sam.{k}": v for k, v in tuned.state_dict().items()}
     path = tmp_path / "best.ckpt"
     torch.save({"state_dict": state, "fetalgen_config": {}, "hyper_parameters": {"lora_alpha": 4.0}}, path)

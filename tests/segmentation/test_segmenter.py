@@ -81,6 +81,8 @@ def test_load_segmenter_predicts_lists_with_boxes_and_pixel_sizes(tmp_path: Path
     assert heads[1].box.tolist() == [4, 4, 40, 30] and math.isnan(heads[1].pixel_size_mm)
     with pytest.raises(ValueError, match="image 0: pixel size -0.2 mm must be a finite positive number"):
         segmenter.predict(images, pixel_size_mm=[-0.2, 0.1])
+    with pytest.raises(ValueError, match="image 1: pixel size 1e\\+308 mm is outside the plausible"):
+        segmenter.predict(images, pixel_size_mm=[0.1, 1e308])
     with pytest.raises(ValueError, match="image 1: box .* lies outside the 64 x 56 image"):
         segmenter.predict(images, boxes=[None, (100, 100, 120, 120)])
     with pytest.raises(ValueError, match="too small to segment"):
@@ -104,6 +106,12 @@ def test_bad_pixel_sizes_and_nan_boxes_in_csvs_are_named(tmp_path: Path):
     for bad in ("-0.1", "0", "nan", "inf"):
         (tmp_path / "pixel_sizes.csv").write_text(f"filename,pixel size(mm)\na.png,{bad}\n")
         with pytest.raises(DataError, match="line 2: 'pixel size\\(mm\\)' must be a finite positive number"):
+            read_images(tmp_path)
+    for implausible in ("1e308", "1e-300", "25"):  # would write inf / 0 / metres into the submission
+        (tmp_path / "pixel_sizes.csv").write_text(f"filename,pixel size(mm)\na.png,{implausible}\n")
+        with pytest.raises(
+            DataError, match=r"pixel_sizes.csv: line 2 \(a.png\): pixel size .* outside the plausible"
+        ):
             read_images(tmp_path)
     (tmp_path / "b.csv").write_text("name,x0,y0,x1,y1\na,nan,1,5,5\n")
     with pytest.raises(DataError, match="b.csv: line 2: box .* not finite"):
