@@ -1,8 +1,10 @@
 """The ``fetalgen-predict`` task: segment unlabelled images and measure the head (HC, BPD, OFD) in mm.
 
-Per image, under ``<out>/``: ``masks/<name>.png`` (0/255, the image's own size), ``overlays/<name>.png`` (the
-image, the mask's outline in red, the fitted ellipse in green, the prompt box in yellow), one row of
-``measurements.csv``, and one row of ``hc18_submission.csv`` (HC18 challenge format). ``summary.json`` counts
+Per image, under ``<out>/``: ``masks/<name>.png`` (0/255, the image's own size), ``ellipses/<name>.png`` (the
+fitted ellipse filled: the shape the HC is measured on), ``overlays/<name>.png`` (the image, the mask's outline in
+red, the fitted ellipse in green, the prompt box in yellow, the HC written in a corner), one row of
+``measurements.csv``, and, where it has mm figures, one row of ``hc18_submission.csv`` (HC18 challenge format;
+a frame of a cine file named ``<name><suffix>``). ``summary.json`` counts
 what was done and skipped; ``skipped.txt`` lists skipped files.
 
 The output folder is the run's own: an empty one (Hydra's files aside), or the folder of an interrupted run with
@@ -32,9 +34,9 @@ from tqdm.auto import tqdm
 from fetalgen.data.cases import DataError
 from fetalgen.data.images import ImageFile, read_boxes, read_images
 from fetalgen.data.io import check_on_bad, warn_skipped
-from fetalgen.metrics.biometry import Ellipse
+from fetalgen.metrics.biometry import Ellipse, fitted_ellipse_mask
 from fetalgen.segmentation.predictor import load_module
-from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, segmenter_for
+from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, check_input, segmenter_for
 from fetalgen.utils.files import append_line, claim_folder, json_safe, sha256_file, write_json, write_png
 from fetalgen.utils.task import output_dir, task_wrapper
 
@@ -82,11 +84,20 @@ def measurement_row(item: ImageFile, head: HeadMeasurement) -> dict[str, Any]:
     return row
 
 
+def submission_name(name: str, file: str) -> str:
+    """HC18's ``filename`` of a row: the image file's name, or for a frame of a multi-frame file
+    ``<name><suffix>`` (``cine_f003.dcm``), so no two rows of a submission share one."""
+    return file if Path(file).stem == name else f"{name}{Path(file).suffix}"
+
+
 def submission(rows: pd.DataFrame) -> pd.DataFrame:
-    """The HC18 challenge submission (:data:`SUBMISSION_COLUMNS`) from ``measurements.csv`` rows."""
+    """The HC18 challenge submission (:data:`SUBMISSION_COLUMNS`) from ``measurements.csv`` rows that have mm
+    figures (an ellipse and a pixel size): HC18's evaluator refuses empty fields, so the others are left out (and
+    counted in ``summary.json`` as ``n_not_submitted``)."""
+    rows = rows[rows["semi_major_mm"].notna()]
     return pd.DataFrame(
         {
-            "filename": rows["file"],
+            "filename": [submission_name(n, f) for n, f in zip(rows["name"], rows["file"], strict=True)],
             "center_x_mm": rows["center_x_mm"],
             "center_y_mm": rows["center_y_mm"],
             "semi_axes_a_mm": rows["semi_major_mm"],
@@ -96,10 +107,27 @@ def submission(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def draw_overlay(image: np.ndarray, mask: np.ndarray, ellipse: Ellipse | None, box: np.ndarray) -> np.ndarray:
-    """RGB uint8 overlay: the image, the mask outline (red), the fitted ellipse (green), the box (yellow)."""
+def hc_label(head: HeadMeasurement) -> str:
+    """What an overlay says of the head: ``HC 247.1 mm``, ``HC 1205 px`` without a pixel size, or ``no ellipse``."""
+    if head.ellipse is None:
+        return "no ellipse"
+    if math.isnan(head.pixel_size_mm):
+        return f"HC {head.biometry_px()['hc']:.0f} px"
+    return f"HC {head.hc_mm:.1f} mm"
+
+
+def draw_overlay(
+    image: np.ndarray, mask: np.ndarray, ellipse: Ellipse | None, box: np.ndarray, label: str = ""
+) -> np.ndarray:
+    """RGB uint8 overlay: the image, the mask outline (red), the fitted ellipse (green), the box (yellow) and
+    ``label`` (the HC) in its top-left corner."""
     out = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     thick = max(1, round(max(image.shape) / 400))
+    if label:
+        scale = max(0.4, max(image.shape) / 1600)
+        origin = (4 * thick, round(24 * scale) + 4 * thick)
+        cv2.putText(out, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3 * thick, cv2.LINE_AA)
+        cv2.putText(out, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
     x0, y0, x1, y1 = (round(float(v)) for v in box)
     cv2.rectangle(out, (x0, y0), (x1, y1), (255, 255, 0), thick)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -126,7 +154,7 @@ def predict_images(
     ``journal``: each image's row is appended there (durably) once its files are written: what a resume skips."""
     check_on_bad(on_bad)
     boxes = boxes or {}
-    for sub in ("masks", "overlays"):
+    for sub in ("masks", "ellipses", "overlays"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     skipped: list[DataError] = []
@@ -135,7 +163,12 @@ def predict_images(
             chunk, images = [], []
             for item in items[start : start + batch_size]:
                 try:
-                    images.append(item.load())
+                    image = item.load()
+                    try:  # what the segmenter would refuse mid-batch, refused here per image
+                        check_input(image, boxes.get(item.name), item.name)
+                    except ValueError as err:
+                        raise DataError(item.path, str(err).removeprefix(f"{item.name}: ")) from err
+                    images.append(image)
                     chunk.append(item)
                 except DataError as err:
                     if on_bad == "raise":
@@ -150,7 +183,9 @@ def predict_images(
                 )
                 for item, image, head in zip(chunk, images, heads, strict=True):
                     write_png(out / "masks" / f"{item.name}.png", head.mask.astype(np.uint8) * 255)
-                    overlay = draw_overlay(image, head.mask, head.ellipse, head.box)
+                    ellipse = fitted_ellipse_mask(head.mask)  # the shape the HC is measured on
+                    write_png(out / "ellipses" / f"{item.name}.png", ellipse.astype(np.uint8) * 255)
+                    overlay = draw_overlay(image, head.mask, head.ellipse, head.box, hc_label(head))
                     write_png(out / "overlays" / f"{item.name}.png", overlay)
                     rows.append(measurement_row(item, head))
                     if journal is not None:
@@ -200,8 +235,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     skipped = [*items.skipped, *bad]
     warn_skipped(bad, f"images in {cfg.images.root}")
     rows.to_csv(out / MEASUREMENTS, index=False)
+    submitted = submission(rows) if len(rows) else pd.DataFrame(columns=SUBMISSION_COLUMNS)
     if len(rows):
-        submission(rows).to_csv(out / SUBMISSION, index=False)
+        submitted.to_csv(out / SUBMISSION, index=False)
+    if len(submitted) < len(rows):
+        log.warning("%d image(s) have no mm figures (no ellipse fit or no pixel size): in %s, not in %s",
+                    len(rows) - len(submitted), MEASUREMENTS, SUBMISSION)  # fmt: skip
     if skipped:
         (out / "skipped.txt").write_text("".join(f"{e}\n" for e in skipped))
     summary = {
@@ -213,6 +252,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "n_box": int((rows["prompt"] == "box").sum()) if len(rows) else 0,
         "n_measured": int((rows["status"] == "ok").sum()) if len(rows) else 0,
         "n_without_pixel_size": int(rows["pixel_size_mm"].isna().sum()) if len(rows) else 0,
+        "n_not_submitted": len(rows) - len(submitted),  # no mm figures: left out of hc18_submission.csv
         "n_skipped": len(skipped),
         "skipped": [str(e) for e in skipped],
     }

@@ -90,6 +90,17 @@ def check_box(box: Box, shape: tuple[int, int], name: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def check_input(image: np.ndarray, box: Box | None, name: str) -> np.ndarray | None:
+    """What the segmenter refuses, before any work: an image that is not uint8 HxW or is too small, a box that
+    does not fit it. Returns the checked box (None: the automatic prompt); ValueError naming ``name``."""
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"{name}: needs a uint8 grayscale image (H x W), got {image.dtype} {image.shape}")
+    if min(image.shape) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{name}: {image.shape[1]} x {image.shape[0]} image is too small to segment "
+                         f"(at least {MIN_IMAGE_SIDE} px a side)")  # fmt: skip
+    return None if box is None else check_box(box, image.shape, name)
+
+
 def check_pixel_size(value: float | None, name: str) -> float:
     """A pixel size in mm (nan when unknown: ``None`` or nan); zero, negative, infinite or implausible
     (:data:`~fetalgen.data.cases.PLAUSIBLE_MM`) is a ValueError."""
@@ -188,18 +199,7 @@ class Segmenter:
         self, images: list[np.ndarray], boxes: list[Box | None], names: list[str]
     ) -> list[tuple[np.ndarray, np.ndarray, str]]:
         """Per image (uint8 HxW): the bool mask at the image's size, the box (image pixels) and the prompt."""
-        for image, name in zip(images, names, strict=True):
-            if image.ndim != 2 or image.dtype != np.uint8:
-                raise ValueError(
-                    f"{name}: needs a uint8 grayscale image (H x W), got {image.dtype} {image.shape}"
-                )
-            if min(image.shape) < MIN_IMAGE_SIDE:
-                raise ValueError(f"{name}: {image.shape[1]} x {image.shape[0]} image is too small to segment "
-                                 f"(at least {MIN_IMAGE_SIDE} px a side)")  # fmt: skip
-        given_boxes = [
-            None if b is None else check_box(b, im.shape, n)
-            for b, im, n in zip(boxes, images, names, strict=True)
-        ]
+        given_boxes = [check_input(im, b, n) for im, b, n in zip(images, boxes, names, strict=True)]
         works = [to_working(image, self.image_size) for image in images]
         tensor = torch.from_numpy(np.stack([w.image for w in works])).float().div(255.0)[:, None]
         embedded = self.predictor.embed(tensor)

@@ -15,9 +15,10 @@ from fetalgen.data.cases import DataError
 from fetalgen.data.images import read_boxes, read_images
 from fetalgen.data.io import load_image, load_mask
 from fetalgen.data.transforms import pad_resize
+from fetalgen.metrics.biometry import fitted_ellipse_mask
 from fetalgen.segmentation.build import build_sam
 from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.predict import SUBMISSION_COLUMNS, predict, predict_images
+from fetalgen.segmentation.predict import SUBMISSION_COLUMNS, predict, predict_images, submission
 from fetalgen.segmentation.predictor import Embedded, SamBoxPredictor
 from fetalgen.segmentation.prompts import tight_box
 from fetalgen.segmentation.segmenter import Segmenter
@@ -106,6 +107,8 @@ def test_predict_cli_writes_masks_overlays_and_both_csvs(compose_cfg, phantom_di
         image = load_image(root / "images" / f"{name}.png")
         mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         overlay = cv2.imread(str(out / "overlays" / f"{name}.png"))
+        ellipse = cv2.imread(str(out / "ellipses" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert ellipse.shape == image.shape and set(np.unique(ellipse)) <= {0, 255}
         assert (
             mask.shape == image.shape
             and set(np.unique(mask)) <= {0, 255}
@@ -120,12 +123,17 @@ def test_predict_cli_writes_masks_overlays_and_both_csvs(compose_cfg, phantom_di
     measured = rows[rows["status"] == "ok"]
     assert np.allclose(measured["hc_mm"], measured["hc_px"] * measured["pixel_size_mm"])
     sub = pd.read_csv(out / "hc18_submission.csv")
+    with_mm = rows["semi_major_mm"].notna()
     assert tuple(sub.columns) == SUBMISSION_COLUMNS and sub["filename"].tolist() == [
-        f"{n}.png" for n in names
+        f"{n}.png" for n in rows.loc[with_mm, "name"]
     ]
-    ok = sub[rows["status"].eq("ok").to_numpy()]
-    assert ((ok["angle_rad"] >= 0) & (ok["angle_rad"] < math.pi)).all() and (
-        ok["semi_axes_a_mm"] >= ok["semi_axes_b_mm"]
+    assert summary["n_not_submitted"] == (~with_mm).sum() and sub.notna().all().all()
+    for name in names:  # ellipses/: the ellipse fitted to the written mask (empty where none fits)
+        written = cv2.imread(str(out / "ellipses" / f"{name}.png"), cv2.IMREAD_UNCHANGED) > 0
+        mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED) > 0
+        assert (written == fitted_ellipse_mask(mask)).all() and written.any() == (name in set(rows.loc[with_mm, "name"]))
+    assert ((sub["angle_rad"] >= 0) & (sub["angle_rad"] < math.pi)).all() and (
+        sub["semi_axes_a_mm"] >= sub["semi_axes_b_mm"]
     ).all()
 
 
@@ -142,11 +150,20 @@ def test_bad_images_are_named_or_skipped_and_counted(compose_cfg, phantom_dir: P
     ]
     with pytest.raises(DataError, match=f"{broken.name}: unreadable or corrupt image"):
         predict(compose_cfg("predict", common))
+    # An image the segmenter refuses (too small) is a bad image too: named, or skipped with the unreadable one.
+    cv2.imwrite(str(root / "images" / "tiny.png"), np.zeros((3, 3), np.uint8))
+    with (root / "pixel_sizes.csv").open("a") as f:
+        f.write("tiny.png,0.1\n")
+    broken.rename(broken.with_suffix(".bak"))
+    with pytest.raises(DataError, match="tiny.png: 3 x 3 image is too small to segment"):
+        predict(compose_cfg("predict", [*common, f"out={tmp_path / 'tiny'}"]))
+    broken.with_suffix(".bak").rename(broken)
     cfg = compose_cfg("predict", [*common, "on_bad_image=skip"])
-    with pytest.warns(UserWarning, match="skipped 1 bad file"):
+    with pytest.warns(UserWarning, match="skipped 2 bad file"):
         summary = predict(cfg)
-    assert summary["n_images"] == 2 and summary["n_skipped"] == 1
-    assert broken.name in (Path(cfg.paths.output_dir) / "skipped.txt").read_text()
+    assert summary["n_images"] == 2 and summary["n_skipped"] == 2
+    listed = (Path(cfg.paths.output_dir) / "skipped.txt").read_text()
+    assert broken.name in listed and "tiny.png: 3 x 3 image is too small" in listed
 
 
 def test_image_layouts_pixel_sizes_and_boxes_are_read_with_clear_errors(phantom_dir: Path, tmp_path: Path):
@@ -231,3 +248,33 @@ def test_predict_owns_its_folder_and_resumes_after_a_kill(compose_cfg, phantom_d
     with pytest.raises(FileExistsError, match="is not empty"):
         predict(other)
     assert stray == out and (out / "measurements.csv").is_file()
+
+
+def test_submission_names_cine_frames_apart_and_leaves_out_rows_without_mm():
+    mm = {"center_x_mm": 10.0, "center_y_mm": 8.0, "semi_major_mm": 30.0, "semi_minor_mm": 20.0, "angle_deg": 90.0}
+    rows = pd.DataFrame([
+        {"name": "cine_f000", "file": "cine.dcm", **mm},
+        {"name": "cine_f001", "file": "cine.dcm", **mm},
+        {"name": "000_HC", "file": "000_HC.png", **mm},
+        {"name": "no_size", "file": "no_size.png", **{k: math.nan for k in mm}},  # no pixel size: no mm
+    ])  # fmt: skip
+    sub = submission(rows)
+    assert sub["filename"].tolist() == ["cine_f000.dcm", "cine_f001.dcm", "000_HC.png"]
+    assert sub.notna().all().all() and sub["angle_rad"].iloc[0] == pytest.approx(math.pi / 2)
+
+
+def test_the_overlay_writes_the_hc_in_mm_or_px():
+    from fetalgen.metrics.biometry import Ellipse, ellipse_circumference
+    from fetalgen.segmentation.predict import draw_overlay, hc_label
+    from fetalgen.segmentation.segmenter import HeadMeasurement
+
+    mask, box, e = np.zeros((200, 300), bool), np.array([50, 40, 250, 160]), Ellipse(150, 100, 100, 60, 0)
+    mask[40:160, 50:250] = True
+    hc_px = ellipse_circumference(100, 60)
+    assert hc_label(HeadMeasurement(mask, box, "auto", e, 0.2)) == f"HC {hc_px * 0.2:.1f} mm"
+    assert hc_label(HeadMeasurement(mask, box, "auto", e)) == f"HC {hc_px:.0f} px"
+    assert hc_label(HeadMeasurement(mask, box, "auto", None, 0.2)) == "no ellipse"
+    image = np.full((200, 300), 100, np.uint8)
+    labelled, plain = draw_overlay(image, mask, e, box, "HC 10.0 mm"), draw_overlay(image, mask, e, box)
+    corner = (labelled != plain).any(axis=-1)
+    assert corner[:30, :120].any() and not corner[60:, :].any()  # the text, in the top-left corner only
