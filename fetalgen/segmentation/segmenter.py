@@ -90,6 +90,48 @@ def check_box(box: Box, shape: tuple[int, int], name: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
+ImageLike = Any  # a path, a PIL image, a numpy array or a torch tensor (:func:`as_gray_image`)
+
+
+def is_single_image(images: Any) -> bool:
+    """Whether ``predict`` was given one image rather than a list (an array or tensor is always one image)."""
+    return isinstance(images, (np.ndarray, torch.Tensor, str, Path)) or hasattr(images, "convert")  # PIL
+
+
+def as_gray_image(image: ImageLike, name: str) -> np.ndarray:
+    """An API image as uint8 HxW gray: a file (:func:`~fetalgen.data.io.load_image`); a PIL image (its ``L``
+    conversion, ITU-R 601 luma); an array or tensor, uint8 0-255 or float 0-1, HxW, HxWx1, or HxWx3 / HxWx4 in RGB(A)
+    order (weighted to gray as PIL does). Anything else is a ValueError naming ``name``."""
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if hasattr(image, "convert"):  # PIL
+        return np.asarray(image.convert("L"))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(
+            f"{name}: an image is H x W (gray) or H x W x 3/4 (RGB/RGBA), got shape {array.shape}"
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+            raise ValueError(f"{name}: a float image must hold finite values in [0, 1] "
+                             f"(got {np.nanmin(array):.3g} to {np.nanmax(array):.3g}); give uint8 for 0-255")  # fmt: skip
+        array = np.rint(array * 255)
+    elif array.dtype != np.uint8 and not (
+        np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255
+    ):
+        raise ValueError(f"{name}: needs uint8 (0-255) or float (0-1) pixels, got {array.dtype}")
+    array = array.astype(np.uint8)
+    if array.ndim == 3:
+        array = cv2.cvtColor(
+            np.ascontiguousarray(array), cv2.COLOR_RGBA2GRAY if array.shape[2] == 4 else cv2.COLOR_RGB2GRAY
+        )
+    return np.ascontiguousarray(array)
+
+
 def check_input(image: np.ndarray, box: Box | None, name: str) -> np.ndarray | None:
     """What the segmenter refuses, before any work: an image that is not uint8 HxW or is too small, a box that
     does not fit it. Returns the checked box (None: the automatic prompt); ValueError naming ``name``."""
@@ -162,34 +204,48 @@ class Segmenter:
 
     def predict(
         self,
-        images: np.ndarray | str | Path | Sequence[np.ndarray | str | Path],
+        images: ImageLike | Sequence[ImageLike],
         boxes: Box | Sequence[Box | None] | None = None,
         pixel_size_mm: float | Sequence[float | None] | None = None,
         names: Sequence[str] | None = None,
+        batch_size: int = 8,
     ) -> list[HeadMeasurement]:
-        """Segment and measure ``images`` (uint8 HxW arrays or image files; one or a list) in one batch.
+        """Segment and measure ``images`` (one or a list), ``batch_size`` images per encoder batch.
 
         Args:
-            images: one image or a list.
+            images: one image or a list; an image is a file path, a PIL image, or an array / tensor: uint8 (0-255)
+                or float (0-1), HxW gray or HxWx3 / HxWx4 RGB(A) (:func:`as_gray_image`).
             boxes: per image an XYXY box in image pixels or None (the automatic prompt); for one image, its box.
             pixel_size_mm: per image (or one for all) the pixel size; None: no mm figures (nan).
             names: per image a name for error messages (default: the file name or ``image <i>``).
+            batch_size: images per encoder call (peak memory).
         """
-        single = isinstance(images, (np.ndarray, str, Path))
+        single = is_single_image(images)
         items = [images] if single else list(images)
         names = list(names) if names is not None else [
             str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(items)
         ]  # fmt: skip
-        arrays = [load_image(x) if isinstance(x, (str, Path)) else np.asarray(x) for x in items]
+        if len(names) != len(items):
+            raise ValueError(f"{len(items)} image(s) but {len(names)} name(s)")
         if single:  # one image: ``boxes`` is its box (or None)
             boxes = [boxes]
         elif boxes is None:
-            boxes = [None] * len(arrays)
-        sizes = pixel_size_mm if isinstance(pixel_size_mm, Sequence) else [pixel_size_mm] * len(arrays)
-        if not len(boxes) == len(sizes) == len(arrays):
-            raise ValueError(f"{len(arrays)} image(s), {len(boxes)} box(es), {len(sizes)} pixel size(s)")
+            boxes = [None] * len(items)
+        elif len(boxes) == 4 and all(isinstance(v, (int, float, np.number)) for v in boxes):
+            raise ValueError(
+                "boxes: one box for a list of images; give a list with a box (or None) per image"
+            )
+        sizes = pixel_size_mm if isinstance(pixel_size_mm, Sequence) else [pixel_size_mm] * len(items)
+        if not len(boxes) == len(sizes) == len(items):
+            raise ValueError(f"{len(items)} image(s), {len(boxes)} box(es), {len(sizes)} pixel size(s)")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         sizes = [check_pixel_size(s, n) for s, n in zip(sizes, names, strict=True)]
-        masks = self.segment(arrays, list(boxes), names)
+        arrays = [as_gray_image(x, n) for x, n in zip(items, names, strict=True)]
+        masks = []
+        for start in range(0, len(arrays), batch_size):
+            part = slice(start, start + batch_size)
+            masks += self.segment(arrays[part], list(boxes[part]), names[part])
         return [
             HeadMeasurement(mask, box, prompt, fit_ellipse(mask), size)
             for (mask, box, prompt), size in zip(masks, sizes, strict=True)

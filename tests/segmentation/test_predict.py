@@ -131,7 +131,9 @@ def test_predict_cli_writes_masks_overlays_and_both_csvs(compose_cfg, phantom_di
     for name in names:  # ellipses/: the ellipse fitted to the written mask (empty where none fits)
         written = cv2.imread(str(out / "ellipses" / f"{name}.png"), cv2.IMREAD_UNCHANGED) > 0
         mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED) > 0
-        assert (written == fitted_ellipse_mask(mask)).all() and written.any() == (name in set(rows.loc[with_mm, "name"]))
+        assert (written == fitted_ellipse_mask(mask)).all() and written.any() == (
+            name in set(rows.loc[with_mm, "name"])
+        )
     assert ((sub["angle_rad"] >= 0) & (sub["angle_rad"] < math.pi)).all() and (
         sub["semi_axes_a_mm"] >= sub["semi_axes_b_mm"]
     ).all()
@@ -251,7 +253,13 @@ def test_predict_owns_its_folder_and_resumes_after_a_kill(compose_cfg, phantom_d
 
 
 def test_submission_names_cine_frames_apart_and_leaves_out_rows_without_mm():
-    mm = {"center_x_mm": 10.0, "center_y_mm": 8.0, "semi_major_mm": 30.0, "semi_minor_mm": 20.0, "angle_deg": 90.0}
+    mm = {
+        "center_x_mm": 10.0,
+        "center_y_mm": 8.0,
+        "semi_major_mm": 30.0,
+        "semi_minor_mm": 20.0,
+        "angle_deg": 90.0,
+    }
     rows = pd.DataFrame([
         {"name": "cine_f000", "file": "cine.dcm", **mm},
         {"name": "cine_f001", "file": "cine.dcm", **mm},

@@ -181,3 +181,34 @@ def test_stored_settings_are_typed_and_bounded(tmp_path: Path, field: str, value
     path = crafted_checkpoint(tmp_path / "ft.ckpt", "x", sam=sam)
     with pytest.raises(CheckpointError, match=message):
         load_module(None, path)
+
+
+def test_the_api_takes_pil_rgb_float_and_tensor_images_in_batches():
+    from PIL import Image
+
+    segmenter = load_segmenter(model="tiny", allow_random_weights=True, image_size=32, device="cpu")
+    gray = np.random.default_rng(0).integers(0, 256, (40, 56), dtype=np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    kinds = [
+        gray,
+        rgb,
+        Image.fromarray(rgb),
+        gray / 255.0,
+        torch.from_numpy(gray),
+        np.dstack([rgb, np.full_like(gray, 255)]),
+    ]
+    heads = segmenter.predict(kinds, batch_size=4)
+    assert len(heads) == len(kinds)
+    for head in heads[1:]:  # every kind is the same gray image, so the same mask
+        assert (head.mask == heads[0].mask).all()
+    (one,) = segmenter.predict(torch.from_numpy(gray))  # a tensor is one image, not a list of rows
+    assert (one.mask == heads[0].mask).all() and segmenter.predict([]) == []
+    for bad, reason in [(gray * 2.0, r"image 0: a float image must hold finite values in \[0, 1\]"),
+                        (gray.astype(np.int32) * 300, "needs uint8 .* or float"),
+                        (np.zeros((4, 40, 56)), "got shape")]:  # fmt: skip
+        with pytest.raises(ValueError, match=reason):
+            segmenter.predict([bad])
+    with pytest.raises(ValueError, match="one box for a list of images"):
+        segmenter.predict([gray, gray], boxes=(1, 2, 30, 30))
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+        segmenter.predict([gray], batch_size=0)
