@@ -1,8 +1,12 @@
 """Thin Hydra entry points: each ``main`` composes a config from ``conf/`` and calls a typed task function."""
 
 from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 from omegaconf import OmegaConf
+
+from fetalgen.utils.errors import USER_ERRORS, traceback_wanted
 
 
 def config_dir() -> Path:
@@ -38,3 +42,27 @@ def resolved_paths(**overrides: str) -> dict[str, Path]:
     paths.merge_with(overrides)
     resolved = OmegaConf.create({"paths": paths}).paths
     return {key: Path(str(resolved[key])) for key in paths if key != "output_dir"}
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value of ``name`` in a metrics dict as a float, for Hydra sweepers; ``None`` if no name."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"Metric {name!r} was not produced; available: {sorted(metrics)}")
+    return float(metrics[name])
+
+
+def run(task: Callable[[Any], Any], cfg: Any) -> Any:
+    """``task(cfg)`` for a command: a user's mistake of a single run ends it with exit code 1 after the task's one
+    logged line (Hydra would print it again with a stripped traceback); with ``HYDRA_FULL_ERROR=1``, or in a
+    multirun (Hydra records each job's failure), the exception goes on to Hydra."""
+    try:
+        return task(cfg)
+    except USER_ERRORS:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if traceback_wanted() or not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        raise SystemExit(1) from None

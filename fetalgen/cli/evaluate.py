@@ -12,15 +12,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from fetalgen.cli import CONFIG_DIR
-from fetalgen.utils.task import metric_value
+from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     from fetalgen.segmentation.evaluate import evaluate
 
-    metrics = evaluate(cfg)
+    metrics = run(evaluate, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

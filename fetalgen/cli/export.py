@@ -11,14 +11,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from fetalgen.cli import CONFIG_DIR
+from fetalgen.cli import CONFIG_DIR, run
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     from fetalgen.export import export
 
-    export(cfg)
+    run(export, cfg)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from fetalgen.cli import CONFIG_DIR
-from fetalgen.utils.task import metric_value
+from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
 def main(cfg: DictConfig) -> float | None:
     from fetalgen.segmentation.finetune import finetune
 
-    metrics = finetune(cfg)
+    metrics = run(finetune, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fetalgen.report.build import build_report
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -14,6 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: <runs_dir>/report)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from fetalgen.report.build import build_report  # after parsing: --help stays quick
+
     report = build_report(args.runs_dir, args.out)
     print(f"Report: {report}")
 

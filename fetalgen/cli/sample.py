@@ -5,14 +5,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from fetalgen.cli import CONFIG_DIR
-from fetalgen.synthesis.task import synthesize
-from fetalgen.utils.task import metric_value
+from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
 def main(cfg: DictConfig) -> float | None:
-    metrics = synthesize(cfg)
+    from fetalgen.synthesis.task import synthesize  # here: --help stays quick (no torch)
+
+    metrics = run(synthesize, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

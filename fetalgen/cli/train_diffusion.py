@@ -5,14 +5,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from fetalgen.cli import CONFIG_DIR
-from fetalgen.diffusion.train import train_diffusion
-from fetalgen.utils.task import metric_value
+from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train_diffusion")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train_diffusion(cfg)
+    from fetalgen.diffusion.train import train_diffusion  # here: --help stays quick (no torch)
+
+    metrics = run(train_diffusion, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

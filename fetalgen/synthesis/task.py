@@ -148,7 +148,6 @@ def shape_prior(cfg: DictConfig, meta: dict[str, Any], reference: TrainReference
     return ShapePrior.fit(reference.masks).to_dict()
 
 
-@task_wrapper
 def check_sample_settings(cfg: DictConfig) -> None:
     """Refuse, before anything is loaded, sampling settings outside their range (``guidance_scale=nan`` drew blank
     images that all passed QC); the message names the setting."""
@@ -178,6 +177,7 @@ def check_sample_settings(cfg: DictConfig) -> None:
         )
 
 
+@task_wrapper
 def synthesize(cfg: DictConfig) -> dict[str, Any]:
     """Load the checkpoint; write ``cfg.n`` pairs into ``cfg.out``, judge them, summarise and seal (module doc).
 

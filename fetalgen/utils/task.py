@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 
 from fetalgen.utils.checkpoints import RunRecord
+from fetalgen.utils.errors import USER_ERRORS, traceback_wanted
 from fetalgen.utils.progress import StepProgressBar, refresh_rate
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
-    """Run ``task(cfg)`` so that a crash is logged with its output directory and W&B is closed.
+    """Run ``task(cfg)`` so that a crash is logged with its output directory and W&B is closed; a user's mistake
+    (:data:`~fetalgen.utils.errors.USER_ERRORS`) in one line, other failures with their traceback.
 
     One failed job then does not leave a dangling W&B run that breaks the next job of a multirun.
     """
@@ -60,6 +62,13 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
     def wrapped(cfg: DictConfig) -> dict[str, Any]:
         try:
             return task(cfg)
+        except USER_ERRORS as err:
+            if traceback_wanted():
+                log.exception("Task failed; output dir: %s", cfg.paths.get("output_dir", "?"))
+            else:  # a user's mistake: its message says what to fix
+                log.error("%s\n(output dir: %s; HYDRA_FULL_ERROR=1 shows the traceback)", err,
+                          cfg.paths.get("output_dir", "?"))  # fmt: skip
+            raise
         except Exception:
             log.exception("Task failed; output dir: %s", cfg.paths.get("output_dir", "?"))
             raise
@@ -195,12 +204,3 @@ def output_dir(cfg: DictConfig) -> Path:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
-    """The value of ``name`` in a metrics dict as a float, for Hydra sweepers; ``None`` if no name."""
-    if not name:
-        return None
-    if name not in metrics:
-        raise KeyError(f"Metric {name!r} was not produced; available: {sorted(metrics)}")
-    return float(metrics[name])

@@ -1,5 +1,6 @@
 """--help pages made from the configs: a command's purpose, examples, its groups and settings; fetalgen --help."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,27 @@ def test_fetalgen_lists_every_command(capsys):
     for name in scripts:
         if name != "fetalgen":
             assert f"  {name} " in out
+
+
+@pytest.mark.parametrize("module", ["finetune", "sample", "train_diffusion", "evaluate", "predict", "export"])
+def test_help_imports_neither_torch_nor_lightning(module):
+    # --help in about a second: the task (torch, Lightning) is imported only when the command runs.
+    probe = (f"import sys; sys.argv = ['x', '--help']; import fetalgen.cli.{module} as m\n"
+             "try:\n    m.main()\nexcept SystemExit:\n    pass\n"
+             "print(sorted(n for n in ('torch', 'pytorch_lightning') if n in sys.modules))")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_users_mistake_is_one_line_and_the_traceback_is_opt_in(tmp_path: Path):
+    command = [sys.executable, "-m", "fetalgen.cli.predict", f"images.root={tmp_path / 'nowhere'}",
+               "allow_random_weights=true", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in said
+    assert said.count("nowhere") == 1 and "HYDRA_FULL_ERROR=1 shows the traceback" in said
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
+    assert full.returncode == 1 and "Traceback" in full.stdout + full.stderr
