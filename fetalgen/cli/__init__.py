@@ -1,7 +1,7 @@
 """Thin Hydra entry points: each ``main`` composes a config from ``conf/`` and calls a typed task function."""
 
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
