@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> Path:
             [f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
              f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}",
              "+eval_data@fidelity.heldout=hc18", f"fidelity.heldout.source.list_file={splits['hc18'] / 'val.txt'}",
-             *judge_reference, *GENERATORS[variant].sample, *preset.sample, *common],
+             *judge_reference, *GENERATORS[variant].sample, *preset.sample, f"logger={preset.logger}", *common],
             logs,
         )  # fmt: skip
 

@@ -33,7 +33,7 @@ from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.sampling import is_mask_conditioned
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
-from fetalgen.utils.task import resolve_device, task_wrapper
+from fetalgen.utils.task import instantiate_loggers, log_final_metrics, resolve_device, task_wrapper
 
 if TYPE_CHECKING:
     from fetalgen.synthesis.judge import RealPairs
@@ -234,10 +234,11 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         write_synthetic_provenance(cfg.out, generator, meta["training_cases"], shape_prior=spec.shape_prior)
     from fetalgen.metrics.fidelity import summary_row
 
-    return {
+    metrics = {
         "n": summary["n"],
         "qc_pass_rate": summary["qc_pass_rate"],
         "memorisation_rate": summary["memorisation"]["rate"],
         **(summary_row(summary["fidelity"]) if "fidelity" in summary else {}),
-        "out": str(Path(cfg.out).resolve()),
     }
+    log_final_metrics(instantiate_loggers(cfg.get("logger")), metrics)  # the judge's figures on the dashboard
+    return {**metrics, "out": str(Path(cfg.out).resolve())}

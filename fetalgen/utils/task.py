@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fetalgen.utils.checkpoints import RunRecord
 from fetalgen.utils.errors import USER_ERRORS, traceback_wanted
@@ -42,13 +43,41 @@ def sweep_group(default: str) -> str:
 
 
 def run_name(default: str) -> str:
-    """The job's overrides (``data.num_real=5,seed=0``) inside a multirun, else ``default``."""
+    """The job's overrides (``data.num_real=5,seed=0``) inside a multirun, else ``default``; a value that is a path
+    is named by its last part (no absolute paths in a dashboard)."""
     hydra_cfg = _multirun()
-    return (hydra_cfg.job.override_dirname or default) if hydra_cfg else default
+    if not hydra_cfg:
+        return default
+    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    parts = []
+    for item in sorted(hydra_cfg.overrides.task):
+        key, sep, value = str(item).partition("=")
+        if key.lstrip("+~") in excluded:
+            continue
+        parts.append(f"{key}{sep}{Path(value).name if '/' in value else value}")
+    return ",".join(parts) or default
+
+
+def run_id(output_dir: str) -> str:
+    """A W&B run id from the run folder: the same folder (a requeued job) gives the same id."""
+    return "fg-" + hashlib.sha256(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+
+
+def log_final_metrics(loggers: list[Logger], metrics: dict[str, Any], step: int = 0) -> None:
+    """The numbers of ``metrics`` to every logger, and into W&B's run summary (what its tables show)."""
+    numbers = {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    for lg in loggers:
+        lg.log_metrics(numbers, step=step)
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(numbers)
+        lg.save()
 
 
 def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:

@@ -65,8 +65,13 @@ def test_train_then_sample_through_the_configs(compose_cfg, tmp_path, capsys):
         "fidelity/features=sam_tiny",
         "fidelity.segmenter_steps=20",
     ]
-    sample = compose_cfg("sample", sample_args)
+    sample = compose_cfg(
+        "sample", [*sample_args, "logger=csv", f"logger.csv.save_dir={tmp_path / 'sample_log'}"]
+    )
     result = synthesize(sample)
+    (logged,) = csv.DictReader((tmp_path / "sample_log" / "csv" / "metrics.csv").read_text().splitlines())
+    assert float(logged["qc_pass_rate"]) == result["qc_pass_rate"]
+    assert {"agreement_ceiling", "memorisation_rate"} <= set(logged)  # the judge's figures
     root = tmp_path / "synthetic"
     entries = read_manifest(root)
     assert result["n"] == 5 and [e.index for e in entries] == list(range(5))
