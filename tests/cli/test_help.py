@@ -31,7 +31,7 @@ def test_a_commands_help_shows_its_purpose_examples_groups_and_settings():
         "trainer:" not in page and "Hydra's own flags" in page
     )  # no unrelated groups (Hydra's page lists all)
     finetune = help_page("finetune")
-    assert "trainer: cpu  (cpu, ddp, ddp_cpu, default, gpu, multinode)" in finetune
+    assert "trainer: cpu  (cpu, ddp, ddp_cpu, ddp_sbatch, default, gpu, multinode)" in finetune
     assert "experiment: null  (cpu/diffusion, cpu/finetune," in finetune and "max_steps: 1000" in finetune
 
 
