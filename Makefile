@@ -49,8 +49,8 @@ format: install
 	$(BIN)/ruff format fetalgen tests experiments
 	$(BIN)/ruff check --fix fetalgen tests experiments
 
-reproduce-paper: install # DRY_RUN=1: the plan and a GPU-hours estimate only
-	$(BIN)/python experiments/reproduce_paper.py --preset $(PRESET) $(if $(DRY_RUN),--dry-run)
+reproduce-paper: install # DRY_RUN=1: the plan and a GPU-hours estimate only; ARGS='--finetune-overrides ...' (see --help)
+	$(BIN)/python experiments/reproduce_paper.py --preset $(PRESET) $(if $(DRY_RUN),--dry-run) $(ARGS)
 
 bench: install
 	$(BIN)/python experiments/bench/samplers.py

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ENTRY_POINTS = {
@@ -23,8 +23,11 @@ class StepFailed(RuntimeError):
     """A pipeline step exited non-zero; the message holds the command and the end of its log."""
 
 
-def run_step(title: str, command: str, args: Sequence[str], log_dir: Path) -> float:
-    """Run ``command args`` (an entry point of :data:`ENTRY_POINTS`) with this interpreter.
+def run_step(
+    title: str, command: str, args: Sequence[str], log_dir: Path, done: Callable[[], bool] | None = None
+) -> float:
+    """Run ``command args`` (an entry point of :data:`ENTRY_POINTS`) with this interpreter; when ``done()`` says
+    the step's outputs are already there and verify (a re-run after a crash), skip it instead.
 
     The step's whole output goes to ``<log_dir>/<command>.log`` (appended); the terminal shows it live, in
     short: fetalgen's and Hydra's log lines, errors, and progress bars on one line that updates in place.
@@ -35,6 +38,9 @@ def run_step(title: str, command: str, args: Sequence[str], log_dir: Path) -> fl
     Raises:
         StepFailed: the step exited non-zero.
     """
+    if done is not None and done():
+        print(f"==> {title}\n    done before (its outputs verify): skipped", flush=True)
+        return 0.0
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{command}.log"
     argv = [sys.executable, "-m", ENTRY_POINTS[command], *args]
@@ -87,3 +93,14 @@ class LiveView:
         if self.status:
             sys.stdout.write("\n")
             self.status = False
+
+
+def sweep_done(sweep_dir: Path, overrides: Sequence[str]) -> bool:
+    """Whether every job of a multirun over ``overrides`` (``key=a,b,c`` sweeps a key) left its ``metrics.json``
+    in ``sweep_dir/<job number>/``."""
+    jobs = 1
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if "," in value and "${" not in value and not value.startswith("["):
+            jobs *= len(value.split(","))
+    return all((sweep_dir / str(i) / "metrics.json").is_file() for i in range(jobs))

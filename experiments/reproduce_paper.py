@@ -21,18 +21,25 @@ same steps at small scale on 2 CPU cores: LiteMedSAM (pretrained, from the insta
 
     python experiments/reproduce_paper.py --preset cpu [--out outputs/reproduce-paper] [--results results]
     python experiments/reproduce_paper.py --preset cpu --generators conditioned,joint,joint-eps --num-real 5
+    python experiments/reproduce_paper.py --preset paper --finetune-overrides 'hydra/launcher=slurm trainer=multinode'
+
+A re-run into the same ``--out`` (after a crash, a preemption) skips every step whose outputs are there and verify
+(a split, a generator whose last checkpoint reads, a sealed synthetic set, a sweep whose every job wrote its
+metrics) and redoes the rest; delete a step's folder to redo it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from pipeline import StepFailed, run_step
+from pipeline import StepFailed, run_step, sweep_done
 
 from fetalgen.cli import resolved_paths
 from fetalgen.data.protocol import restrict_pool
@@ -225,6 +232,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated generator recipes to compare, the first the main one "
                              f"({', '.join(GENERATORS)}; default: the preset's)")  # fmt: skip
     parser.add_argument("--num-real", default=None, help="comma-separated N_real (default: the preset's)")
+    for step in ("diffusion", "sample", "finetune"):  # cluster scale: a launcher, a trainer, more workers
+        parser.add_argument(f"--{step}-overrides", default="", metavar="'KEY=VALUE ...'",
+                            help=f"extra Hydra overrides of every {step} step, e.g. "
+                                 + ("'hydra/launcher=slurm trainer=multinode'" if step == "finetune"
+                                    else "'trainer=gpu'" if step == "diffusion" else "'device=cuda'"))  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hours estimate only")
     parser.add_argument("--gpu-figures", type=Path, default=Path(__file__).parent / "bench" / "gpu.json",
                         help="gpu.py --out figures for the estimate")  # fmt: skip
@@ -261,6 +273,28 @@ def dry_run(args: argparse.Namespace, preset: Preset) -> None:
     work = plan(preset, chosen_num_real(args, preset), seeds, arms, matched, matched_seeds, "reference" not in skip,
                 cohorts, test_sets, chosen_generators(args, preset))  # fmt: skip
     print(format_plan(work, args.gpu_figures))
+
+
+def generator_done(folder: Path) -> bool:
+    """A generator run that finished: its metrics and a last checkpoint that reads as a generator's."""
+    from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
+
+    try:
+        read_run_checkpoint(folder / "checkpoints" / "last.ckpt", "diffusion")
+    except (CheckpointError, FileNotFoundError):
+        return False
+    return (folder / "metrics.json").is_file()
+
+
+def synthetic_done(root: Path) -> bool:
+    """A synthetic set that was sampled, judged and sealed: its provenance (written last) verifies."""
+    from fetalgen.data.provenance import read_synthetic_provenance
+
+    try:
+        read_synthetic_provenance(root)
+    except (ValueError, FileNotFoundError):
+        return False
+    return (root / "summary.json").is_file()
 
 
 def use_the_model(out: Path, split: Path, hc18: Path, logs: Path, common: list[str]) -> None:
@@ -309,7 +343,7 @@ def main(argv: list[str] | None = None) -> Path:
             "fetalgen-split",
             [f"data={cohort}", *split_args, f"out={splits[cohort]}", f"hydra.run.dir={out / 'split-run' / cohort}",
              *common],
-            logs,
+            logs, done=(splits[cohort] / "split.json").is_file,
         )  # fmt: skip
         info = json.loads((splits[cohort] / "split.json").read_text())
         pool = info["counts"]["train"]["images"]
@@ -335,8 +369,8 @@ def main(argv: list[str] | None = None) -> Path:
             "fetalgen-train-diffusion",
             [f"experiment={preset.experiment}/diffusion", *GENERATORS[variant].diffusion, f"logger={preset.logger}",
              f"hydra.run.dir={folder}", f"data.split_file={splits['hc18']}", "data.load_holdout=false", *extra,
-             *preset.diffusion, *common],
-            logs,
+             *preset.diffusion, *shlex.split(args.diffusion_overrides), *common],
+            logs, done=lambda: generator_done(folder),
         )  # fmt: skip
 
     def sample(folder: Path, synthetic_dir: Path, variant: str) -> None:
@@ -348,8 +382,9 @@ def main(argv: list[str] | None = None) -> Path:
             [f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
              f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}",
              "+eval_data@fidelity.heldout=hc18", f"fidelity.heldout.source.list_file={splits['hc18'] / 'val.txt'}",
-             *judge_reference, *GENERATORS[variant].sample, *preset.sample, f"logger={preset.logger}", *common],
-            logs,
+             *judge_reference, *GENERATORS[variant].sample, *preset.sample, f"logger={preset.logger}",
+             *shlex.split(args.sample_overrides), *common],
+            logs, done=lambda: synthetic_done(synthetic_dir),
         )  # fmt: skip
 
     paper_generators = {v: (out / "diffusion" / v, synthetic / v) for v in variants}
@@ -412,8 +447,9 @@ def main(argv: list[str] | None = None) -> Path:
                 f"3-4/5 fine-tune and evaluate SAM, {name}: N_real x arms x seeds, equal step budgets",
                 "fetalgen-finetune",
                 ["-m", f"experiment={preset.experiment}/finetune", *overrides, f"logger={preset.logger}",
-                 f"hydra.sweep.dir={out / 'sweep' / name}", *preset.finetune, *common],
-                logs,
+                 f"hydra.sweep.dir={out / 'sweep' / name}", *preset.finetune, *shlex.split(args.finetune_overrides),
+                 *common],
+                logs, done=partial(sweep_done, out / "sweep" / name, overrides),
             )  # fmt: skip
         except StepFailed as err:  # a failed job does not stop the others; the results list it
             failed_sweeps.append(name)

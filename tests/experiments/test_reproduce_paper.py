@@ -75,6 +75,14 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     assert "60 fixed real pairs" in matched["fidelity"]["agreement"]["segmenter"]
     assert "generator's 3 real training pairs" in matched["fidelity"]["agreement_own"]["segmenter"]
     _assert_no_overlap(tmp_path / "out")
+    # A re-run into the same folder (after a crash) redoes nothing finished: every step's outputs verify.
+    again = _run(
+        tmp_path, env, "--preset", "smoke", "--out", str(tmp_path / "out"), "--results", str(results)
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    steps = again.stdout.count("==> ") - again.stdout.count("==> 5/5")
+    assert steps > 5 and again.stdout.count("done before (its outputs verify): skipped") == steps
+    assert pd.read_csv(results / "table.csv").equals(table)
 
 
 def _assert_no_overlap(out: Path) -> None:
@@ -112,7 +120,16 @@ def test_the_paper_preset_rehearsed_step_by_step_on_a_cpu(hc18_dir: Path, tmp_pa
            "FETALGEN_AFRICAN_DIR": str(tmp_path / "absent")}  # fmt: skip
     out = tmp_path / "out"
     done = _run(
-        tmp_path, env, "--preset", "paper-rehearsal", "--out", str(out), "--results", str(tmp_path / "r")
+        tmp_path,
+        env,
+        "--preset",
+        "paper-rehearsal",
+        "--out",
+        str(out),
+        "--results",
+        str(tmp_path / "r"),
+        "--finetune-overrides",
+        "tags=[rehearsed]",  # passed through to every fine-tuning job
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     pool = read_case_list(out / "split" / "hc18" / "train.txt")
@@ -127,6 +144,7 @@ def test_the_paper_preset_rehearsed_step_by_step_on_a_cpu(hc18_dir: Path, tmp_pa
     assert metrics["train/steps"] == 2 and 0 <= metrics["test/hc18/dice"] <= 1
     config = (run.parent / ".hydra" / "config.yaml").read_text()
     assert "model_type: vit_b" in config and "image_size: 1024" in config and "image_size: 256" in config
+    assert "- rehearsed" in config
     assert next((out / "export").glob("sam_vit_b.pth")).stat().st_size > 100e6  # ViT-B
     rows = pd.read_csv(out / "predict" / "measurements.csv")
     assert len(rows) == 2 and (rows["prompt"] == "auto").all()
