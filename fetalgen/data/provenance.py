@@ -170,23 +170,38 @@ def verify_synthetic_provenance(root: Path, data: Mapping[str, Any]) -> None:
             raise UnverifiedSetError(path, f"its training cases differ from those {checkpoint} records")
 
 
+def subject_key(cohort: str, name: str, subject: str) -> tuple[str, str]:
+    """Who an image shows, for the subject check: an HC18-named image (``010_2HC``) is HC18's subject whatever
+    folder layout it came in (another frame of that subject in a folder set is still that subject); otherwise the
+    subject within its cohort."""
+    from fetalgen.data.hc18 import parse_name
+
+    try:
+        return "hc18", parse_name(name)[0]
+    except ValueError:
+        return cohort, subject
+
+
 def find_overlap(seen: Iterable[Record], held_out: Iterable[Case]) -> list[str]:
-    """Held-out cases that are a seen case, share its subject (within one cohort), or whose image is a seen image
-    under any name (its fingerprint, mirror and re-encoding included), described one a line."""
-    names = {r["name"]: r for r in seen}
-    subjects = {(r.get("cohort", ""), r["subject"]): r["name"] for r in names.values()}
+    """Held-out cases that are a seen case, share its subject (:func:`subject_key`), or whose image is a seen image
+    under any name (its fingerprint: re-encoded, resized, rotated, flipped or inverted included), one a line."""
+    seen = list(seen)
+    names = {r["name"] for r in seen}
+    subjects = {subject_key(r.get("cohort", ""), r["name"], r["subject"]): r["name"] for r in seen}
     found, rest = [], []
     for case in held_out:
+        key = subject_key(case.cohort, case.name, case.subject)
         if case.name in names:
             found.append(f"{case.name} (the same image)")
-        elif (case.cohort, case.subject) in subjects:
-            found.append(f"{case.name} (subject {case.subject}, as {subjects[(case.cohort, case.subject)]})")
+        elif key in subjects:
+            found.append(f"{case.name} (subject {key[1]}, as {subjects[key]})")
         else:
             rest.append(case)
-    seen_prints = {n: Fingerprint.decode(r["fingerprint"]) for n, r in names.items() if r.get("fingerprint")}
-    if len(seen_prints) < len(names):
+    # Every record, not one per name: two cohorts may hold the same name for different images.
+    seen_prints = [(r["name"], Fingerprint.decode(r["fingerprint"])) for r in seen if r.get("fingerprint")]
+    if len(seen_prints) < len(seen):
         log.warning("%d training record(s) carry no image fingerprint (an older fetalgen): their pixels are not "
-                    "compared with the held-out images", len(names) - len(seen_prints))  # fmt: skip
+                    "compared with the held-out images", len(seen) - len(seen_prints))  # fmt: skip
     held_prints = {c.name: fp for c in rest if (fp := case_fingerprint(c.image_path)) is not None}
     for held, seen_name, how in find_copies(held_prints, seen_prints):
         found.append(f"{held} (its image is {seen_name}'s: {how})")

@@ -129,3 +129,16 @@ def test_a_held_out_image_is_found_under_any_name_by_its_pixels(tmp_path: Path) 
     assert len(found) == 2
     with pytest.raises(LeakageError, match="012_HC"):
         check_no_leak(seen, {"test": held}, model="M", fix="F")
+
+
+def test_an_hc18_frame_in_a_folder_layout_is_still_its_hc18_subject(tmp_path: Path):
+    from fetalgen.data.cases import Case
+    from fetalgen.data.provenance import find_overlap
+
+    seen = [{"name": "010_HC", "subject": "010", "cohort": "hc18"}]
+    other_frame = Case(
+        "010_2HC", tmp_path / "a.png", tmp_path / "a_mask.png", subject="010_2HC", cohort="folder"
+    )
+    unrelated = Case("scan_7", tmp_path / "b.png", tmp_path / "b_mask.png", subject="scan_7", cohort="folder")
+    found = find_overlap(seen, [other_frame, unrelated])
+    assert found == ["010_2HC (subject 010, as 010_HC)"]
