@@ -44,11 +44,11 @@ def experiment(name: str, task: str) -> Any:
 
 def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], matched: list[int],
          matched_seeds: list[int], reference: bool, cohorts: list[str], test_sets: list[str],
-         variants: list[str] = ("main",)) -> list[Work]:  # fmt: skip
+         variants: list[str] = ("main",), zero_shot: bool = False) -> list[Work]:  # fmt: skip
     """The work of a reproduction: ``cohorts`` the training cohorts, ``test_sets`` the extra test sets present
     (:data:`TEST_SETS`), ``variants`` the generator recipes compared (the first the main one: the others get the
-    paper arm at the smallest N_real); the other arguments as ``reproduce_paper.main``
-    settles them."""
+    paper arm at the smallest N_real), ``zero_shot`` whether the pretrained model is evaluated as it comes (one run
+    per seed, no training step); the other arguments as ``reproduce_paper.main`` settles them."""
     diffusion, finetune = (
         experiment(preset.experiment, "diffusion"),
         experiment(preset.experiment, "finetune"),
@@ -74,6 +74,9 @@ def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], ma
             int(finetune.data.num_val) + int(finetune.data.num_test) + sum(TEST_SETS[t] for t in test_sets)
         )
         encoded += (n + synthetic) * augmented + held_out
+    held_out = int(finetune.data.num_val) + int(finetune.data.num_test) + sum(TEST_SETS[t] for t in test_sets)
+    evaluated_only = len(seeds) if zero_shot else 0
+    encoded += evaluated_only * held_out
     decoder_batch = int(finetune.data.batch_size)
     return [
         Work(f"diffusion training ({generators} generators x {int(diffusion.trainer.max_steps)} steps, {unet} px)",
@@ -81,7 +84,8 @@ def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], ma
         Work(f"sampling ({generators} x {preset.n_synthetic} pairs, {preset.sample_steps} steps)",
              generators * preset.n_synthetic * preset.sample_steps / 20, "pairs at 20 steps",
              f"sampling {preset.experiment}", "fp32"),
-        Work(f"SAM fine-tuning ({len(runs)} runs x {steps} steps, batch {decoder_batch})",
+        Work(f"SAM fine-tuning ({len(runs)} runs x {steps} steps, batch {decoder_batch}"
+             + (f"; + {evaluated_only} zero-shot evaluations)" if evaluated_only else ")"),
              len(runs) * steps * decoder_batch, "decoder images", "decoder train, batch 8, batched", "fp32"),
         Work("SAM encoder (each training view, validation and test image once per run)", encoded, "images",
              "encoder 1024 px"),

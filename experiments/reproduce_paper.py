@@ -271,7 +271,8 @@ def dry_run(args: argparse.Namespace, preset: Preset) -> None:
     print(f"reproduce-paper {args.preset}: cohorts {', '.join(cohorts)}, N_real {chosen_num_real(args, preset)}, arms "
           f"{arms}, seeds {seeds} (as if every cohort were present and every N_real fit the pool)")  # fmt: skip
     work = plan(preset, chosen_num_real(args, preset), seeds, arms, matched, matched_seeds, "reference" not in skip,
-                cohorts, test_sets, chosen_generators(args, preset))  # fmt: skip
+                cohorts, test_sets, chosen_generators(args, preset),
+                zero_shot=preset.zero_shot and "zero_shot" not in skip)  # fmt: skip
     print(format_plan(work, args.gpu_figures))
 
 

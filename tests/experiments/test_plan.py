@@ -35,3 +35,11 @@ def test_with_gpu_figures_the_plan_estimates_gpu_hours(tmp_path: Path):
     assert "780,000" not in out and "60,000 steps  ~1.67 GPU-h" in out
     assert "SAM fine-tuning (56 runs x 4000 steps, batch 8): 1,792,000 decoder images  ~0.62 GPU-h" in out
     assert "GPU-hours on Test Card" in out
+
+
+def test_the_cpu_plan_counts_the_zero_shot_evaluations():
+    done = subprocess.run([sys.executable, "experiments/reproduce_paper.py", "--preset", "cpu", "--dry-run"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    # 3 N_real x 2 arms x 3 seeds + 3 matched + 3 reference = 24 trained runs; zero-shot: one evaluation per seed
+    assert "SAM fine-tuning (24 runs x 150 steps, batch 4; + 3 zero-shot evaluations)" in done.stdout
