@@ -12,8 +12,11 @@ LoRA weights and the base model's path only, never the base weights.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +36,10 @@ from fetalgen.diffusion.module import (
     regression_target,
 )
 from fetalgen.diffusion.sampling import generators, make_sampler, step_generators
+from fetalgen.utils.files import sha256_file
 from fetalgen.utils.seeds import derive_seed, torch_generator
+
+log = logging.getLogger(__name__)
 
 GENERATOR_KIND = "paper_lora"
 LORA_TARGETS = (
@@ -67,21 +73,49 @@ class StableDiffusionParts:
     scheduler_config: dict[str, Any]
 
 
+BASE_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def base_model_folder(pretrained: str | Path) -> Path:
+    """The base model as a local folder in diffusers' layout; anything else (a Hub id) is a ValueError: fetalgen
+    never contacts the Hub for it (download it once, e.g. ``huggingface-cli download
+    stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir <folder>``, and give the folder)."""
+    folder = Path(pretrained)
+    missing = [part for part in BASE_PARTS if not (folder / part).is_dir()]
+    if missing:
+        raise ValueError(f"model.pretrained={pretrained}: not a local Stable Diffusion folder in diffusers' layout "
+                         f"(missing {', '.join(missing)}); download the base model once and give its folder "
+                         "(fetalgen does not contact the Hub)")  # fmt: skip
+    return folder
+
+
+def base_model_sha256(folder: str | Path) -> str:
+    """One sha256 over every file of the base model's parts (relative path and content): what a checkpoint records,
+    so that its LoRA weights are applied to the base model they were trained on."""
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for part in BASE_PARTS for p in (root / part).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
 def load_stable_diffusion(pretrained: str) -> StableDiffusionParts:
-    """The VAE, UNet, CLIP text encoder, tokenizer and scheduler config of ``pretrained`` (a local folder in
-    diffusers' layout, e.g. ``stable-diffusion-v1-5``, or a Hub id where the Hub is reachable)."""
+    """The VAE, UNet, CLIP text encoder, tokenizer and scheduler config of ``pretrained``, a local folder in
+    diffusers' layout (e.g. ``stable-diffusion-v1-5``; :func:`base_model_folder`), read without the network."""
     try:
         from transformers import CLIPTextModel, CLIPTokenizer
     except ImportError as err:  # an optional extra
         raise ImportError(
             "the paper's generator needs transformers and peft: pip install -e '.[paper-generator]'"
         ) from err
+    folder = str(base_model_folder(pretrained))
+    local = {"local_files_only": True}
     return StableDiffusionParts(
-        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
-        unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
-        text_encoder=CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer"),
-        scheduler_config=dict(DDPMScheduler.load_config(pretrained, subfolder="scheduler")),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **local),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **local),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **local),
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **local),
+        scheduler_config=dict(DDPMScheduler.load_config(folder, subfolder="scheduler", **local)),
     )
 
 
@@ -136,6 +170,7 @@ class PaperLoraGenerator(LightningModule):
                 f"image_size={image_size} is not a multiple of the VAE's downsampling factor {factor}"
             )
         self.pretrained, self.prompt, self.lora_rank = str(pretrained), prompt, int(lora_rank)
+        self.pretrained_sha256 = base_model_sha256(pretrained)
         self.image_size, self.val_seed = int(image_size), int(val_seed)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.strict_loading = False  # its checkpoints hold the LoRA weights only
@@ -250,6 +285,7 @@ class PaperLoraGenerator(LightningModule):
             "format_version": 1,
             "generator": GENERATOR_KIND,
             "pretrained": self.pretrained,
+            "pretrained_sha256": self.pretrained_sha256,
             "prompt": self.prompt,
             "lora_rank": self.lora_rank,
             "image_size": self.image_size,
@@ -267,6 +303,13 @@ class PaperLoraGenerator(LightningModule):
         extra = contents[CHECKPOINT_KEY]
         module = cls(extra["pretrained"], torch.optim.AdamW, str(extra["prompt"]), int(extra["lora_rank"]),
                      int(extra["image_size"]))  # fmt: skip
+        recorded = extra.get("pretrained_sha256")
+        if recorded is None:
+            log.warning("this checkpoint records no hash of its base model %s: that it is the one the LoRA weights "
+                        "were trained on is not checked", extra["pretrained"])  # fmt: skip
+        elif recorded != module.pretrained_sha256:
+            raise ValueError(f"the base model at {extra['pretrained']} is not the one these LoRA weights were trained "
+                             f"on (sha256 {module.pretrained_sha256[:12]}..., recorded {str(recorded)[:12]}...)")  # fmt: skip
         lora = {n for n, p in module.named_parameters() if p.requires_grad}
         problem = (
             f"the checkpoint's LoRA weights do not fit {extra['pretrained']} with rank {extra['lora_rank']}"

@@ -107,3 +107,22 @@ def test_lora_weights_of_another_rank_are_refused(compose_cfg, tiny_sd, tmp_path
     torch.save(contents, tmp_path / "other.ckpt")
     with pytest.raises(DataError, match="do not fit .* with rank 8"):
         load_generator(tmp_path / "other.ckpt")
+
+
+def test_the_base_model_is_a_local_folder_whose_hash_the_checkpoint_records(compose_cfg, tiny_sd, tmp_path):
+    import shutil
+
+    with pytest.raises(ValueError, match="not a local Stable Diffusion folder .* does not contact the Hub"):
+        PaperLoraGenerator("stable-diffusion-v1-5/stable-diffusion-v1-5", torch.optim.AdamW)
+    base = tmp_path / "sd"
+    shutil.copytree(tiny_sd, base)
+    metrics = train_diffusion(compose_cfg("train_diffusion", [*TRAIN, f"model.pretrained={base}",
+                                                              "trainer.max_steps=1", "callbacks.sample_grid.every_n_steps=0"]))  # fmt: skip
+    assert len(torch.load(metrics["checkpoint"], weights_only=True)["fetalgen"]["pretrained_sha256"]) == 64
+    load_generator(metrics["checkpoint"])  # the same base model: loads
+    scheduler = base / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(
+        scheduler.read_text().replace("0.012", "0.02")
+    )  # another base model under the same path
+    with pytest.raises(DataError, match="is not the one these LoRA weights were trained on"):
+        load_generator(metrics["checkpoint"])
