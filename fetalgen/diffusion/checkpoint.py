@@ -19,6 +19,34 @@ from fetalgen.diffusion.module import CHECKPOINT_KEY, EMA_KEY
 from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
 from fetalgen.utils.files import sha256_file
 
+# What a stored UNet config may ask for before anything is built (a crafted width would allocate gigabytes): far
+# above every fetalgen generator (the paper's: 256 px, widths up to 512, 2 layers a block, 2 channels).
+UNET_LIMITS = {"sample_size": 4096, "in_channels": 16, "out_channels": 16, "layers_per_block": 8,
+               "num_class_embeds": 1024, "width": 2048, "levels": 8, "parameters": 2_000_000_000}  # fmt: skip
+
+
+def check_unet_config(config: Any, path: Path) -> None:
+    """Refuse (DataError naming ``path``) a stored UNet config that is not a mapping or asks for sizes beyond
+    :data:`UNET_LIMITS`, before the UNet is built."""
+    if not isinstance(config, dict):
+        raise DataError(path, f"the stored UNet config is not a mapping ({type(config).__name__})")
+    problems = []
+    for key in ("sample_size", "in_channels", "out_channels", "layers_per_block", "num_class_embeds"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, int) and 0 <= value <= UNET_LIMITS[key]):
+            problems.append(f"{key}={value!r} (at most {UNET_LIMITS[key]})")
+    widths = config.get("block_out_channels") or []
+    if not (isinstance(widths, (list, tuple)) and 0 < len(widths) <= UNET_LIMITS["levels"]
+            and all(isinstance(w, int) and 0 < w <= UNET_LIMITS["width"] for w in widths)):  # fmt: skip
+        problems.append(f"block_out_channels={widths!r} (1-{UNET_LIMITS['levels']} widths of at most "
+                        f"{UNET_LIMITS['width']})")  # fmt: skip
+    elif isinstance(config.get("layers_per_block", 2), int):  # a bound on the weights: ~9 w^2 per resnet conv
+        estimate = sum(18 * w * w * (1 + int(config.get("layers_per_block", 2))) for w in widths)
+        if estimate > UNET_LIMITS["parameters"]:
+            problems.append(f"about {estimate:,} parameters (at most {UNET_LIMITS['parameters']:,})")
+    if problems:
+        raise DataError(path, "the stored UNet config is out of bounds: " + "; ".join(problems))
+
 
 def load_generator(
     path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
@@ -59,6 +87,7 @@ def load_generator(
             dict(extra["noise_scheduler_config"]),
             generator_meta(path, record, ckpt, extra, False),
         )
+    check_unet_config(extra.get("unet_config"), path)
     unet = UNet2DModel.from_config(extra["unet_config"])
     prefix = "unet."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -236,6 +236,15 @@ def test_load_generator_rebuilds_the_ema_model_from_the_file_alone(compose_cfg):
     torch.save(ckpt, path.with_name("narrow_ema.ckpt"))
     with pytest.raises(DataError, match=r"narrow_ema.ckpt: \d+ EMA tensors do not fit the UNet: .* vs UNet"):
         load_generator(path.with_name("narrow_ema.ckpt"))
+    ckpt["fetalgen"]["unet_config"] = {
+        **ckpt["fetalgen"]["unet_config"],
+        "block_out_channels": [200000, 200000],
+    }
+    torch.save(ckpt, path.with_name("huge.ckpt"))  # would allocate hundreds of GB before any weight is read
+    with pytest.raises(
+        DataError, match=r"huge.ckpt: the stored UNet config is out of bounds: block_out_channels"
+    ):
+        load_generator(path.with_name("huge.ckpt"))
 
 
 def test_load_generator_rejects_other_files(tmp_path):
