@@ -90,7 +90,7 @@ def test_a_set_is_used_only_with_a_provenance_that_matches_its_files(tmp_path: P
         read_synthetic_provenance(third)
 
 
-def test_edited_training_cases_are_found_against_the_generator_checkpoint(tmp_path: Path) -> None:
+def test_edited_training_cases_are_found_against_the_generator_checkpoint(tmp_path: Path, caplog) -> None:
     import torch
 
     from fetalgen.utils.files import sha256_file
@@ -107,6 +107,12 @@ def test_edited_training_cases_are_found_against_the_generator_checkpoint(tmp_pa
     write_synthetic_provenance(root, generator, SEEN[:1])  # a training case removed by hand, hash redone
     with pytest.raises(UnverifiedSetError, match="training cases differ from those .*gen.ckpt records"):
         read_synthetic_provenance(root)
+    ckpt.rename(tmp_path / "moved.ckpt")  # then the edit cannot be checked: said, not passed in silence
+    with caplog.at_level(logging.WARNING, logger="fetalgen.data.provenance"):
+        read_synthetic_provenance(root)
+    assert (
+        "gen.ckpt is not at its recorded path" in caplog.text and "taken as written, unchecked" in caplog.text
+    )
 
 
 def test_a_held_out_image_is_found_under_any_name_by_its_pixels(tmp_path: Path) -> None:
