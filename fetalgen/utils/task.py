@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from fetalgen.utils.checkpoints import RunRecord
 from fetalgen.utils.errors import USER_ERRORS, traceback_wanted
 from fetalgen.utils.progress import StepProgressBar, refresh_rate
+from fetalgen.utils.quiet import quiet_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> dict[str, Any]:
+        quiet_known_warnings()
         try:
             return task(cfg)
         except USER_ERRORS as err:
