@@ -1,4 +1,5 @@
-"""Progress under a step budget: one bar over the optimizer steps, with the validation metrics on it."""
+"""Progress under a step budget: one bar over the optimizer steps (whole lines outside a terminal), with the
+validation metrics on it."""
 
 import pytest
 
@@ -11,7 +12,8 @@ def test_the_training_bar_counts_steps_of_the_budget_not_batches_of_an_epoch(com
                                    "test_sets=null"])  # fmt: skip
     finetune(cfg)
     out = capsys.readouterr().out
-    assert "step: 100%" in out and "6/6" in out and "val/dice=" in out
+    last = [line for line in out.splitlines() if line.startswith("step ")][-1]
+    assert last.startswith("step 6/6 (100%)") and "val/dice 0." in last  # outside a terminal: whole lines
     assert "Epoch " not in out and "\x1b[A" not in out  # no per-epoch bar, no nested bar's cursor-up codes
 
 
@@ -26,5 +28,18 @@ def test_in_a_pipe_the_bar_redraws_about_fifty_times_a_run(compose_cfg, capsys):
                                    "test_sets=null", "data.num_real=4", "data.num_val=2"])  # fmt: skip
     finetune(cfg)  # pytest's captured output is no terminal
     out = capsys.readouterr().out
-    redraws = out.count("it/s")
-    assert "200/200" in out and redraws <= 70  # 50 updates and the set-up bars; 262 before (each step, twice)
+    steps = [line for line in out.splitlines() if line.startswith("step ")]
+    assert steps[-1].startswith("step 200/200 (100%)") and 45 <= len(steps) <= 55  # 262 redraws before
+    assert "\r" not in out and all(
+        "steps/s" in line and "train/loss" in line for line in steps[1:]
+    )  # whole lines
+
+
+def test_on_a_terminal_it_is_a_bar_elsewhere_lines():
+    from fetalgen.utils.progress import StepProgressBar
+
+    assert not StepProgressBar(lines=False).init_train_tqdm().disable
+    assert (
+        StepProgressBar(lines=True).init_train_tqdm().disable
+        and StepProgressBar(lines=True).init_sanity_tqdm().disable
+    )
