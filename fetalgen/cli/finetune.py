@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> float | None:
     from fetalgen.segmentation.finetune import finetune
 
     metrics = run(finetune, cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    # A run that trains nothing (arm=zero_shot) has no validation metric for a sweeper to optimise.
+    return metric_value(metrics, cfg.get("optimized_metric") if cfg.get("train", True) else None)
 
 
 if __name__ == "__main__":
