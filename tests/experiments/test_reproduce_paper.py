@@ -44,7 +44,9 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     done = _run(tmp_path, env, "--preset", "smoke", "--out", str(tmp_path / "out"), "--results", str(results))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Spanish cohort ABSENT" in done.stdout and "Training on HC18 alone" in done.stdout
-    assert "Some runs failed" not in done.stdout  # the zero-shot sweep failed after writing its metrics, unnoticed
+    assert (
+        "Some runs failed" not in done.stdout
+    )  # the zero-shot sweep failed after writing its metrics, unnoticed
     table = pd.read_csv(results / "table.csv")
     assert sorted(table["arm"]) == [
         "matched[conditioned]", "real", "reference", "strong", "synthetic[conditioned]", "weak", "zero_shot"
