@@ -24,7 +24,7 @@ def floors() -> dict[str, tuple[int, ...]]:
     found = {}
     for dep in deps:
         name, version = re.fullmatch(
-            r"([A-Za-z0-9_.-]+)(?:>=|==)([0-9.]+)", dep.split(";")[0].strip()
+            r"([A-Za-z0-9_.-]+)(?:>=|==)([0-9.]+)(?:,<[0-9.]+)?", dep.split(";")[0].strip()
         ).groups()
         found[name] = tuple(int(v) for v in version.split("."))
     return found

@@ -25,7 +25,6 @@ from fetalgen.utils.files import write_json
 from fetalgen.utils.task import (
     build_trainer,
     is_rank_zero,
-    log_final_metrics,
     output_dir,
     resolve_device,
     resume_checkpoint,
@@ -122,11 +121,12 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         info={"checkpoint": best or "last weights"},
     )
     log_evaluation(loggers, output_dir(cfg) / "eval", test_metrics, step=trainer.global_step)
-    if "val/dice" in metrics:  # the best checkpoint's, not the last validation's
-        log_final_metrics(loggers, {"val/dice_best": metrics["val/dice"]}, step=trainer.global_step)
+    if "val/dice" in metrics:  # W&B's summary: the best checkpoint's, not the last validation's
         for lg in loggers:
             if isinstance(lg, WandbLogger):
-                lg.experiment.summary["val/dice"] = metrics["val/dice"]
+                lg.experiment.summary.update(
+                    {"val/dice": metrics["val/dice"], "val/dice_best": metrics["val/dice"]}
+                )
     metrics |= test_metrics
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics

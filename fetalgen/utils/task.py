@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -13,8 +12,6 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.accelerators import CPUAccelerator
@@ -29,44 +26,7 @@ from fetalgen.utils.quiet import quiet_known_warnings
 log = logging.getLogger(__name__)
 
 
-def _multirun() -> HydraConfig | None:
-    """Hydra's config of the running job when it is part of a multirun, else None."""
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
-
-
-def sweep_group(default: str) -> str:
-    """``<default>-<sweep dir name>`` inside a multirun (so W&B groups the runs of one sweep), else ``default``."""
-    hydra_cfg = _multirun()
-    return f"{default}-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg else default
-
-
-def run_name(default: str) -> str:
-    """The job's overrides (``data.num_real=5,seed=0``) inside a multirun, else ``default``; a value that is a path
-    is named by its last part (no absolute paths in a dashboard)."""
-    hydra_cfg = _multirun()
-    if not hydra_cfg:
-        return default
-    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
-    parts = []
-    for item in sorted(hydra_cfg.overrides.task):
-        key, sep, value = str(item).partition("=")
-        if key.lstrip("+~") in excluded:
-            continue
-        parts.append(f"{key}{sep}{Path(value).name if '/' in value else value}")
-    return ",".join(parts) or default
-
-
-def run_id(output_dir: str) -> str:
-    """A W&B run id from the run folder: the same folder (a requeued job) gives the same id."""
-    return "fg-" + hashlib.sha256(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
-
-
-OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)
-OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+from fetalgen.utils.run_names import run_id, run_name, sweep_group  # noqa: E402,F401  (registers the resolvers)
 
 
 def log_final_metrics(loggers: list[Logger], metrics: dict[str, Any], step: int = 0) -> None:
