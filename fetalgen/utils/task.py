@@ -18,15 +18,13 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from fetalgen.utils import run_names  # noqa: F401  (registers the run-name resolvers the logger configs use)
 from fetalgen.utils.checkpoints import RunRecord
 from fetalgen.utils.errors import USER_ERRORS, traceback_wanted
 from fetalgen.utils.progress import StepProgressBar, refresh_rate
 from fetalgen.utils.quiet import quiet_known_warnings
 
 log = logging.getLogger(__name__)
-
-
-from fetalgen.utils.run_names import run_id, run_name, sweep_group  # noqa: E402,F401  (registers the resolvers)
 
 
 def log_final_metrics(loggers: list[Logger], metrics: dict[str, Any], step: int = 0) -> None:
@@ -53,15 +51,12 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
         quiet_known_warnings()
         try:
             return task(cfg)
-        except USER_ERRORS as err:
-            if traceback_wanted():
-                log.exception("Task failed; output dir: %s", cfg.paths.get("output_dir", "?"))
-            else:  # a user's mistake: its message says what to fix
-                log.error("%s\n(output dir: %s; HYDRA_FULL_ERROR=1 shows the traceback)", err,
-                          cfg.paths.get("output_dir", "?"))  # fmt: skip
-            raise
-        except Exception:
-            log.exception("Task failed; output dir: %s", cfg.paths.get("output_dir", "?"))
+        except Exception as err:
+            out = cfg.paths.get("output_dir", "?")
+            if isinstance(err, USER_ERRORS) and not traceback_wanted():  # its message says what to fix
+                log.error("%s\n(output dir: %s; HYDRA_FULL_ERROR=1 shows the traceback)", err, out)
+            else:
+                log.exception("Task failed; output dir: %s", out)
             raise
         finally:
             close_wandb()
