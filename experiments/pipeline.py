@@ -14,6 +14,7 @@ ENTRY_POINTS = {
     "fetalgen-train-diffusion": "fetalgen.cli.train_diffusion",
     "fetalgen-sample": "fetalgen.cli.sample",
     "fetalgen-finetune": "fetalgen.cli.finetune",
+    "fetalgen-pseudo-label": "fetalgen.cli.pseudo_label",
     "fetalgen-export": "fetalgen.cli.export",
     "fetalgen-predict": "fetalgen.cli.predict",
 }

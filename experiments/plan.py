@@ -44,11 +44,13 @@ def experiment(name: str, task: str) -> Any:
 
 def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], matched: list[int],
          matched_seeds: list[int], reference: bool, cohorts: list[str], test_sets: list[str],
-         variants: list[str] = ("main",), zero_shot: bool = False) -> list[Work]:  # fmt: skip
+         variants: list[str] = ("main",), zero_shot: bool = False, pseudo: list[tuple[int, str]] = (),
+         pseudo_labelled: int = 0) -> list[Work]:  # fmt: skip
     """The work of a reproduction: ``cohorts`` the training cohorts, ``test_sets`` the extra test sets present
     (:data:`TEST_SETS`), ``variants`` the generator recipes compared (the first the main one: the others get the
     paper arm at the smallest N_real), ``zero_shot`` whether the pretrained model is evaluated as it comes (one run
-    per seed, no training step); the other arguments as ``reproduce_paper.main`` settles them."""
+    per seed, no training step), ``pseudo`` the self-training runs ``(N_real, arm)`` and ``pseudo_labelled`` the pool
+    images their teachers label; the other arguments as ``reproduce_paper.main`` settles them."""
     diffusion, finetune = (
         experiment(preset.experiment, "diffusion"),
         experiment(preset.experiment, "finetune"),
@@ -63,12 +65,13 @@ def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], ma
     runs += [(n, arm) for n in matched for arm in matched_arms for _ in matched_seeds]
     if reference:
         runs += [(int(diffusion.data.num_real), "reference")] * len(seeds)
+    runs += list(pseudo)
     views = int(finetune.data.get("augment_views") or 1)
     encoded = 0
     for n, arm in runs:
         synthetic = (
-            preset.n_synthetic if arm in ("synthetic", "matched", "filtered") else 0
-        )  # every pair that passed QC, at most
+            preset.n_synthetic if arm in ("synthetic", "matched", "filtered", "synthetic_pseudo") else 0
+        )  # every pair that passed QC, at most (and every kept pseudo-label, counted with the teachers below)
         augmented = views if arm in ("weak", "strong") else 1
         held_out = (
             int(finetune.data.num_val) + int(finetune.data.num_test) + sum(TEST_SETS[t] for t in test_sets)
@@ -76,7 +79,7 @@ def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], ma
         encoded += (n + synthetic) * augmented + held_out
     held_out = int(finetune.data.num_val) + int(finetune.data.num_test) + sum(TEST_SETS[t] for t in test_sets)
     evaluated_only = len(seeds) if zero_shot else 0
-    encoded += evaluated_only * held_out
+    encoded += evaluated_only * held_out + pseudo_labelled
     decoder_batch = int(finetune.data.batch_size)
     return [
         Work(f"diffusion training ({generators} generators x {int(diffusion.trainer.max_steps)} steps, {unet} px)",

@@ -10,7 +10,9 @@ made leak-free, budget-fair and label-counted.
    (:data:`GENERATORS`): the first is the preset's own; the others get the paper arm at the smallest N_real;
 3. fine-tune SAM for each training cohort and N_real in the arms (real only; + the paper generator's pairs;
    + the label-matched generator's pairs; weak and strong augmentation), over the seeds, every arm with the
-   same number of optimizer steps; plus the label-budget reference (real only on the generator's 60 pairs);
+   same number of optimizer steps; plus the label-budget reference (real only on the generator's 60 pairs) and
+   self-training (each real-arm model pseudo-labels unlabelled pool images, fetalgen-pseudo-label; the kept masks
+   train the ``pseudo`` arm, and with the paper arm's pairs the ``synthetic_pseudo`` arm);
 4. evaluate every run on the test sets with box-jitter repetitions, beside the box-ellipse baseline;
 5. write results/: the paired comparison with 95 % bootstrap CIs, the labels behind each arm, the published
    figures beside ours, and the chart.
@@ -109,6 +111,11 @@ class Preset:
     zero_shot: bool = (
         False  # the pretrained model as it comes, on the same test sets and boxes (arm=zero_shot)
     )
+    pseudo_arms: tuple[
+        str, ...
+    ] = ()  # self-training: pseudo, synthetic_pseudo (teachers: the real arm's runs)
+    pseudo_num_real: tuple[int, ...] = ()  # their N_real (each a real-arm N_real of the main sweep)
+    unlabelled: str = "all"  # pool images each teacher labels (data.unlabelled: a number or all)
 
 
 PAPER_LISTS = "${paths.paper_lists_dir}"
@@ -120,12 +127,14 @@ PRESETS = {
     ),
     # 2 CPU cores: LiteMedSAM (pretrained, decoder fine-tuned on cached embeddings at 256 px), 3 seeds, N_real 5, 20,
     # 50; the arms zero-shot, real and synthetic (weak/strong: --arms), the label-matched arm at N_real=5 and the
-    # label-budget reference; one generator recipe, the preset's own (others: --generators), whose 32 px images
-    # SAM reads upsampled to 256 px until the next generator. Cost: docs/results.md.
+    # label-budget reference, self-training at N_real=5 (each real-arm model labels 200 unlabelled pool images:
+    # pseudo, and synthetic_pseudo with the paper arm's pairs); one generator recipe, the preset's own (others:
+    # --generators), whose 32 px images SAM reads upsampled to 256 px until the next generator. Cost: docs/results.md.
     "cpu": Preset(
         "cpu", (5, 20, 50), (0, 1, 2), 100, 20, needs_weights=False, split=("num_val=20", "num_test=100"),
         matched_num_real=(5,), arms=("real", "synthetic"), matched_arms=("matched",), zero_shot=True,
-        generators=("conditioned",),
+        generators=("conditioned",), pseudo_arms=("pseudo", "synthetic_pseudo"), pseudo_num_real=(5,),
+        unlabelled="200",
         sample=("fidelity/features=sam_tiny",),  # the judge's features on LiteMedSAM: not yet (issue 27)
     ),
     # PRESET=paper rehearsed on a CPU with random weights: the paper's lists, 256 px UNet, ViT-B at 1024 px with
@@ -146,7 +155,8 @@ PRESETS = {
     # A shrunken run of every step for the tests (minutes): few steps, one N_real, no W&B; LiteMedSAM as in cpu.
     "smoke": Preset(
         "cpu", (3,), (0,), 6, 4, needs_weights=False, split=("num_val=4", "num_test=8"),
-        matched_num_real=(3,), logger="csv", zero_shot=True,
+        matched_num_real=(3,), logger="csv", zero_shot=True, pseudo_arms=("pseudo", "synthetic_pseudo"),
+        pseudo_num_real=(3,), unlabelled="6",
         diffusion=("trainer.max_steps=10", "callbacks.sample_grid.every_n_steps=0"),
         sample=("fidelity/features=sam_tiny", "fidelity.segmenter_steps=20"),
         finetune=("trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=2",
@@ -226,7 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated extra arms to leave out: matched, reference, zero_shot (default: none)",
+        help="comma-separated extra arms to leave out: matched, reference, zero_shot, pseudo (default: none)",
     )
     parser.add_argument("--generators", default=None,
                         help=f"comma-separated generator recipes to compare, the first the main one "
@@ -268,11 +278,15 @@ def dry_run(args: argparse.Namespace, preset: Preset) -> None:
     matched_seeds = [s for s in (preset.matched_seeds or seeds) if s in seeds]
     cohorts = ["hc18", "spanish"] if args.preset == "paper" else ["hc18"]
     test_sets = ["spanish", "african"] if args.preset == "paper" else []
+    pseudo_n = [] if "pseudo" in skip else list(preset.pseudo_num_real)
+    pseudo = [(n, arm) for n in pseudo_n for arm in preset.pseudo_arms for _ in seeds]
+    teachers = len(pseudo_n) * len(seeds) if preset.pseudo_arms else 0
     print(f"reproduce-paper {args.preset}: cohorts {', '.join(cohorts)}, N_real {chosen_num_real(args, preset)}, arms "
           f"{arms}, seeds {seeds} (as if every cohort were present and every N_real fit the pool)")  # fmt: skip
     work = plan(preset, chosen_num_real(args, preset), seeds, arms, matched, matched_seeds, "reference" not in skip,
                 cohorts, test_sets, chosen_generators(args, preset),
-                zero_shot=preset.zero_shot and "zero_shot" not in skip)  # fmt: skip
+                zero_shot=preset.zero_shot and "zero_shot" not in skip, pseudo=pseudo,
+                pseudo_labelled=teachers * (int(preset.unlabelled) if preset.unlabelled.isdigit() else 0))  # fmt: skip
     print(format_plan(work, args.gpu_figures))
 
 
@@ -298,6 +312,19 @@ def synthetic_done(root: Path) -> bool:
     return (root / "summary.json").is_file()
 
 
+def teacher_checkpoint(sweep: Path, num_real: int, seed: int) -> Path:
+    """The best checkpoint of the real arm's run at ``num_real`` and ``seed`` in the sweep folder ``sweep``: the
+    teacher of the self-training arms (it saw exactly their labelled pairs)."""
+    from fetalgen.report.aggregate import collect_runs
+
+    runs = collect_runs(sweep)
+    run = runs[(runs["arm"] == "real") & (runs["data.num_real"] == num_real) & (runs["seed"] == seed)]
+    best = sorted(Path(run["run_dir"].iloc[0]).glob("checkpoints/best_*.ckpt")) if len(run) else []
+    if not best:
+        raise StepFailed(f"no real-arm checkpoint at N_real={num_real}, seed={seed} in {sweep}: no teacher")
+    return best[0]
+
+
 def use_the_model(out: Path, split: Path, hc18: Path, logs: Path, common: list[str]) -> None:
     """Export the first run's best checkpoint and predict two of the split's test images with it."""
     best = sorted((out / "sweep").rglob("best_*.ckpt"))[0]
@@ -313,6 +340,61 @@ def use_the_model(out: Path, split: Path, hc18: Path, logs: Path, common: list[s
     run_step("use the model: predict", "fetalgen-predict",
              [f"ckpt_path={best}", f"images.root={images}", "device=cpu", f"hydra.run.dir={out / 'predict'}",
               "progress=false", *common], logs)  # fmt: skip
+
+
+def self_training(
+    out: Path,
+    preset: Preset,
+    num_real: list[int],
+    seeds: list[int],
+    split: Path,
+    synthetic: Path,
+    variant: str,
+    logs: Path,
+    common: list[str],
+    extra: str,
+) -> list[str]:
+    """The self-training arms: each real-arm run (N_real, seed) labels ``preset.unlabelled`` pool images, then
+    ``pseudo`` (+ its kept masks) and ``synthetic_pseudo`` (+ the paper arm's pairs too) fine-tune at the same step
+    budget. Returns the sweeps that failed."""
+    teachers = out / "sweep" / "hc18" / "arms"
+    for n in num_real:
+        for seed in seeds:
+            labelled = out / "pseudo" / f"n{n}_seed{seed}"
+            try:
+                ckpt = teacher_checkpoint(teachers, n, seed)
+            except StepFailed as err:
+                print(f"    {err}", flush=True)
+                return ["hc18/pseudo"]
+            run_step(
+                f"3-4/5 self-training: the real arm (N_real={n}, seed {seed}) labels {preset.unlabelled} pool images",
+                "fetalgen-pseudo-label",
+                [f"ckpt_path={ckpt}", "data=hc18", f"data.split_file={split}", f"data.num_real={n}", f"seed={seed}",
+                 f"data.unlabelled={preset.unlabelled}", f"out={labelled}",
+                 f"hydra.run.dir={out / 'pseudo-run' / labelled.name}", *common],
+                logs, done=lambda root=labelled: synthetic_done(root),
+            )  # fmt: skip
+    pseudo_dir = f"{out / 'pseudo'}/n${{data.num_real}}_seed${{seed}}"
+    sets = {"pseudo": pseudo_dir, "synthetic_pseudo": f"[{synthetic},{pseudo_dir}]"}
+    failed = []
+    for arm in preset.pseudo_arms:
+        overrides = ["data=hc18", f"data.split_file={split}", f"data.num_real={','.join(map(str, num_real))}",
+                     f"arm={arm}", f"seed={','.join(map(str, seeds))}", f"data.synthetic_dir={sets[arm]}"]  # fmt: skip
+        if arm == "synthetic_pseudo":
+            overrides.append(f"generator_recipe={variant}")
+        name = f"hc18/{arm.replace('_', '-')}"
+        try:
+            run_step(
+                f"3-4/5 fine-tune and evaluate SAM, {name}: N_real x seeds, equal step budgets",
+                "fetalgen-finetune",
+                ["-m", f"experiment={preset.experiment}/finetune", *overrides, f"logger={preset.logger}",
+                 f"hydra.sweep.dir={out / 'sweep' / name}", *preset.finetune, *shlex.split(extra), *common],
+                logs, done=partial(sweep_done, out / "sweep" / name, overrides),
+            )  # fmt: skip
+        except StepFailed as err:
+            failed.append(name)
+            print(f"    some runs failed: {str(err).splitlines()[0]}", flush=True)
+    return failed
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -455,6 +537,10 @@ def main(argv: list[str] | None = None) -> Path:
         except StepFailed as err:  # a failed job does not stop the others; the results list it
             failed_sweeps.append(name)
             print(f"    some runs failed: {str(err).splitlines()[0]}", flush=True)
+    pseudo_n = [n for n in preset.pseudo_num_real if n in num_real] if "pseudo" not in skip else []
+    if pseudo_n and preset.pseudo_arms:
+        failed_sweeps += self_training(out, preset, pseudo_n, seeds, splits["hc18"], synthetic / main_variant,
+                                       main_variant, logs, common, args.finetune_overrides)  # fmt: skip
     if preset.use_the_model:
         use_the_model(out, splits["hc18"], found.hc18, logs, common)
     print("==> 5/5 results", flush=True)

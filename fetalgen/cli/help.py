@@ -19,6 +19,7 @@ COMMANDS = [
     ("fetalgen-train-diffusion", "train_diffusion"),
     ("fetalgen-sample", "sample"),
     ("fetalgen-finetune", "finetune"),
+    ("fetalgen-pseudo-label", "pseudo_label"),
     ("fetalgen-evaluate", "evaluate"),
     ("fetalgen-predict", "predict"),
     ("fetalgen-export", "export"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,12 +13,20 @@ from fetalgen.data.cases import Case
 from fetalgen.data.dataset import PairDataset, seed_worker
 from fetalgen.data.hc18 import trimester_from_hc
 from fetalgen.data.order import EpochShuffle, ResumableLoader
-from fetalgen.data.provenance import Record, check_no_leak, read_synthetic_provenance
-from fetalgen.data.splits import holdout_split, read_split_file, select_cases, split_by_subject
+from fetalgen.data.provenance import Record, case_records, check_no_leak, read_synthetic_provenance
+from fetalgen.data.splits import (
+    holdout_split,
+    read_case_list,
+    read_split_file,
+    select_cases,
+    split_by_subject,
+)
 from fetalgen.data.synthetic import read_synthetic
 from fetalgen.utils.seeds import seeded_rng, torch_generator
 
 log = logging.getLogger(__name__)
+
+NO_MASK = Path("<unlabelled: no mask>")  # the mask path of an unlabelled image: reading it fails, naming why
 
 
 def choose_subjects(cases: list[Case], n: int, seed: int) -> list[Case]:
@@ -68,7 +77,8 @@ class PairDataModule(pl.LightningDataModule):
         augment: ``none``, ``weak`` or ``strong`` (training only).
         augment_views: with augmentation, ``K`` seeded views per training pair instead of a fresh draw every
             time (:class:`~fetalgen.data.dataset.PairDataset` ``views``): what an embedding cache can reuse.
-        synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` (QC-failed pairs are excluded). Its
+        synthetic_dir: a synthetic dataset written by ``fetalgen-sample`` or ``fetalgen-pseudo-label``, or a list
+            of them (their pairs pooled; QC-failed and unkept pairs are excluded). Its
             ``provenance.json`` must match its files and show that its generator never saw a validation or test
             case or subject (else :class:`~fetalgen.data.provenance.LeakageError`); a set without one, or with one
             that does not match, is refused (:class:`~fetalgen.data.provenance.UnverifiedSetError`).
@@ -88,6 +98,12 @@ class PairDataModule(pl.LightningDataModule):
             ``synthetic_counts["below_agreement"]``); ``None``: no agreement filter.
         allow_unverified_synthetic: use a synthetic set whose provenance is missing or does not match its files
             (a loud warning; leakage through its generator is then not ruled out).
+        unlabelled: images used *without* their masks (``unlabelled_cases``: the pseudo-labeller's and an image
+            model's pool): a number (chosen by ``seed``), ``"all"``, or ``None`` (none). They come from the training
+            pool left over once the labelled pairs are chosen, or from ``unlabelled_list``.
+        unlabelled_list: a case list (one name a line) naming the unlabelled images among ``source`` instead; a
+            validation or test image or subject among them is refused (:class:`~fetalgen.data.provenance.
+            LeakageError`), a labelled one left out.
 
     Batches are dicts as in :class:`~fetalgen.data.dataset.PairDataset`.
     """
@@ -103,7 +119,7 @@ class PairDataModule(pl.LightningDataModule):
         seed: int = 0,
         augment: str = "none",
         augment_views: int | None = None,
-        synthetic_dir: str | Path | None = None,
+        synthetic_dir: str | Path | list[str | Path] | None = None,
         synthetic_ratio: float = 0.0,
         num_synthetic: int | str | None = None,
         batch_size: int = 8,
@@ -115,6 +131,8 @@ class PairDataModule(pl.LightningDataModule):
         mask_regions: str = "raise",
         allow_unverified_synthetic: bool = False,
         min_agreement: float | None = None,
+        unlabelled: int | str | None = None,
+        unlabelled_list: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.min_agreement = None if min_agreement is None else float(min_agreement)
@@ -142,6 +160,7 @@ class PairDataModule(pl.LightningDataModule):
             self.train_cases = train if num_real == len(train) else choose(train, num_real, self.seed)
             self.val_cases = select_cases(source, lists["val"], split_file)
             self.test_cases = select_cases(source, lists["test"], split_file)
+            pool = train
         else:
             # Test and val first, train from the rest: changing num_real leaves val/test unchanged.
             parts = holdout_split(source, num_val, num_test, self.seed)
@@ -152,12 +171,16 @@ class PairDataModule(pl.LightningDataModule):
                 )
             self.train_cases = choose(parts["train"], num_real, self.seed)
             self.val_cases, self.test_cases = parts["val"], parts["test"]
+            pool = parts["train"]
             if num_test and load_holdout:
                 log.warning(
                     "no data.split_file: the validation and test cases are drawn with seed=%d, so runs of other "
                     "seeds are tested on other images (a seed sweep is then no paired comparison); split once with "
                     "fetalgen-split and give its folder as data.split_file", self.seed,
                 )  # fmt: skip
+        if unlabelled_list is not None:
+            pool = select_cases(source, read_case_list(unlabelled_list), unlabelled_list)
+        self.unlabelled_cases = self._choose_unlabelled(pool, unlabelled, unlabelled_list)
         if not load_holdout:
             self.val_cases, self.test_cases = [], []
         self.generator_cases: list[Record] | None = None  # what the synthetic pairs' generator saw
@@ -168,8 +191,32 @@ class PairDataModule(pl.LightningDataModule):
         self.val_set: PairDataset | None = None
         self.test_set: PairDataset | None = None
 
+    def _choose_unlabelled(
+        self, pool: list[Case], wanted: int | str | None, listed: str | Path | None
+    ) -> list[Case]:
+        """Pool images that are not labelled training pairs, their masks (and reference HC) stripped, checked
+        against the held-out cases like any training image."""
+        if wanted is None:
+            return []
+        labelled = {c.name for c in self.train_cases}
+        rest = [replace(c, mask_path=NO_MASK, hc_mm=None) for c in pool if c.name not in labelled]
+        if wanted != "all":
+            if not (isinstance(wanted, int) and wanted >= 0):
+                raise ValueError(f"data.unlabelled must be a number >= 0, 'all' or null, got {wanted!r}")
+            if wanted > len(rest):
+                raise ValueError(f"data.unlabelled={wanted} but the pool holds {len(rest)} unlabelled images")
+            rng = seeded_rng(self.seed, 2)
+            rest = sorted((rest[i] for i in rng.permutation(len(rest))[:wanted]), key=lambda c: c.name)
+        check_no_leak(
+            case_records(rest, labelled=False),
+            {"validation": self.val_cases, "test": self.test_cases},
+            model=f"a model given its unlabelled images ({listed or 'the training pool'})",
+            fix="take unlabelled images from the training pool only (leave data.unlabelled_list unset)",
+        )
+        return rest
+
     def _choose_synthetic(
-        self, root: str | Path | None, ratio: float, num: int | str | None, num_real: int
+        self, root: str | Path | list[str | Path] | None, ratio: float, num: int | str | None, num_real: int
     ) -> tuple[list[Case], dict[str, int]]:
         wanted = None if num == "all" else int(num) if num is not None else int(round(ratio * num_real))
         if wanted is not None and wanted < 0:
@@ -191,10 +238,7 @@ class PairDataModule(pl.LightningDataModule):
                 "below_agreement": 0,
                 "used": 0,
             }
-        self._check_generator(root)
-        cases, counts = read_synthetic(
-            root, include_memorised=self.keep_memorised, min_agreement=self.min_agreement
-        )
+        cases, counts = self._read_sets([root] if isinstance(root, (str, Path)) else list(root))
         counts["memorised_excluded"] = 0 if self.keep_memorised else counts["memorised"]
         if self.keep_memorised and counts["memorised"]:
             log.warning(
@@ -214,14 +258,29 @@ class PairDataModule(pl.LightningDataModule):
         chosen = sorted((cases[i] for i in rng.permutation(len(cases))[:wanted]), key=lambda c: c.name)
         return chosen, {**counts, "used": len(chosen)}
 
+    def _read_sets(self, roots: list[str | Path]) -> tuple[list[Case], dict[str, int]]:
+        """The usable pairs of one or more sets (a synthetic and a pseudo-labelled one), their counts summed."""
+        cases: list[Case] = []
+        counts: dict[str, int] = {}
+        for root in roots:
+            self._check_generator(root)
+            found, found_counts = read_synthetic(
+                root, include_memorised=self.keep_memorised, min_agreement=self.min_agreement
+            )
+            if clash := {c.name for c in found} & {c.name for c in cases}:
+                raise ValueError(f"{root} holds pairs named as another set's ({sorted(clash)[0]}, ...)")
+            cases += found
+            counts = {k: counts.get(k, 0) + v for k, v in found_counts.items()}
+        return cases, counts
+
     def _check_generator(self, root: str | Path) -> None:
         """Refuse a synthetic set whose generator saw a validation or test case (or subject) of this split."""
         provenance = read_synthetic_provenance(root, self.allow_unverified_synthetic)
         if provenance is None:
             return
-        self.generator_cases = provenance["training_cases"]
+        self.generator_cases = (self.generator_cases or []) + provenance["training_cases"]
         check_no_leak(
-            self.generator_cases,
+            provenance["training_cases"],
             {"validation": self.val_cases, "test": self.test_cases},
             model=f"the generator of the synthetic set {root}",
             fix="split once (fetalgen-split) and give the same data.split_file to fetalgen-train-diffusion "

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 TRAINING_CASES = "training_cases.csv"
 PROVENANCE = "provenance.json"
-FIELDS = ("name", "subject", "cohort", "image_path", "mask_path", "pixel_size_mm", "fingerprint")
+FIELDS = ("name", "subject", "cohort", "image_path", "mask_path", "pixel_size_mm", "fingerprint", "labelled")
+UNLABELLED = "no"  # the ``labelled`` field of an image seen without its mask (older records: labelled)
 
 Record = dict[str, str]
 
@@ -36,15 +37,31 @@ class LeakageError(ValueError):
     """A held-out case (or its subject) was seen in training by a model in the evaluated lineage."""
 
 
-def case_records(cases: Iterable[Case]) -> list[Record]:
+def case_records(cases: Iterable[Case], labelled: bool = True) -> list[Record]:
     """Plain records of cases (:data:`FIELDS`, all strings; JSON- and CSV-safe), each with its image's
-    fingerprint (the image is read; an unreadable one gets none)."""
+    fingerprint (the image is read; an unreadable one gets none). ``labelled=False``: images a model saw without
+    their masks (the unlabelled pool); no mask path is recorded."""
     return [
         {"name": c.name, "subject": c.subject, "cohort": c.cohort, "image_path": str(c.image_path),
-         "mask_path": str(c.mask_path), "pixel_size_mm": "" if c.pixel_size_mm is None else str(c.pixel_size_mm),
-         "fingerprint": _fingerprint_text(c.image_path)}
+         "mask_path": str(c.mask_path) if labelled else "",
+         "pixel_size_mm": "" if c.pixel_size_mm is None else str(c.pixel_size_mm),
+         "fingerprint": _fingerprint_text(c.image_path), "labelled": "yes" if labelled else UNLABELLED}
         for c in cases
     ]  # fmt: skip
+
+
+def is_labelled(record: Record) -> bool:
+    """Whether a record's mask was seen (records of older fetalgen versions, without the field, were)."""
+    return record.get("labelled", "yes") != UNLABELLED
+
+
+def label_counts(records: Iterable[Record]) -> dict[str, int]:
+    """Distinct labelled masks and unlabelled images among ``records`` (by name; an image seen both ways counts
+    as labelled): the two numbers every table reports."""
+    labelled, unlabelled = set(), set()
+    for record in records:
+        (labelled if is_labelled(record) else unlabelled).add(record["name"])
+    return {"labelled": len(labelled), "unlabelled": len(unlabelled - labelled)}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -164,10 +181,14 @@ def verify_synthetic_provenance(root: Path, data: Mapping[str, Any]) -> None:
         )
     checkpoint = Path(str(generator.get("checkpoint", "")))
     if checkpoint.is_file() and sha256_file(checkpoint) == generator.get("sha256"):
-        listed = {r["name"] for r in (read_run_checkpoint(checkpoint, "diffusion").provenance or {}).get(
+        # The checkpoint's task: a generator's, or a fine-tuned SAM's for a pseudo-labelled set (whose provenance
+        # adds the unlabelled images it labelled). Listing more than the checkpoint is safe; leaving one out is not.
+        task = generator.get("task", "diffusion")
+        listed = {r["name"] for r in (read_run_checkpoint(checkpoint, task).provenance or {}).get(
             "training_cases", [])}  # fmt: skip
-        if listed != {r["name"] for r in data["training_cases"]}:
-            raise UnverifiedSetError(path, f"its training cases differ from those {checkpoint} records")
+        if missing := listed - {r["name"] for r in data["training_cases"]}:
+            raise UnverifiedSetError(path, f"it leaves out {len(missing)} of the training cases {checkpoint} "
+                                           f"records (e.g. {sorted(missing)[0]})")  # fmt: skip
     else:  # what the generator trained on can only be taken from provenance.json as written
         log.warning("%s: its generator checkpoint %s is not at its recorded path with its recorded hash, so the "
                     "training cases it lists are taken as written, unchecked; keep the checkpoint there (or "

@@ -53,6 +53,7 @@ class ManifestEntry:
         feature_similarity: highest feature-space cosine similarity to a training image, mirror included
             (:mod:`fetalgen.metrics.fidelity`); None until judged.
         nearest_train: the name of that training image.
+        source: the image a pseudo-label was drawn for (``mode`` ``pseudo_label``); None for a generated pair.
     """
 
     index: int
@@ -75,6 +76,7 @@ class ManifestEntry:
     pair_agreement: float | None = None
     feature_similarity: float | None = None
     nearest_train: str | None = None
+    source: str | None = None
 
     def to_json(self) -> str:
         """One manifest line, standard JSON (a NaN figure, e.g. a failed fit in ``qc``, is null)."""

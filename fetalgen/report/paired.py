@@ -133,10 +133,11 @@ def paired_comparison(
                     "diff_budget_high": hi,
                     "diff_budget_seeds": k,
                 }
-            for key in ("labels/sam", "labels/generator", "labels/total", "train/steps", "data/num_synthetic",
-                        "data/synthetic_memorised_excluded"):  # fmt: skip
+            for key in ("labels/sam", "labels/generator", "labels/total", "unlabelled/total", "train/steps",
+                        "data/num_synthetic", "data/synthetic_memorised_excluded"):  # fmt: skip
                 if key in group.columns:
-                    row[key.split("/", 1)[1] if key.startswith("labels") else key] = group[key].mean()
+                    name = key.split("/", 1)[1] if key.startswith("labels") else key.replace("/total", "")
+                    row[name] = group[key].mean()
             rows.append(row)
         first = part.drop_duplicates("seed")
         base = score_matrix(first, test_set, method="box_ellipse")
@@ -217,6 +218,8 @@ def paired_table(comparison: pd.DataFrame) -> pd.DataFrame:
                 format_ci(r[key], r[f"{key}_low"], r[f"{key}_high"], signed=True)
                 for _, r in comparison.iterrows()
             ]
+    if "unlabelled" in comparison.columns:  # images seen without masks (the pseudo-labeller's pool)
+        out["unlabelled images"] = comparison["unlabelled"].map(lambda v: "–" if pd.isna(v) else f"{v:.0f}")
     if "label_equivalence" in comparison.columns:
         out["worth real labels"] = comparison["label_equivalence"]
     if "train/steps" in comparison.columns:

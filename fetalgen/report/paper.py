@@ -112,7 +112,9 @@ def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
         "Arms: `real` (real pairs only), `synthetic` (+ every usable pair of the generator trained on the "
         "paper's 60 pairs), `matched` (+ pairs of a generator trained on exactly the N_real pairs SAM sees), "
         "`filtered` (matched, without the pairs whose judged image-mask agreement is below `data.min_agreement`), "
-        "`weak`/`strong` (augmentation), `reference` (real only, on every label the paper's generator saw); "
+        "`weak`/`strong` (augmentation), `reference` (real only, on every label the paper's generator saw), "
+        "`pseudo` (+ the unlabelled pool images the real arm's model labelled with the automatic prompt, confident "
+        "masks kept), `synthetic_pseudo` (both sets); "
         "`[name]`: the generator recipe behind the pairs. Worth real labels: the real-only N_real whose Dice the "
         "arm matches, interpolated on the real-only curve (real arm and reference).",
         "",
@@ -128,7 +130,8 @@ def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
             "",
             "Δ: the arm minus the real-only arm at the same N_real (or minus the label-budget reference), "
             "image by image on the same seeds; a CI that excludes 0 is a difference the data support. Labels: "
-            "labelled real pairs SAM saw / the generator saw / both together.",
+            "labelled real pairs SAM saw / the generator (or pseudo-labeller) saw / both together; unlabelled "
+            "images: pool images seen without their masks.",
             "",
             markdown_table(paired_table(comparison)),
         ]

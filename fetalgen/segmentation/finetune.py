@@ -15,7 +15,14 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from fetalgen.data.provenance import TRAINING_CASES, case_records, check_no_leak, write_training_cases
+from fetalgen.data.provenance import (
+    TRAINING_CASES,
+    case_records,
+    check_no_leak,
+    is_labelled,
+    label_counts,
+    write_training_cases,
+)
 from fetalgen.data.sources import EvalSet, load_eval_set, source_root
 from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
@@ -93,8 +100,9 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     trainer, loggers = build_trainer(cfg, "finetune", provenance)
     for lg in loggers:
         lg.log_hyperparams(counts)
-    if cfg.data.get("synthetic_dir"):
-        log_synthetic_set(loggers, Path(cfg.data.synthetic_dir))
+    sets = cfg.data.get("synthetic_dir")
+    for root in [] if not sets else [sets] if isinstance(sets, str) else sets:  # one set, or a list
+        log_synthetic_set(loggers, Path(root))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -177,7 +185,13 @@ def evaluate_as_built(
     """``train=false``: the model as built (pretrained weights, no step taken) on the test sets, with the boxes every
     arm of the same seed gets; ``metrics.json`` as a trained run writes it, with no label behind the model."""
     require_weights(None, cfg.model.sam.get("checkpoint"), False)  # a random model's zero-shot means nothing
-    metrics = {"train/steps": 0.0, "labels/sam": 0.0, "labels/generator": 0.0, "labels/total": 0.0}
+    metrics = {
+        "train/steps": 0.0,
+        "labels/sam": 0.0,
+        "labels/generator": 0.0,
+        "labels/total": 0.0,
+        "unlabelled/total": 0.0,
+    }
     metrics |= evaluate_sets(SamBoxPredictor(model, resolve_device("auto")), test_sets, output_dir(cfg) / "eval",
                              "test", eval_settings(cfg.eval, model.hparams),
                              info={"checkpoint": f"{cfg.model.sam.model_type} as built, zero-shot"})  # fmt: skip
@@ -261,8 +275,9 @@ def log_evaluation(loggers: list[Logger], eval_dir: Path, metrics: dict[str, flo
 
 
 def data_counts(datamodule: Any) -> dict[str, int]:
-    """Training data of a ``PairDataModule``: real and synthetic pairs (with what was excluded and why), and the
-    labelled real pairs behind them: those SAM sees, those the generator saw, and both together."""
+    """Training data of a ``PairDataModule``: real and synthetic pairs (with what was excluded and why), the
+    labelled real pairs behind them (those SAM sees, those its set's generator or pseudo-labeller saw, and both
+    together), and the unlabelled images behind them."""
     syn = getattr(datamodule, "synthetic_counts", {}) or {}
     train, val, test = (
         datamodule.train_cases + datamodule.synthetic_cases,
@@ -273,7 +288,8 @@ def data_counts(datamodule: Any) -> dict[str, int]:
         train, val, test = datamodule.train_set.cases, datamodule.val_set.cases, datamodule.test_set.cases
     real = [c for c in train if c.cohort != "synthetic"]
     sam = {c.name for c in real}
-    generator = {r["name"] for r in (getattr(datamodule, "generator_cases", None) or [])}
+    behind = getattr(datamodule, "generator_cases", None) or []  # the generator's, or the pseudo-labeller's
+    generator = {r["name"] for r in behind if is_labelled(r) and r.get("cohort") != "synthetic"}
     return {
         "data/num_real": len(real),
         "data/num_val": len(val),
@@ -288,6 +304,7 @@ def data_counts(datamodule: Any) -> dict[str, int]:
         "labels/sam": len(sam),
         "labels/generator": len(generator),
         "labels/total": len(sam | generator),
+        "unlabelled/total": label_counts(behind)["unlabelled"],  # images seen without their masks
     }
 
 

@@ -120,12 +120,19 @@ class SamFinetuneModule(LightningModule):
     def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Image embeddings ``[B, C, S_e, S_e]`` and XYXY boxes ``[B, 4]`` (working pixels) -> low-res logits
         ``[B, 1, L/4, L/4]``, box ``i`` on image ``i``, in one batched decoder call (:func:`decode_batch`)."""
+        return self.decode_scored(embeddings, boxes, hw)[0]
+
+    def decode_scored(
+        self, embeddings: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode`, and SAM's own estimate of each mask's IoU ``[B]`` (its IoU head, which fine-tuning
+        leaves as it was trained)."""
         sparse, dense = self.sam.prompt_encoder(
             points=None, boxes=boxes_to_encoder(self.sam, boxes, hw), masks=None
         )
         image_pe = self.sam.prompt_encoder.get_dense_pe()
-        masks, _ = decode_batch(self.sam.mask_decoder, embeddings, image_pe, sparse, dense)
-        return masks
+        masks, iou = decode_batch(self.sam.mask_decoder, embeddings, image_pe, sparse, dense)
+        return masks, iou[:, 0]
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 1, S, S]`` in [0, 1], boxes ``[B, 4]`` -> low-res mask logits ``[B, 1, L/4, L/4]``."""

@@ -106,6 +106,15 @@ class SamBoxPredictor:
         low_res = self.module.decode(embedded.embeddings.repeat(reps, 1, 1, 1), flat, hw)
         return logits_to_working(sam, low_res, hw)[:, 0].reshape(reps, batch, *hw).float().cpu().numpy()
 
+    @torch.no_grad()
+    def scored(self, embedded: Embedded, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One box ``[B, 4]`` per image -> bool masks ``[B, S, S]`` and SAM's predicted IoU of each ``[B]``."""
+        hw = embedded.hw
+        flat = torch.as_tensor(boxes, dtype=torch.float32).to(embedded.embeddings.device)
+        low_res, iou = self.module.decode_scored(embedded.embeddings, flat, hw)
+        logits = logits_to_working(self.module.sam, low_res, hw)[:, 0].float().cpu().numpy()
+        return logits > self.threshold, iou.float().cpu().numpy()
+
     @property
     def threshold(self) -> float:
         """The logit above which a pixel is in the mask (SAM's ``mask_threshold``)."""

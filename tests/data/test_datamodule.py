@@ -360,3 +360,39 @@ def test_a_seeded_split_without_a_split_file_warns_that_seeds_change_the_test_se
     with caplog.at_level("WARNING", logger="fetalgen.data.datamodule"):
         PairDataModule(real, image_size=16, num_real=4, num_val=4, num_test=4, split_file=split, seed=1)
     assert "no data.split_file" not in caplog.text
+
+
+def test_unlabelled_images_are_the_pools_rest_without_masks(real) -> None:
+    from fetalgen.data.datamodule import NO_MASK
+
+    dm = PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled="all")
+    labelled = {c.name for c in dm.train_cases}
+    held = {c.name for c in dm.val_cases + dm.test_cases}
+    assert len(dm.unlabelled_cases) == 24 - 4 - 4 - 4
+    assert not {c.name for c in dm.unlabelled_cases} & (labelled | held)
+    assert {c.mask_path for c in dm.unlabelled_cases} == {NO_MASK}  # no mask reaches anything downstream
+    some = PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled=5)
+    again = PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled=5)
+    assert len(some.unlabelled_cases) == 5 and some.unlabelled_cases == again.unlabelled_cases  # seeded
+    assert some.train_cases == dm.train_cases  # choosing them changes nothing else
+    assert PairDataModule(real, 32, num_real=4, num_val=4, num_test=4).unlabelled_cases == []
+    with pytest.raises(ValueError, match="pool holds 12 unlabelled images"):
+        PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled=13)
+
+
+def test_a_test_image_among_the_unlabelled_images_is_refused(real, tmp_path: Path) -> None:
+    from fetalgen.data.provenance import LeakageError
+
+    dm = PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0)
+    pool = [c.name for c in real if c not in dm.val_cases + dm.test_cases + dm.train_cases]
+    listed = tmp_path / "unlabelled.txt"
+    listed.write_text("\n".join([*pool[:3], dm.test_cases[0].name]) + "\n")
+    with pytest.raises(
+        LeakageError, match=f"unlabelled images .*2 test case.*{dm.test_cases[0].name} \\(the same image\\)"
+    ):
+        PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled="all",
+                       unlabelled_list=listed)  # fmt: skip
+    listed.write_text("\n".join([*pool[:3], dm.train_cases[0].name]) + "\n")  # a labelled one: left out
+    ok = PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled="all",
+                        unlabelled_list=listed)  # fmt: skip
+    assert [c.name for c in ok.unlabelled_cases] == pool[:3]

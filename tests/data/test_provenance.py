@@ -15,6 +15,8 @@ from fetalgen.data.provenance import (
     case_records,
     check_no_leak,
     find_overlap,
+    is_labelled,
+    label_counts,
     read_synthetic_provenance,
     read_training_cases,
     write_synthetic_provenance,
@@ -105,8 +107,11 @@ def test_edited_training_cases_are_found_against_the_generator_checkpoint(tmp_pa
     write_synthetic_provenance(root, generator, SEEN)
     assert read_synthetic_provenance(root)["training_cases"] == SEEN
     write_synthetic_provenance(root, generator, SEEN[:1])  # a training case removed by hand, hash redone
-    with pytest.raises(UnverifiedSetError, match="training cases differ from those .*gen.ckpt records"):
+    with pytest.raises(UnverifiedSetError, match="leaves out 1 of the training cases .*gen.ckpt records"):
         read_synthetic_provenance(root)
+    extra = case_records([case("030_HC", "030")], labelled=False)  # more seen than the checkpoint lists: safe
+    write_synthetic_provenance(root, generator, SEEN + extra)
+    assert read_synthetic_provenance(root)["training_cases"] == SEEN + extra
     ckpt.rename(tmp_path / "moved.ckpt")  # then the edit cannot be checked: said, not passed in silence
     with caplog.at_level(logging.WARNING, logger="fetalgen.data.provenance"):
         read_synthetic_provenance(root)
@@ -148,3 +153,13 @@ def test_an_hc18_frame_in_a_folder_layout_is_still_its_hc18_subject(tmp_path: Pa
     unrelated = Case("scan_7", tmp_path / "b.png", tmp_path / "b_mask.png", subject="scan_7", cohort="folder")
     found = find_overlap(seen, [other_frame, unrelated])
     assert found == ["010_2HC (subject 010, as 010_HC)"]
+
+
+def test_unlabelled_images_are_recorded_without_their_masks_and_counted_apart() -> None:
+    pool = case_records([case("030_HC", "030"), case("010_HC", "010")], labelled=False)
+    assert {r["mask_path"] for r in pool} == {""} and not any(is_labelled(r) for r in pool)
+    assert all(is_labelled(r) for r in SEEN)
+    older = [{k: v for k, v in r.items() if k != "labelled"} for r in SEEN]  # before the field existed
+    assert all(is_labelled(r) for r in older)
+    # 010_HC was seen with its mask too: it counts once, as labelled
+    assert label_counts(SEEN + pool) == {"labelled": 2, "unlabelled": 1}

@@ -41,5 +41,9 @@ def test_the_cpu_plan_counts_the_zero_shot_evaluations():
     done = subprocess.run([sys.executable, "experiments/reproduce_paper.py", "--preset", "cpu", "--dry-run"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    # 3 N_real x 2 arms x 3 seeds + 3 matched + 3 reference = 24 trained runs; zero-shot: one evaluation per seed
-    assert "SAM fine-tuning (24 runs x 150 steps, batch 4; + 3 zero-shot evaluations)" in done.stdout
+    # 3 N_real x 2 arms x 3 seeds + 3 matched + 3 reference + 2 self-training arms x 3 seeds = 30 trained runs;
+    # zero-shot: one evaluation per seed
+    assert "SAM fine-tuning (30 runs x 150 steps, batch 4; + 3 zero-shot evaluations)" in done.stdout
+    skipped = subprocess.run([sys.executable, "experiments/reproduce_paper.py", "--preset", "cpu", "--dry-run",
+                              "--skip", "pseudo"], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "SAM fine-tuning (24 runs x 150 steps" in skipped.stdout

@@ -49,7 +49,8 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     )  # the zero-shot sweep failed after writing its metrics, unnoticed
     table = pd.read_csv(results / "table.csv")
     assert sorted(table["arm"]) == [
-        "matched[conditioned]", "real", "reference", "strong", "synthetic[conditioned]", "weak", "zero_shot"
+        "matched[conditioned]", "pseudo", "real", "reference", "strong", "synthetic[conditioned]",
+        "synthetic_pseudo[conditioned]", "weak", "zero_shot",
     ]  # fmt: skip
     assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3, 60}  # zero-shot ran at 3
     text = (results / "results.md").read_text()
@@ -65,6 +66,13 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     assert paired.loc["zero_shot", "N_real"] == 0 and "Δ vs zero-shot [95% CI]" in text
     assert paired["diff_zero_shot"].drop(["zero_shot", "box-ellipse"]).notna().all()  # the reference (60) too
     assert paired.loc["reference", "sam"] == 60 and paired.loc["real", "generator"] == 0
+    # self-training: the real arm's model labelled 6 pool images; its labels are the student's own 3
+    assert (paired.loc["pseudo", ["sam", "generator", "total", "unlabelled"]] == [3, 3, 3, 6]).all()
+    both = paired.loc["synthetic_pseudo[conditioned]"]
+    assert both["sam"] == 3 and both["unlabelled"] == 6 and 60 <= both["total"] <= 63
+    assert paired.loc["real", "unlabelled"] == 0 and "| unlabelled images | worth real labels |" in text
+    pseudo = json.loads((tmp_path / "out" / "pseudo" / "n3_seed0" / "summary.json").read_text())
+    assert pseudo["total"] == 6 and pseudo["labelled"] == 3 and pseudo["kept"] + pseudo["rejected"] == 6
     assert (results / "dice_vs_nreal.png").stat().st_size > 1000
     manifest = (tmp_path / "out" / "synthetic" / "conditioned" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 6
@@ -97,12 +105,16 @@ def _assert_no_overlap(out: Path) -> None:
     trained = list(out.glob("diffusion*/**/training_cases.csv")) + list(
         out.glob("sweep/**/training_cases.csv")
     )
-    assert len(trained) == 2 + 6  # two generators, six SAM runs
+    assert len(trained) == 2 + 8  # two generators, eight SAM runs
     for path in trained:
         rows = read_training_cases(path)
         assert rows and not {r["name"] for r in rows} & held, path
         assert not {r["subject"] for r in rows} & held_subjects, path
-    for syn in [out / "synthetic" / "conditioned", *(out / "synthetic-matched" / "conditioned").iterdir()]:
+    for syn in [
+        out / "synthetic" / "conditioned",
+        *(out / "synthetic-matched" / "conditioned").iterdir(),
+        out / "pseudo" / "n3_seed0",
+    ]:  # the pseudo-labelled set: its labelled and unlabelled images
         provenance = json.loads((syn / "provenance.json").read_text())
         assert not {r["name"] for r in provenance["training_cases"]} & held
     matched_sam = read_training_cases(
