@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python experiments/bench/samplers.py
 	$(BIN)/python experiments/bench/sam_cache.py
 	$(BIN)/python experiments/bench/lite_medsam.py
+	$(BIN)/python experiments/bench/generator_designs.py
 
 gpu-check: install # the first GPU machine: gpu.py and lite_medsam.py, then both tasks for 20 steps (bf16-mixed, DDP over every GPU)
 	$(BIN)/python experiments/bench/gpu_check.py

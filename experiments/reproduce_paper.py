@@ -342,59 +342,256 @@ def use_the_model(out: Path, split: Path, hc18: Path, logs: Path, common: list[s
               "progress=false", *common], logs)  # fmt: skip
 
 
-def self_training(
-    out: Path,
-    preset: Preset,
-    num_real: list[int],
-    seeds: list[int],
-    split: Path,
-    synthetic: Path,
-    variant: str,
-    logs: Path,
-    common: list[str],
-    extra: str,
-) -> list[str]:
-    """The self-training arms: each real-arm run (N_real, seed) labels ``preset.unlabelled`` pool images, then
-    ``pseudo`` (+ its kept masks) and ``synthetic_pseudo`` (+ the paper arm's pairs too) fine-tune at the same step
-    budget. Returns the sweeps that failed."""
-    teachers = out / "sweep" / "hc18" / "arms"
-    for n in num_real:
-        for seed in seeds:
-            labelled = out / "pseudo" / f"n{n}_seed{seed}"
-            try:
-                ckpt = teacher_checkpoint(teachers, n, seed)
-            except StepFailed as err:
-                print(f"    {err}", flush=True)
-                return ["hc18/pseudo"]
+@dataclass
+class Reproduction:
+    """One reproduction: its settings, the folders its steps share, and one method per step of the protocol."""
+
+    args: argparse.Namespace
+    preset: Preset
+    out: Path
+    found: Cohorts
+    cohorts: list[str]
+    common: list[str]  # overrides of every step (the log and data folders)
+    splits: dict[str, Path] = field(default_factory=dict)
+    num_real: list[int] = field(default_factory=list)  # the N_real that fit the HC18 pool
+    judge_reference: list[str] = field(default_factory=list)  # the judge's fixed real pairs (set in step 2)
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, preset: Preset) -> Reproduction:
+        """Where the data is and what is absent (missing HC18 or weights stop it here, with the fix)."""
+        out = (args.out or Path(f"outputs/reproduce-paper-{args.preset}")).resolve()
+        paths = resolved_paths()
+        found = Cohorts.find(paths)
+        cohorts = found.check(preset, paths["checkpoint_dir"] / "sam_vit_b_01ec64.pth")
+        common = [f"paths.log_dir={out / 'logs'}", f"paths.data_dir={paths['data_dir'].resolve()}"]
+        return cls(args, preset, out, found, cohorts, common)
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.out / "synthetic"
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.args.seeds.split(",")] if self.args.seeds else list(self.preset.seeds)
+
+    @property
+    def skip(self) -> set[str]:
+        return set(filter(None, self.args.skip.split(",")))
+
+    @property
+    def variants(self) -> list[str]:
+        return chosen_generators(self.args, self.preset)
+
+    @property
+    def matched_seeds(self) -> list[int]:
+        return [s for s in (self.preset.matched_seeds or self.seeds) if s in self.seeds]
+
+    def split(self) -> None:
+        """Step 1: each training cohort split once; what the pools lack is noted (and printed)."""
+        for cohort in self.cohorts:
+            folder = self.splits[cohort] = self.out / "split" / cohort
+            split_args = self.preset.split if cohort == "hc18" else SPANISH_SPLIT[self.args.preset]
             run_step(
-                f"3-4/5 self-training: the real arm (N_real={n}, seed {seed}) labels {preset.unlabelled} pool images",
-                "fetalgen-pseudo-label",
-                [f"ckpt_path={ckpt}", "data=hc18", f"data.split_file={split}", f"data.num_real={n}", f"seed={seed}",
-                 f"data.unlabelled={preset.unlabelled}", f"out={labelled}",
-                 f"hydra.run.dir={out / 'pseudo-run' / labelled.name}", *common],
-                logs, done=lambda root=labelled: synthetic_done(root),
+                f"1/5 split {cohort} once: held-out validation and test subjects, the training pool",
+                "fetalgen-split",
+                [f"data={cohort}", *split_args, f"out={folder}", f"hydra.run.dir={self.out / 'split-run' / cohort}",
+                 *self.common],
+                self.logs, done=(folder / "split.json").is_file,
             )  # fmt: skip
-    pseudo_dir = f"{out / 'pseudo'}/n${{data.num_real}}_seed${{seed}}"
-    sets = {"pseudo": pseudo_dir, "synthetic_pseudo": f"[{synthetic},{pseudo_dir}]"}
-    failed = []
-    for arm in preset.pseudo_arms:
-        overrides = ["data=hc18", f"data.split_file={split}", f"data.num_real={','.join(map(str, num_real))}",
-                     f"arm={arm}", f"seed={','.join(map(str, seeds))}", f"data.synthetic_dir={sets[arm]}"]  # fmt: skip
-        if arm == "synthetic_pseudo":
-            overrides.append(f"generator_recipe={variant}")
-        name = f"hc18/{arm.replace('_', '-')}"
+            info = json.loads((folder / "split.json").read_text())
+            pool = info["counts"]["train"]["images"]
+            if info["pool_missing"]:
+                self.found.notes.append(
+                    f"{cohort}: {len(info['pool_missing'])} cases of the pool list are absent from the data and "
+                    f"were left out (named in {folder / 'split.json'}); the pool has {pool} images."
+                )
+            if cohort == "hc18":
+                wanted = chosen_num_real(self.args, self.preset)
+                self.num_real = [n for n in wanted if n <= pool]
+                if max(wanted) > pool:
+                    self.found.notes.append(f"hc18: N_real > {pool} (the pool) cannot run and is left out.")
+        for note in self.found.notes:
+            print(f"NOTE: {note}", flush=True)
+
+    def train_generator(self, title: str, folder: Path, variant: str, extra: list[str]) -> None:
+        """Train a generator on the HC18 pool (held-out images never read)."""
+        run_step(
+            f"2/5 {title} [{variant}]",
+            "fetalgen-train-diffusion",
+            [f"experiment={self.preset.experiment}/diffusion", *GENERATORS[variant].diffusion,
+             f"logger={self.preset.logger}", f"hydra.run.dir={folder}", f"data.split_file={self.splits['hc18']}",
+             "data.load_holdout=false", *extra, *self.preset.diffusion, *shlex.split(self.args.diffusion_overrides),
+             *self.common],
+            self.logs, done=lambda: generator_done(folder),
+        )  # fmt: skip
+
+    def sample(self, folder: Path, synthetic_dir: Path, variant: str) -> None:
+        """Sample its pairs with QC, judged against the split's validation subjects (read for measurement only;
+        no model trains on them) by the segmenter of the fixed reference pairs and by the generator's own."""
+        preset = self.preset
+        run_step(
+            f"2/5 sample {preset.n_synthetic} synthetic pairs with QC [{variant}]",
+            "fetalgen-sample",
+            [f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
+             f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}",
+             "+eval_data@fidelity.heldout=hc18", f"fidelity.heldout.source.list_file={self.splits['hc18'] / 'val.txt'}",
+             *self.judge_reference, *GENERATORS[variant].sample, *preset.sample, f"logger={preset.logger}",
+             *shlex.split(self.args.sample_overrides), *self.common],
+            self.logs, done=lambda: synthetic_done(synthetic_dir),
+        )  # fmt: skip
+
+    def generators(self) -> tuple[Path, list[str], list[int]]:
+        """Step 2: the paper generators and their sets, judged by one segmenter of the main generator's pairs
+        (returned: the split restricted to them, and their names); the label-matched generators at their N_real
+        (returned)."""
+        paper = {v: (self.out / "diffusion" / v, self.synthetic / v) for v in self.variants}
+        for variant, (folder, _) in paper.items():
+            self.train_generator("generator on 20 HC18 pool pairs per trimester", folder, variant, [])
+        names = [r["name"] for r in read_training_cases(paper[self.variants[0]][0] / TRAINING_CASES)]
+        reference = restrict_pool(self.splits["hc18"], names, self.out / "split" / "hc18-reference")
+        self.judge_reference = ["+eval_data@fidelity.reference=hc18",
+                                f"fidelity.reference.source.list_file={reference / 'train.txt'}"]  # fmt: skip
+        for variant, (folder, synthetic_dir) in paper.items():
+            self.sample(folder, synthetic_dir, variant)
+        matched = (
+            [n for n in self.preset.matched_num_real if n in self.num_real]
+            if "matched" not in self.skip
+            else []
+        )
+        main_variant = self.variants[0]
+        for n in matched:
+            for seed in self.matched_seeds:
+                folder = self.out / "diffusion-matched" / main_variant / f"n{n}_seed{seed}"
+                self.train_generator(f"label-matched generator on the {n} pairs SAM sees (seed {seed})", folder,
+                                     main_variant, [f"data.num_real={n}", "data.balance_trimesters=false", f"seed={seed}"])  # fmt: skip
+                self.sample(
+                    folder, self.out / "synthetic-matched" / main_variant / f"n{n}_seed{seed}", main_variant
+                )
+        return reference, names, matched
+
+    def sweeps(self, reference: Path, names: list[str], matched: list[int]) -> list[tuple[str, list[str]]]:
+        """Step 3's multiruns: (name, overrides) of the main arms per cohort, the other recipes' paper arm, the
+        label-matched arms, the zero-shot model and the label-budget reference."""
+        split, seeds, main_variant = self.splits["hc18"], ",".join(map(str, self.seeds)), self.variants[0]
+        arms = self.args.arms.split(",") if self.args.arms else list(self.preset.arms)
+        sweeps: list[tuple[str, list[str]]] = []
+        for cohort in self.cohorts:
+            cohort_args = (
+                ["data.num_test=0"] if cohort == "spanish" else []
+            )  # its test set is <spanish_dir>/test
+            sweeps.append((f"{cohort}/arms", [
+                f"data={cohort}", f"data.split_file={self.splits[cohort]}",
+                f"data.num_real={','.join(map(str, self.num_real))}", f"arm={','.join(arms)}", f"seed={seeds}",
+                f"data.synthetic_dir={self.synthetic / main_variant}", f"generator_recipe={main_variant}", *cohort_args,
+            ]))  # fmt: skip
+        for variant in self.variants[1:]:  # the other recipes: the paper arm at the smallest N_real
+            sweeps.append((f"hc18/synthetic-{variant}", [
+                "data=hc18", f"data.split_file={split}", f"data.num_real={min(self.num_real)}", "arm=synthetic",
+                f"seed={seeds}", f"data.synthetic_dir={self.synthetic / variant}", f"generator_recipe={variant}",
+            ]))  # fmt: skip
+        if matched:
+            sweeps.append((f"hc18/matched-{main_variant}", [
+                "data=hc18", f"data.split_file={split}", f"data.num_real={','.join(map(str, matched))}",
+                f"arm={','.join(self.preset.matched_arms)}", f"seed={','.join(map(str, self.matched_seeds))}",
+                f"data.synthetic_dir={self.out / 'synthetic-matched' / main_variant}/n${{data.num_real}}_seed${{seed}}",
+                f"generator_recipe={main_variant}",
+            ]))  # fmt: skip
+        if self.preset.zero_shot and "zero_shot" not in self.skip:  # one run per seed: it trains on nothing
+            sweeps.append(("hc18/zero-shot", [
+                "data=hc18", f"data.split_file={split}", f"data.num_real={min(self.num_real)}", "arm=zero_shot",
+                f"seed={seeds}",
+            ]))  # fmt: skip
+        if "reference" not in self.skip and self.preset.reference:
+            sweeps.append(("hc18/reference", [
+                "data=hc18", f"data.split_file={reference}", f"data.num_real={len(names)}", "arm=reference",
+                f"seed={seeds}",
+            ]))  # fmt: skip
+        return sweeps
+
+    def finetune(self, name: str, overrides: list[str]) -> bool:
+        """Steps 3-4 for one multirun: fine-tune and evaluate every job; False when a job failed (the others run
+        on, and the results list it)."""
         try:
             run_step(
-                f"3-4/5 fine-tune and evaluate SAM, {name}: N_real x seeds, equal step budgets",
+                f"3-4/5 fine-tune and evaluate SAM, {name}: N_real x arms x seeds, equal step budgets",
                 "fetalgen-finetune",
-                ["-m", f"experiment={preset.experiment}/finetune", *overrides, f"logger={preset.logger}",
-                 f"hydra.sweep.dir={out / 'sweep' / name}", *preset.finetune, *shlex.split(extra), *common],
-                logs, done=partial(sweep_done, out / "sweep" / name, overrides),
+                ["-m", f"experiment={self.preset.experiment}/finetune", *overrides, f"logger={self.preset.logger}",
+                 f"hydra.sweep.dir={self.out / 'sweep' / name}", *self.preset.finetune,
+                 *shlex.split(self.args.finetune_overrides), *self.common],
+                self.logs, done=partial(sweep_done, self.out / "sweep" / name, overrides),
             )  # fmt: skip
         except StepFailed as err:
-            failed.append(name)
             print(f"    some runs failed: {str(err).splitlines()[0]}", flush=True)
-    return failed
+            return False
+        return True
+
+    def self_training(self) -> list[str]:
+        """The self-training arms: each real-arm run (N_real, seed) labels ``preset.unlabelled`` pool images, then
+        ``pseudo`` (+ its kept masks) and ``synthetic_pseudo`` (+ the paper arm's pairs too) fine-tune at the same
+        step budget. Returns the sweeps that failed."""
+        preset, split = self.preset, self.splits["hc18"]
+        num_real = (
+            [n for n in preset.pseudo_num_real if n in self.num_real] if "pseudo" not in self.skip else []
+        )
+        if not (num_real and preset.pseudo_arms):
+            return []
+        for n in num_real:
+            for seed in self.seeds:
+                labelled = self.out / "pseudo" / f"n{n}_seed{seed}"
+                try:
+                    ckpt = teacher_checkpoint(self.out / "sweep" / "hc18" / "arms", n, seed)
+                except StepFailed as err:
+                    print(f"    {err}", flush=True)
+                    return ["hc18/pseudo"]
+                run_step(
+                    f"3-4/5 self-training: the real arm (N_real={n}, seed {seed}) labels {preset.unlabelled} pool images",
+                    "fetalgen-pseudo-label",
+                    [f"ckpt_path={ckpt}", "data=hc18", f"data.split_file={split}", f"data.num_real={n}", f"seed={seed}",
+                     f"data.unlabelled={preset.unlabelled}", f"out={labelled}",
+                     f"hydra.run.dir={self.out / 'pseudo-run' / labelled.name}", *self.common],
+                    self.logs, done=lambda root=labelled: synthetic_done(root),
+                )  # fmt: skip
+        pseudo_dir = f"{self.out / 'pseudo'}/n${{data.num_real}}_seed${{seed}}"
+        sets = {
+            "pseudo": pseudo_dir,
+            "synthetic_pseudo": f"[{self.synthetic / self.variants[0]},{pseudo_dir}]",
+        }
+        failed = []
+        for arm in preset.pseudo_arms:
+            overrides = ["data=hc18", f"data.split_file={split}", f"data.num_real={','.join(map(str, num_real))}",
+                         f"arm={arm}", f"seed={','.join(map(str, self.seeds))}", f"data.synthetic_dir={sets[arm]}"]  # fmt: skip
+            if arm == "synthetic_pseudo":
+                overrides.append(f"generator_recipe={self.variants[0]}")
+            name = f"hc18/{arm.replace('_', '-')}"
+            if not self.finetune(name, overrides):
+                failed.append(name)
+        return failed
+
+    def results(self, failed: list[str], minutes: float) -> Path:
+        """Step 5: the tables, the chart, each synthetic set described, the data notes; returns results.md."""
+        print("==> 5/5 results", flush=True)
+        report = write_paper_results(self.out / "sweep", self.args.results)
+        described = []
+        for variant in self.variants:
+            sets = [self.synthetic / variant, *sorted((self.out / "synthetic-matched" / variant).glob("*"))]
+            for root in sets:  # the matched sets are the main recipe's
+                if (root / "summary.json").is_file():
+                    title = (f"The paper arm's synthetic pairs [{variant}]" if root == self.synthetic / variant
+                             else f"Label-matched generator {root.name} [{variant}]")  # fmt: skip
+                    described += synthetic_set_markdown(root, report.parent, title)
+        if described:
+            report.write_text(report.read_text() + "\n" + "\n".join(described) + "\n")
+        notes = "\n".join(f"- {n}" for n in self.found.notes)
+        if notes:
+            report.write_text(report.read_text() + f"\n## Data notes\n\n{notes}\n")
+        print(f"\nReproduction ({self.args.preset}) finished in {minutes:.1f} min. Results: {report}")
+        if failed:
+            print(f"Some runs failed in: {', '.join(failed)} (see results.md and {self.logs})")
+        return report
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -403,166 +600,17 @@ def main(argv: list[str] | None = None) -> Path:
     if args.dry_run:
         dry_run(args, preset)
         return Path()
-    out = (args.out or Path(f"outputs/reproduce-paper-{args.preset}")).resolve()
-    paths = resolved_paths()
-    data_dir = paths["data_dir"].resolve()
-    checkpoint = paths["checkpoint_dir"] / "sam_vit_b_01ec64.pth"
-    found = Cohorts.find(paths)
-    cohorts = found.check(preset, checkpoint)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(preset.seeds)
-    arms = args.arms.split(",") if args.arms else list(preset.arms)
-    matched_seeds = [s for s in (preset.matched_seeds or seeds) if s in seeds]
-    skip = set(filter(None, args.skip.split(",")))
-    logs, synthetic = out / "logs", out / "synthetic"
-    common = [f"paths.log_dir={logs}", f"paths.data_dir={data_dir}"]
+    run = Reproduction.start(args, preset)
     start = time.perf_counter()
-
-    splits = {}
-    for cohort in cohorts:
-        splits[cohort] = out / "split" / cohort
-        split_args = preset.split if cohort == "hc18" else SPANISH_SPLIT[args.preset]
-        run_step(
-            f"1/5 split {cohort} once: held-out validation and test subjects, the training pool",
-            "fetalgen-split",
-            [f"data={cohort}", *split_args, f"out={splits[cohort]}", f"hydra.run.dir={out / 'split-run' / cohort}",
-             *common],
-            logs, done=(splits[cohort] / "split.json").is_file,
-        )  # fmt: skip
-        info = json.loads((splits[cohort] / "split.json").read_text())
-        pool = info["counts"]["train"]["images"]
-        if info["pool_missing"]:
-            found.notes.append(
-                f"{cohort}: {len(info['pool_missing'])} cases of the pool list are absent from the data and were "
-                f"left out (named in {splits[cohort] / 'split.json'}); the pool has {pool} images."
-            )
-        if cohort == "hc18" and max(chosen_num_real(args, preset)) > pool:
-            found.notes.append(f"hc18: N_real > {pool} (the pool) cannot run and is left out.")
-    for note in found.notes:
-        print(f"NOTE: {note}", flush=True)
-    hc18_pool = json.loads((splits["hc18"] / "split.json").read_text())["counts"]["train"]["images"]
-    num_real = [n for n in chosen_num_real(args, preset) if n <= hc18_pool]
-
-    variants = chosen_generators(args, preset)
-    judge_reference: list[str] = []  # the measurement segmenter's pairs: the paper generator's (set below)
-
-    def train_generator(title: str, folder: Path, variant: str, extra: list[str]) -> None:
-        """Train a generator on the HC18 pool (held-out images never read)."""
-        run_step(
-            f"2/5 {title} [{variant}]",
-            "fetalgen-train-diffusion",
-            [f"experiment={preset.experiment}/diffusion", *GENERATORS[variant].diffusion, f"logger={preset.logger}",
-             f"hydra.run.dir={folder}", f"data.split_file={splits['hc18']}", "data.load_holdout=false", *extra,
-             *preset.diffusion, *shlex.split(args.diffusion_overrides), *common],
-            logs, done=lambda: generator_done(folder),
-        )  # fmt: skip
-
-    def sample(folder: Path, synthetic_dir: Path, variant: str) -> None:
-        """Sample its pairs with QC, judged against the split's validation subjects (read for measurement only;
-        no model trains on them) by the segmenter of the fixed reference pairs and by the generator's own."""
-        run_step(
-            f"2/5 sample {preset.n_synthetic} synthetic pairs with QC [{variant}]",
-            "fetalgen-sample",
-            [f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", f"n={preset.n_synthetic}",
-             f"steps={preset.sample_steps}", f"out={synthetic_dir}", f"hydra.run.dir={folder / 'sample'}",
-             "+eval_data@fidelity.heldout=hc18", f"fidelity.heldout.source.list_file={splits['hc18'] / 'val.txt'}",
-             *judge_reference, *GENERATORS[variant].sample, *preset.sample, f"logger={preset.logger}",
-             *shlex.split(args.sample_overrides), *common],
-            logs, done=lambda: synthetic_done(synthetic_dir),
-        )  # fmt: skip
-
-    paper_generators = {v: (out / "diffusion" / v, synthetic / v) for v in variants}
-    for variant, (folder, _) in paper_generators.items():
-        train_generator("generator on 20 HC18 pool pairs per trimester", folder, variant, [])
-    # One fixed set of real pairs for the judge's measurement of every generator: the paper generator's 60.
-    names = [r["name"] for r in read_training_cases(paper_generators[variants[0]][0] / TRAINING_CASES)]
-    reference = restrict_pool(splits["hc18"], names, out / "split" / "hc18-reference")
-    judge_reference += [
-        "+eval_data@fidelity.reference=hc18",
-        f"fidelity.reference.source.list_file={reference / 'train.txt'}",
+    run.split()
+    reference, names, matched = run.generators()
+    failed = [
+        name for name, overrides in run.sweeps(reference, names, matched) if not run.finetune(name, overrides)
     ]
-    for variant, (folder, synthetic_dir) in paper_generators.items():
-        sample(folder, synthetic_dir, variant)
-    matched = [n for n in preset.matched_num_real if n in num_real] if "matched" not in skip else []
-    main_variant = variants[0]
-    for n in matched:
-        for seed in matched_seeds:
-            folder = out / "diffusion-matched" / main_variant / f"n{n}_seed{seed}"
-            train_generator(f"label-matched generator on the {n} pairs SAM sees (seed {seed})", folder, main_variant,
-                            [f"data.num_real={n}", "data.balance_trimesters=false", f"seed={seed}"])  # fmt: skip
-            sample(folder, out / "synthetic-matched" / main_variant / f"n{n}_seed{seed}", main_variant)
-
-    sweeps: list[tuple[str, list[str]]] = []
-    for cohort in cohorts:
-        cohort_args = ["data.num_test=0"] if cohort == "spanish" else []  # its test set is <spanish_dir>/test
-        sweeps.append((f"{cohort}/arms", [
-            f"data={cohort}", f"data.split_file={splits[cohort]}", f"data.num_real={','.join(map(str, num_real))}",
-            f"arm={','.join(arms)}", f"seed={','.join(map(str, seeds))}",
-            f"data.synthetic_dir={synthetic / main_variant}", f"generator_recipe={main_variant}", *cohort_args,
-        ]))  # fmt: skip
-    for variant in variants[1:]:  # the other recipes: the paper arm at the smallest N_real
-        sweeps.append((f"hc18/synthetic-{variant}", [
-            "data=hc18", f"data.split_file={splits['hc18']}", f"data.num_real={min(num_real)}", "arm=synthetic",
-            f"seed={','.join(map(str, seeds))}", f"data.synthetic_dir={synthetic / variant}", f"generator_recipe={variant}",
-        ]))  # fmt: skip
-    if matched:
-        sweeps.append((f"hc18/matched-{main_variant}", [
-            "data=hc18", f"data.split_file={splits['hc18']}", f"data.num_real={','.join(map(str, matched))}",
-            f"arm={','.join(preset.matched_arms)}", f"seed={','.join(map(str, matched_seeds))}",
-            f"data.synthetic_dir={out / 'synthetic-matched' / main_variant}/n${{data.num_real}}_seed${{seed}}",
-            f"generator_recipe={main_variant}",
-        ]))  # fmt: skip
-    if (
-        preset.zero_shot and "zero_shot" not in skip
-    ):  # one run per seed: it trains on nothing, whatever N_real
-        sweeps.append(("hc18/zero-shot", [
-            "data=hc18", f"data.split_file={splits['hc18']}", f"data.num_real={min(num_real)}", "arm=zero_shot",
-            f"seed={','.join(map(str, seeds))}",
-        ]))  # fmt: skip
-    if "reference" not in skip and preset.reference:
-        sweeps.append(("hc18/reference", [
-            "data=hc18", f"data.split_file={reference}", f"data.num_real={len(names)}", "arm=reference",
-            f"seed={','.join(map(str, seeds))}",
-        ]))  # fmt: skip
-    failed_sweeps = []
-    for name, overrides in sweeps:
-        try:
-            run_step(
-                f"3-4/5 fine-tune and evaluate SAM, {name}: N_real x arms x seeds, equal step budgets",
-                "fetalgen-finetune",
-                ["-m", f"experiment={preset.experiment}/finetune", *overrides, f"logger={preset.logger}",
-                 f"hydra.sweep.dir={out / 'sweep' / name}", *preset.finetune, *shlex.split(args.finetune_overrides),
-                 *common],
-                logs, done=partial(sweep_done, out / "sweep" / name, overrides),
-            )  # fmt: skip
-        except StepFailed as err:  # a failed job does not stop the others; the results list it
-            failed_sweeps.append(name)
-            print(f"    some runs failed: {str(err).splitlines()[0]}", flush=True)
-    pseudo_n = [n for n in preset.pseudo_num_real if n in num_real] if "pseudo" not in skip else []
-    if pseudo_n and preset.pseudo_arms:
-        failed_sweeps += self_training(out, preset, pseudo_n, seeds, splits["hc18"], synthetic / main_variant,
-                                       main_variant, logs, common, args.finetune_overrides)  # fmt: skip
+    failed += run.self_training()
     if preset.use_the_model:
-        use_the_model(out, splits["hc18"], found.hc18, logs, common)
-    print("==> 5/5 results", flush=True)
-    report = write_paper_results(out / "sweep", args.results)
-    described = []
-    for variant in variants:
-        sets = [synthetic / variant, *sorted((out / "synthetic-matched" / variant).glob("*"))]
-        for root in sets:  # the matched sets are the main recipe's
-            if (root / "summary.json").is_file():
-                title = (f"The paper arm's synthetic pairs [{variant}]" if root == synthetic / variant
-                         else f"Label-matched generator {root.name} [{variant}]")  # fmt: skip
-                described += synthetic_set_markdown(root, report.parent, title)
-    if described:
-        report.write_text(report.read_text() + "\n" + "\n".join(described) + "\n")
-    notes = "\n".join(f"- {n}" for n in found.notes)
-    if notes:
-        report.write_text(report.read_text() + f"\n## Data notes\n\n{notes}\n")
-    print(f"\nReproduction ({args.preset}) finished in {(time.perf_counter() - start) / 60:.1f} min. "
-          f"Results: {report}")  # fmt: skip
-    if failed_sweeps:
-        print(f"Some runs failed in: {', '.join(failed_sweeps)} (see results.md and {logs})")
-    return report
+        use_the_model(run.out, run.splits["hc18"], run.found.hc18, run.logs, run.common)
+    return run.results(failed, (time.perf_counter() - start) / 60)
 
 
 if __name__ == "__main__":

@@ -150,17 +150,7 @@ class PairDataModule(pl.LightningDataModule):
         source = list(source)
         choose = choose_per_trimester if balance_trimesters else choose_subjects
         if split_file is not None:
-            lists = read_split_file(split_file)
-            train = select_cases(source, lists["train"], split_file)
-            if num_real > len(train):
-                raise ValueError(
-                    f"num_real={num_real} but the split file {split_file} lists only "
-                    f"{len(train)} training cases"
-                )
-            self.train_cases = train if num_real == len(train) else choose(train, num_real, self.seed)
-            self.val_cases = select_cases(source, lists["val"], split_file)
-            self.test_cases = select_cases(source, lists["test"], split_file)
-            pool = train
+            pool = self._split_from_file(source, split_file, num_real, choose)
         else:
             # Test and val first, train from the rest: changing num_real leaves val/test unchanged.
             parts = holdout_split(source, num_val, num_test, self.seed)
@@ -190,6 +180,21 @@ class PairDataModule(pl.LightningDataModule):
         self.train_set: PairDataset | None = None
         self.val_set: PairDataset | None = None
         self.test_set: PairDataset | None = None
+
+    def _split_from_file(
+        self, source: list[Case], split_file: str | Path, num_real: int, choose
+    ) -> list[Case]:
+        """The split file's validation and test cases and ``num_real`` of its training pool; returns the pool."""
+        lists = read_split_file(split_file)
+        train = select_cases(source, lists["train"], split_file)
+        if num_real > len(train):
+            raise ValueError(
+                f"num_real={num_real} but the split file {split_file} lists only {len(train)} training cases"
+            )
+        self.train_cases = train if num_real == len(train) else choose(train, num_real, self.seed)
+        self.val_cases = select_cases(source, lists["val"], split_file)
+        self.test_cases = select_cases(source, lists["test"], split_file)
+        return train
 
     def _choose_unlabelled(
         self, pool: list[Case], wanted: int | str | None, listed: str | Path | None

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from fetalgen.data.cases import Case, DataError
 from fetalgen.data.hc18 import trimester_from_hc
-from fetalgen.data.io import check_on_bad, load_pair, warn_skipped
+from fetalgen.data.io import bad_input, check_on_bad, load_pair, warn_skipped
 from fetalgen.data.transforms import build_augmentation, pad_resize
 from fetalgen.utils.seeds import derive_seed, name_key
 
@@ -67,26 +67,17 @@ class PairDataset(Dataset):
         self.repaired: list[Path] = []
         images, masks, pixel_sizes = [], [], []
         for case in cases:
-            try:
-                image, mask = load_pair(case, mask_regions, self.repaired)
-            except DataError as err:
-                if on_bad_pair == "raise":
-                    raise
-                self.skipped.append(err)
-                continue
-            image, mask, scale = pad_resize(image, mask, self.image_size)
-            if not mask.any():
-                err = DataError(
-                    case.mask_path, f"mask vanishes when resized to {self.image_size}x{self.image_size}"
+            with bad_input(on_bad_pair, self.skipped):
+                image, mask, scale = pad_resize(
+                    *load_pair(case, mask_regions, self.repaired), self.image_size
                 )
-                if on_bad_pair == "raise":
-                    raise err
-                self.skipped.append(err)
-                continue
-            self.cases.append(case)
-            images.append(image)
-            masks.append(mask.astype(np.uint8))
-            pixel_sizes.append(math.nan if case.pixel_size_mm is None else case.pixel_size_mm * scale)
+                if not mask.any():
+                    size = self.image_size
+                    raise DataError(case.mask_path, f"mask vanishes when resized to {size}x{size}")
+                self.cases.append(case)
+                images.append(image)
+                masks.append(mask.astype(np.uint8))
+                pixel_sizes.append(math.nan if case.pixel_size_mm is None else case.pixel_size_mm * scale)
         warn_skipped(self.skipped, f"PairDataset ({len(cases)} cases)")
         if self.repaired:
             listing = "\n  ".join(map(str, self.repaired))

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from fetalgen.data.cases import PLAUSIBLE_MM, Case, CaseList, DataError, implausible
-from fetalgen.data.io import check_on_bad, warn_skipped
+from fetalgen.data.io import bad_input, check_on_bad, warn_skipped
 from fetalgen.data.splits import read_case_list
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -149,7 +149,7 @@ def read_folder(
         images = [by_stem[n] for n in wanted]
     cases, bad = [], []
     for img in images:
-        try:
+        with bad_input(on_bad, bad):
             if img.stem not in masks:
                 raise DataError(
                     img,
@@ -160,24 +160,9 @@ def read_folder(
                 if img.stem not in table:
                     raise DataError(img, f"no row in {root / name}")
                 values[name] = table[img.stem]
-        except DataError as err:
-            if on_bad == "raise":
-                raise
-            bad.append(err)
-            continue
-        subject, frame = parse_subject(img.stem)
-        cases.append(
-            Case(
-                img.stem,
-                img,
-                masks[img.stem],
-                subject=subject,
-                frame=frame,
-                pixel_size_mm=values.get(PIXEL_SIZES_CSV),
-                hc_mm=values.get(HEADS_CSV),
-                cohort=cohort,
-            )
-        )
+            subject, frame = parse_subject(img.stem)
+            cases.append(Case(img.stem, img, masks[img.stem], subject=subject, frame=frame, cohort=cohort,
+                              pixel_size_mm=values.get(PIXEL_SIZES_CSV), hc_mm=values.get(HEADS_CSV)))  # fmt: skip
     warn_skipped(bad, f"read_folder({root})")
     if not cases:
         raise DataError(images_dir, "no usable image/mask pairs found")

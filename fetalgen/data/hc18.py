@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fetalgen.data.cases import Case, CaseList, DataError
 from fetalgen.data.folder import read_column_csv
-from fetalgen.data.io import check_on_bad, warn_skipped
+from fetalgen.data.io import bad_input, check_on_bad, warn_skipped
 from fetalgen.data.splits import read_case_list
 
 TRAINING_DIR = "training_set"
@@ -87,28 +87,13 @@ def read_hc18(root: str | Path, list_file: str | Path | None = None, on_bad: str
             subject, frame = parse_name(name)
         except ValueError as err:
             raise DataError(image, str(err)) from err
-        try:
+        with bad_input(on_bad, bad):
             if not annotation.is_file():
                 raise DataError(image, f"annotation {annotation.name} is missing")
             if name not in pixel:
                 raise DataError(image, f"no row in {csv_path}")
-        except DataError as err:
-            if on_bad == "raise":
-                raise
-            bad.append(err)
-            continue
-        cases.append(
-            Case(
-                name,
-                image,
-                annotation,
-                subject=subject,
-                frame=frame,
-                pixel_size_mm=pixel[name],
-                hc_mm=hc[name],
-                cohort="hc18",
-            )
-        )
+            cases.append(Case(name, image, annotation, subject=subject, frame=frame, pixel_size_mm=pixel[name],
+                              hc_mm=hc[name], cohort="hc18"))  # fmt: skip
     warn_skipped(bad, f"read_hc18({root})")
     if not cases:
         raise DataError(folder, f"no HC18 image/annotation pairs found: {HOW_TO_GET}")

@@ -29,7 +29,7 @@ from fetalgen.data.folder import (
     read_column_csv,
     read_csv_rows,
 )
-from fetalgen.data.io import check_on_bad, load_image, warn_skipped
+from fetalgen.data.io import bad_input, check_on_bad, load_image, warn_skipped
 
 PIXEL_COLUMN = "pixel size(mm)"
 
@@ -109,24 +109,13 @@ def read_images(root: str | Path, pixel_sizes: str | Path | None = None, on_bad:
     table = read_column_csv(csv_path, PIXEL_COLUMN) if csv_path is not None else None
     items, skipped = [], []
     for p in files:
-        if p.suffix.lower() in DICOM_EXTS:
-            try:
+        with bad_input(on_bad, skipped):
+            if p.suffix.lower() in DICOM_EXTS:
                 items += dicom_items(p, table)
-            except DataError as error:
-                if on_bad == "raise":
-                    raise
-                skipped.append(error)
-            continue
-        size = math.nan
-        if table is not None:
-            if p.stem not in table:
-                error = DataError(p, f"no row in {csv_path}")
-                if on_bad == "raise":
-                    raise error
-                skipped.append(error)
-                continue
-            size = table[p.stem]
-        items.append(ImageFile(p.stem, p, size))
+            elif table is not None and p.stem not in table:
+                raise DataError(p, f"no row in {csv_path}")
+            else:
+                items.append(ImageFile(p.stem, p, table[p.stem] if table is not None else math.nan))
     warn_skipped(skipped, f"images in {folder}")
     return CaseList(items, skipped)
 

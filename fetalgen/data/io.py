@@ -8,6 +8,8 @@ ellipses) are filled; masks already filled are kept.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -198,6 +200,18 @@ def check_on_bad(on_bad: str) -> None:
     """Raise ``ValueError`` unless ``on_bad`` is ``"raise"`` or ``"skip"``."""
     if on_bad not in ON_BAD:
         raise ValueError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
+
+
+@contextmanager
+def bad_input(on_bad: str, skipped: list[DataError]) -> Iterator[None]:
+    """The one handling of a bad file: a :class:`DataError` raised in the block is raised on (``on_bad="raise"``)
+    or added to ``skipped`` (``"skip"``), the rest of the block then left out."""
+    try:
+        yield
+    except DataError as err:
+        if on_bad == "raise":
+            raise
+        skipped.append(err)
 
 
 def warn_skipped(errors: list[DataError], what: str) -> None:

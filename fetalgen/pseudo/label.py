@@ -6,6 +6,8 @@ cache, so a frozen pretrained encoder encodes each pool image once for every tea
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +21,9 @@ from fetalgen.metrics.synthesis import QCResult
 from fetalgen.pseudo.rule import KeepRule
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor
 from fetalgen.segmentation.segmenter import logits_to_image, to_working
+from fetalgen.utils.masks import fill_holes, largest_component
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,16 @@ def pseudo_labels(
     image_size: int,
     batch_size: int = 8,
     rounds: int = AUTO_ROUNDS,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Iterator[PseudoLabel]:
-    """Label ``cases`` (images only) ``batch_size`` at a time at the teacher's working size ``image_size``."""
+    """Label ``cases`` (images only) ``batch_size`` at a time at the teacher's working size ``image_size``; a bar
+    on a terminal (``progress`` None: when stderr is one), else a whole log line every tenth of the images."""
+    progress = sys.stderr.isatty() if progress is None else progress
+    every = max(1, len(cases) // 10)
     with tqdm(total=len(cases), desc="pseudo-label", unit="img", disable=not progress) as bar:
         for start in range(0, len(cases), batch_size):
+            if not progress and start // every != (start + batch_size) // every:
+                log.info("pseudo-label: %d/%d images", min(start + batch_size, len(cases)), len(cases))
             part = cases[start : start + batch_size]
             images = [load_image(c.image_path) for c in part]
             works = [to_working(image, image_size) for image in images]
@@ -52,6 +62,8 @@ def pseudo_labels(
             masks, ious = predictor.scored(embedded, predictor.auto_boxes(embedded, rounds))
             for case, image, work, mask, iou in zip(part, images, works, masks, ious, strict=True):
                 cleaned, verdict = rule.verdict(mask, float(iou))
+                # At the image's size, cleaned again: a thin neck of the working mask may part when resized.
                 full = logits_to_image(cleaned.astype(np.float32), work, threshold=0.5)
+                full = fill_holes(largest_component(full)) if full.any() else full
                 yield PseudoLabel(case, image, full, float(iou), verdict)
             bar.update(len(part))

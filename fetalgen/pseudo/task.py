@@ -16,7 +16,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from fetalgen.data.provenance import Record, case_records, is_labelled, write_synthetic_provenance
+from fetalgen.data.provenance import (
+    Record,
+    case_records,
+    is_labelled,
+    label_counts,
+    write_synthetic_provenance,
+)
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry
 from fetalgen.pseudo.label import PseudoLabel, pseudo_labels
 from fetalgen.pseudo.rule import KeepRule
@@ -75,7 +81,7 @@ def write_pseudo_set(
     kept = sum(e.qc_pass for e in entries)
     summary = {"total": len(entries), "kept": kept, "rejected": len(entries) - kept, "reasons": reasons,
                "rule": asdict(rule), "teacher": teacher,
-               "labelled": sum(map(is_labelled, records)), "unlabelled": len(entries)}  # fmt: skip
+               **label_counts(r for r in records if r.get("cohort") != "synthetic")}  # fmt: skip
     write_json(tmp / SUMMARY, summary)
     write_synthetic_provenance(tmp, teacher, records)
     tmp.rename(root)
@@ -97,9 +103,8 @@ def pseudo_label(cfg: DictConfig) -> dict[str, float]:
     predictor = SamBoxPredictor(module, resolve_device(cfg.get("device")), cache=cache)
     teacher = {"checkpoint": str(ckpt.resolve()), "sha256": sha256_file(ckpt), "task": "finetune",
                "kind": "pseudo_label", "auto_rounds": int(cfg.auto_rounds)}  # fmt: skip
-    labels = pseudo_labels(
-        predictor, datamodule.unlabelled_cases, rule, size, cfg.batch_size, cfg.auto_rounds
-    )
+    cases = datamodule.unlabelled_cases
+    labels = pseudo_labels(predictor, cases, rule, size, cfg.batch_size, cfg.auto_rounds, cfg.get("progress"))
     records = records + case_records(datamodule.unlabelled_cases, labelled=False)
     summary = write_pseudo_set(Path(cfg.out), labels, teacher, records, rule)
     log.info("pseudo-labelled %d images with %s: %d kept (%s); set: %s", summary["total"], ckpt, summary["kept"],

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.images import ImageFile, read_boxes, read_images
-from fetalgen.data.io import check_on_bad, warn_skipped
+from fetalgen.data.io import bad_input, check_on_bad, warn_skipped
 from fetalgen.metrics.biometry import Ellipse, fitted_ellipse_mask
 from fetalgen.segmentation.predictor import load_module
 from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, check_input, segmenter_for
@@ -162,7 +162,7 @@ def predict_images(
         for start in range(0, len(items), batch_size):
             chunk, images = [], []
             for item in items[start : start + batch_size]:
-                try:
+                with bad_input(on_bad, skipped):
                     image = item.load()
                     try:  # what the segmenter would refuse mid-batch, refused here per image
                         check_input(image, boxes.get(item.name), item.name)
@@ -170,10 +170,6 @@ def predict_images(
                         raise DataError(item.path, str(err).removeprefix(f"{item.name}: ")) from err
                     images.append(image)
                     chunk.append(item)
-                except DataError as err:
-                    if on_bad == "raise":
-                        raise
-                    skipped.append(err)
             if chunk:
                 heads = segmenter.predict(
                     images,

@@ -396,3 +396,27 @@ def test_a_test_image_among_the_unlabelled_images_is_refused(real, tmp_path: Pat
     ok = PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled="all",
                         unlabelled_list=listed)  # fmt: skip
     assert [c.name for c in ok.unlabelled_cases] == pool[:3]
+
+
+def test_several_sets_are_pooled_with_their_counts_and_a_name_clash_is_refused(
+    real, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_dir, other)
+    with pytest.raises(ValueError, match="holds pairs named as another set's"):
+        PairDataModule(
+            real, 16, num_real=6, num_val=4, synthetic_dir=[synthetic_dir, other], num_synthetic="all"
+        )
+    lines = (other / MANIFEST).read_text().replace("syn_", "pseudo_")  # the same pairs, under other names
+    for folder in ("images", "masks"):
+        for path in (other / folder).iterdir():
+            path.rename(path.with_name(path.name.replace("syn_", "pseudo_")))
+    (other / MANIFEST).write_text(lines)
+    seal_synthetic_set(other)
+    both = PairDataModule(
+        real, 16, num_real=6, num_val=4, synthetic_dir=[synthetic_dir, other], num_synthetic="all"
+    )
+    assert both.synthetic_counts["total"] == 20 and both.synthetic_counts["qc_failed"] == 6
+    assert both.synthetic_counts["used"] == len(both.synthetic_cases) == 14

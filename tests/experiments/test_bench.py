@@ -98,3 +98,27 @@ def test_the_lite_medsam_benchmark_prints_its_rows(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["results"]["lite_medsam"]
     assert set(rows) == {"encoder images/s, batch 1", "encoder images/s, batch 2", "decoder training steps/s",
                          "predict images/s (automatic prompt)"} and all(v > 0 for v in rows.values())  # fmt: skip
+
+
+def test_the_generator_design_benchmark_prints_every_row_against_todays_generator() -> None:
+    args = [
+        "--designs",
+        "latent-32",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--sampler-steps",
+        "1",
+        "--budget-min",
+        "1",
+    ]
+    done = subprocess.run([sys.executable, str(GPU.with_name("generator_designs.py")), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.split()}
+    assert {"pixel-32", "latent-32", "latent-ae"} <= set(rows) and "pixel-128" not in rows
+    assert rows["pixel-32"][5] == "1.0" and float(rows["latent-32"][4]) > 0  # the reference's ratio is 1
+    bad = subprocess.run([sys.executable, str(GPU.with_name("generator_designs.py")), "--designs", "nope"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode != 0 and "unknown design(s) ['nope']" in bad.stderr

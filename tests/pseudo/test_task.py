@@ -14,6 +14,7 @@ from fetalgen.data.provenance import is_labelled, read_synthetic_provenance
 from fetalgen.data.synthetic import read_manifest, read_synthetic
 from fetalgen.pseudo.task import pseudo_label
 from fetalgen.segmentation.finetune import finetune
+from fetalgen.utils.masks import largest_component
 
 DATA = ["data.source.n=24", "data.source.shape=[135,200]", "data.num_real=8", "data.num_val=4", "data.num_test=4",
         "data.image_size=64"]  # fmt: skip
@@ -42,12 +43,14 @@ def test_the_pool_is_labelled_the_kept_masks_train_a_student_and_labels_are_coun
     summary = json.loads((out / "summary.json").read_text())
     assert metrics["pseudo/total"] == len(entries) == summary["total"] == 24 - 8 - 4 - 4
     assert summary["kept"] + summary["rejected"] == len(entries) == metrics["pseudo/total"]
+    assert (summary["labelled"], summary["unlabelled"]) == (8, len(entries))  # counted apart
     assert summary["kept"] == sum(e.qc_pass for e in entries) == metrics["pseudo/kept"]
     assert 0 < summary["kept"] < len(entries) and set(summary["reasons"]) == {"ellipse_iou"}
     for e in entries:  # each mask at its image's own size; the verdict's figures beside it
         image = cv2.imread(str(out / e.image), cv2.IMREAD_GRAYSCALE)
         mask = cv2.imread(str(out / e.mask), cv2.IMREAD_GRAYSCALE)
         assert image.shape == mask.shape == (135, 200) and set(np.unique(mask)) <= {0, 255}
+        assert (largest_component(mask > 0) == (mask > 0)).all()  # one region, as the data layer demands
         assert e.mode == "pseudo_label" and "predicted_iou" in e.qc and Path(e.source).name == e.name + ".png"
         assert e.qc_pass == (not e.qc["reasons"])
     provenance = read_synthetic_provenance(out)  # sealed: verified against the teacher's checkpoint
