@@ -40,6 +40,8 @@ def decoded_size(path: Path) -> tuple[int, int] | None:
 
 def _read(path: str | Path, what: str) -> np.ndarray:
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, f"is a folder, not {'an' if what[0] in 'aeiou' else 'a'} {what} file")
     if not path.is_file():
         raise DataError(path, f"{what} file is missing")
     size = decoded_size(path)

@@ -18,7 +18,7 @@ ellipse fitted to that image-size mask, so HC/BPD/OFD carry no working-size roun
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -148,6 +148,8 @@ def check_pixel_size(value: float | None, name: str) -> float:
     (:data:`~fetalgen.data.cases.PLAUSIBLE_MM`) is a ValueError."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{name}: pixel size must be a number of mm, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name}: pixel size {value} mm must be a finite positive number")
     if why := implausible(float(value), "pixel size"):
@@ -221,6 +223,9 @@ class Segmenter:
             batch_size: images per encoder call (peak memory).
         """
         single = is_single_image(images)
+        if not single and not isinstance(images, Iterable):
+            raise TypeError(f"images: one image (a file path, a PIL image, an array or a tensor) or a list of "
+                            f"them, got {type(images).__name__}")  # fmt: skip
         items = [images] if single else list(images)
         names = list(names) if names is not None else [
             str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(items)
@@ -235,7 +240,10 @@ class Segmenter:
             raise ValueError(
                 "boxes: one box for a list of images; give a list with a box (or None) per image"
             )
-        sizes = pixel_size_mm if isinstance(pixel_size_mm, Sequence) else [pixel_size_mm] * len(items)
+        one_size = not isinstance(pixel_size_mm, Sequence) or isinstance(
+            pixel_size_mm, str
+        )  # "0.1": refused below
+        sizes = [pixel_size_mm] * len(items) if one_size else pixel_size_mm
         if not len(boxes) == len(sizes) == len(items):
             raise ValueError(f"{len(items)} image(s), {len(boxes)} box(es), {len(sizes)} pixel size(s)")
         if not (isinstance(batch_size, int) and batch_size >= 1):

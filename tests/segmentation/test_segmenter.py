@@ -212,3 +212,16 @@ def test_the_api_takes_pil_rgb_float_and_tensor_images_in_batches():
         segmenter.predict([gray, gray], boxes=(1, 2, 30, 30))
     with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         segmenter.predict([gray], batch_size=0)
+
+
+def test_odd_api_arguments_are_refused_naming_the_argument(tmp_path):
+    segmenter = load_segmenter(model="tiny", allow_random_weights=True, image_size=32, device="cpu")
+    gray = np.random.default_rng(0).integers(0, 256, (40, 56), dtype=np.uint8)
+    for bad in (5, None):  # before: "'int' object is not iterable"
+        with pytest.raises(TypeError, match="images: one image .* or a list of them, got"):
+            segmenter.predict(bad)
+    with pytest.raises(ValueError, match="pixel size must be a number of mm, got '0.1'"):
+        segmenter.predict(gray, pixel_size_mm="0.1")  # before: "1 image(s), 1 box(es), 3 pixel size(s)"
+    with pytest.raises(DataError, match="is a folder, not an image file"):
+        segmenter.predict(str(tmp_path))  # before: "image file is missing"
+    assert len(segmenter.predict(iter([gray, gray]))) == 2  # any iterable of images is a list of them
