@@ -21,13 +21,13 @@ Timings only (random weights): whether a design's images are good enough is the 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DModel
+from diffusion_cpu import seconds  # the timing loop of the diffusion step benchmark beside this one
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,6 @@ DESIGNS = [
     Design("cascade-sr", lambda: unet(64, (32, 64, 128), False, 3), 3, 1, 64, 16, 128),
     Design("latent-32", lambda: unet(32, (32, 64, 128), False, 5, 4), 5, 4, 32, 16, 32),
 ]
-
-
-def seconds(step: Callable[[], object], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
 
 
 def unet_rows(design: Design, args: argparse.Namespace) -> tuple[float, float]:
