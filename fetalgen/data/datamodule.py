@@ -21,7 +21,7 @@ from fetalgen.data.splits import (
     select_cases,
     split_by_subject,
 )
-from fetalgen.data.synthetic import read_synthetic
+from fetalgen.data.synthetic import read_synthetic, set_roots
 from fetalgen.utils.seeds import seeded_rng, torch_generator
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ class PairDataModule(pl.LightningDataModule):
                 "below_agreement": 0,
                 "used": 0,
             }
-        cases, counts = self._read_sets([root] if isinstance(root, (str, Path)) else list(root))
+        cases, counts = self._read_sets(set_roots(root))
         counts["memorised_excluded"] = 0 if self.keep_memorised else counts["memorised"]
         if self.keep_memorised and counts["memorised"]:
             log.warning(
@@ -263,7 +263,7 @@ class PairDataModule(pl.LightningDataModule):
         chosen = sorted((cases[i] for i in rng.permutation(len(cases))[:wanted]), key=lambda c: c.name)
         return chosen, {**counts, "used": len(chosen)}
 
-    def _read_sets(self, roots: list[str | Path]) -> tuple[list[Case], dict[str, int]]:
+    def _read_sets(self, roots: list[Path]) -> tuple[list[Case], dict[str, int]]:
         """The usable pairs of one or more sets (a synthetic and a pseudo-labelled one), their counts summed."""
         cases: list[Case] = []
         counts: dict[str, int] = {}

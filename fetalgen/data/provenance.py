@@ -55,12 +55,18 @@ def is_labelled(record: Record) -> bool:
     return record.get("labelled", "yes") != UNLABELLED
 
 
+def labelled_names(records: Iterable[Record]) -> set[str]:
+    """The real images among ``records`` whose masks were seen: the labels behind a model (synthetic pairs and
+    pseudo-labels are no labels, images seen without masks neither)."""
+    return {r["name"] for r in records if is_labelled(r) and r.get("cohort") != "synthetic"}
+
+
 def label_counts(records: Iterable[Record]) -> dict[str, int]:
-    """Distinct labelled masks and unlabelled images among ``records`` (by name; an image seen both ways counts
-    as labelled): the two numbers every table reports."""
-    labelled, unlabelled = set(), set()
-    for record in records:
-        (labelled if is_labelled(record) else unlabelled).add(record["name"])
+    """Distinct labels (:func:`labelled_names`) and unlabelled images among ``records`` (by name; an image seen
+    both ways counts as labelled): the two numbers every table reports."""
+    records = list(records)
+    labelled = labelled_names(records)
+    unlabelled = {r["name"] for r in records if not is_labelled(r)}
     return {"labelled": len(labelled), "unlabelled": len(unlabelled - labelled)}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,13 @@ class ManifestEntry:
     def to_json(self) -> str:
         """One manifest line, standard JSON (a NaN figure, e.g. a failed fit in ``qc``, is null)."""
         return json.dumps(json_safe(asdict(self)), sort_keys=True, allow_nan=False)
+
+
+def set_roots(value: str | Path | Iterable[str | Path] | None) -> list[Path]:
+    """A ``synthetic_dir`` setting (one set, a list of sets, or none) as the list of its folders."""
+    if not value:
+        return []
+    return [Path(value)] if isinstance(value, (str, Path)) else [Path(v) for v in value]
 
 
 def read_manifest(root: str | Path) -> list[ManifestEntry]:

@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from fetalgen.data.provenance import (
     Record,
     case_records,
-    is_labelled,
     label_counts,
+    labelled_names,
     write_synthetic_provenance,
 )
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry
@@ -41,9 +41,7 @@ def teacher_records(provenance: dict[str, Any] | None, chosen: Iterable[str], ck
     if not provenance or not provenance.get("training_cases"):
         raise ValueError(f"{ckpt} lists no training cases (older fetalgen): its labels cannot be counted")
     seen = list(provenance["training_cases"]) + list(provenance.get("generator_cases") or [])
-    real = {
-        r["name"] for r in provenance["training_cases"] if is_labelled(r) and r.get("cohort") != "synthetic"
-    }
+    real = labelled_names(provenance["training_cases"])
     if real != set(chosen):
         raise ValueError(
             f"{ckpt} was fine-tuned on {len(real)} labelled pairs other than the {len(set(chosen))} the data config "
@@ -81,7 +79,7 @@ def write_pseudo_set(
     kept = sum(e.qc_pass for e in entries)
     summary = {"total": len(entries), "kept": kept, "rejected": len(entries) - kept, "reasons": reasons,
                "rule": asdict(rule), "teacher": teacher,
-               **label_counts(r for r in records if r.get("cohort") != "synthetic")}  # fmt: skip
+               **label_counts(records)}  # fmt: skip
     write_json(tmp / SUMMARY, summary)
     write_synthetic_provenance(tmp, teacher, records)
     tmp.rename(root)
@@ -105,7 +103,7 @@ def pseudo_label(cfg: DictConfig) -> dict[str, float]:
                "kind": "pseudo_label", "auto_rounds": int(cfg.auto_rounds)}  # fmt: skip
     cases = datamodule.unlabelled_cases
     labels = pseudo_labels(predictor, cases, rule, size, cfg.batch_size, cfg.auto_rounds, cfg.get("progress"))
-    records = records + case_records(datamodule.unlabelled_cases, labelled=False)
+    records = records + case_records(cases, labelled=False)
     summary = write_pseudo_set(Path(cfg.out), labels, teacher, records, rule)
     log.info("pseudo-labelled %d images with %s: %d kept (%s); set: %s", summary["total"], ckpt, summary["kept"],
              summary["reasons"] or "none rejected", cfg.out)  # fmt: skip

@@ -19,11 +19,12 @@ from fetalgen.data.provenance import (
     TRAINING_CASES,
     case_records,
     check_no_leak,
-    is_labelled,
     label_counts,
+    labelled_names,
     write_training_cases,
 )
 from fetalgen.data.sources import EvalSet, load_eval_set, source_root
+from fetalgen.data.synthetic import set_roots
 from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor, require_weights
@@ -100,9 +101,8 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     trainer, loggers = build_trainer(cfg, "finetune", provenance)
     for lg in loggers:
         lg.log_hyperparams(counts)
-    sets = cfg.data.get("synthetic_dir")
-    for root in [] if not sets else [sets] if isinstance(sets, str) else sets:  # one set, or a list
-        log_synthetic_set(loggers, Path(root))
+    for root in set_roots(cfg.data.get("synthetic_dir")):
+        log_synthetic_set(loggers, root)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
 
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -289,7 +289,7 @@ def data_counts(datamodule: Any) -> dict[str, int]:
     real = [c for c in train if c.cohort != "synthetic"]
     sam = {c.name for c in real}
     behind = getattr(datamodule, "generator_cases", None) or []  # the generator's, or the pseudo-labeller's
-    generator = {r["name"] for r in behind if is_labelled(r) and r.get("cohort") != "synthetic"}
+    generator = labelled_names(behind)
     return {
         "data/num_real": len(real),
         "data/num_val": len(val),
