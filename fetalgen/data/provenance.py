@@ -233,6 +233,9 @@ def find_overlap(seen: Iterable[Record], held_out: Iterable[Case]) -> list[str]:
     if len(seen_prints) < len(seen):
         log.warning("%d training record(s) carry no image fingerprint (an older fetalgen): their pixels are not "
                     "compared with the held-out images", len(seen) - len(seen_prints))  # fmt: skip
+    if older := sum(not fp.framed for _, fp in seen_prints):
+        log.warning("%d training record(s) carry an older fetalgen's image fingerprint: compared with the held-out "
+                    "images by exact pixels only (re-write the record to compare near copies)", older)  # fmt: skip
     held_prints = {c.name: fp for c in rest if (fp := case_fingerprint(c.image_path)) is not None}
     for held, seen_name, how in find_copies(held_prints, seen_prints):
         found.append(f"{held} (its image is {seen_name}'s: {how})")

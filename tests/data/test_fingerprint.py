@@ -12,6 +12,7 @@ from fetalgen.data.fingerprint import (
     find_copies,
     fingerprint_image,
     mirrored,
+    picture,
 )
 
 
@@ -38,6 +39,44 @@ def test_copies_are_found_and_the_record_round_trips():
     assert np.allclose(mirrored(mirrored(fp.descriptor)), fp.descriptor)
 
 
+def _scan_like(seed: int = 0) -> np.ndarray:
+    """A textured picture inside a black margin, as an ultrasound frame is."""
+    texture = np.random.default_rng(seed).integers(0, 255, (100, 140), dtype=np.uint8)
+    return cv2.copyMakeBorder(
+        cv2.GaussianBlur(texture, (9, 9), 3), 12, 8, 20, 6, cv2.BORDER_CONSTANT, value=0
+    )
+
+
+def test_borders_and_gamma_do_not_hide_a_copy():
+    image = _scan_like()
+    fp = fingerprint_image(image)
+    gamma = (255 * (image / 255.0) ** 0.5).astype(np.uint8)
+    variants = {"gamma_0.5": gamma, "darker": (image * 0.6).astype(np.uint8),
+                "black_border_10": cv2.copyMakeBorder(image, 10, 10, 10, 10, cv2.BORDER_CONSTANT, value=0),
+                "white_border": cv2.copyMakeBorder(image, 25, 5, 40, 0, cv2.BORDER_CONSTANT, value=255),
+                "margin_cut": image[12:, 20:]}  # fmt: skip
+    found = find_copies({k: fingerprint_image(v) for k, v in variants.items()}, {"seen": fp})
+    assert sorted(held for held, _, _ in found) == sorted(variants)
+    # Without the frame trimmed and the histogram equalised, these were missed (cosine below NEAR).
+    raw = cv2.resize(image.astype(np.float32), (16, 16), interpolation=cv2.INTER_AREA).ravel()
+    border = cv2.resize(
+        variants["white_border"].astype(np.float32), (16, 16), interpolation=cv2.INTER_AREA
+    ).ravel()
+    raw, border = raw - raw.mean(), border - border.mean()
+    assert raw @ border / np.linalg.norm(raw) / np.linalg.norm(border) < NEAR
+    assert picture(image).shape == (100, 140)
+    assert picture(np.zeros((5, 7), np.uint8)).shape == (5, 7)  # a uniform image stays whole
+
+
+def test_an_older_records_fingerprint_is_compared_by_its_pixels_only():
+    image = _scan_like()
+    current = fingerprint_image(image)
+    older = Fingerprint.decode(f"{current.sha256}:" + current.encode().split(":", 2)[2])
+    assert not older.framed and Fingerprint.decode(current.encode()).framed
+    assert find_copies({"same": current}, {"seen": older})[0][2] == "the same pixels"
+    assert find_copies({"jpeg_like": fingerprint_image(image // 2 * 2)}, {"seen": older}) == []
+
+
 @pytest.mark.hc18
 def test_no_two_hc18_subjects_look_alike_and_a_jpeg_copy_does(hc18_dir):
     from fetalgen.data.hc18 import read_hc18
@@ -51,7 +90,7 @@ def test_no_two_hc18_subjects_look_alike_and_a_jpeg_copy_does(hc18_dir):
         cos = prints @ _transformed(prints, k, flip).T
         similarity = np.maximum(similarity, np.abs(cos))
     other_subject = subjects[:, None] != subjects[None, :]
-    assert similarity[other_subject].max() < NEAR  # measured: 0.913 on the 645 first frames, every kind
+    assert similarity[other_subject].max() < NEAR  # measured: 0.916 on all 809 images, every kind
     image = cv2.imread(str(cases[0].image_path), cv2.IMREAD_GRAYSCALE)
     _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])
     assert fingerprint_image(cv2.imdecode(jpeg, 0)).descriptor @ prints[0] > 0.999
