@@ -14,7 +14,7 @@ Packages:
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load_segmenter"]
+__all__ = ["load_onnx_segmenter", "load_segmenter"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from fetalgen.segmentation.segmenter import load_segmenter
 
         return load_segmenter
+    if name == "load_onnx_segmenter":
+        from fetalgen.segmentation.onnx_predictor import load_onnx_segmenter
+
+        return load_onnx_segmenter
     raise AttributeError(f"module 'fetalgen' has no attribute {name!r}")

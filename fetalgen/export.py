@@ -65,12 +65,15 @@ def export_sam(checkpoint: RunCheckpoint, out: Path) -> Path:
 
 def export_sam_onnx(ckpt_path: Path, out: Path) -> Path:
     """Write the fine-tuned SAM of ``ckpt_path`` as ``encoder.onnx`` + ``decoder.onnx``; returns the encoder's path."""
-    from fetalgen.segmentation.onnx import export_onnx
-    from fetalgen.segmentation.predictor import load_module
+    from fetalgen.segmentation.onnx import encoder_batch_is_free, export_onnx
+    from fetalgen.segmentation.onnx_predictor import write_settings
+    from fetalgen.segmentation.predictor import SamBoxPredictor, load_module
 
     loaded = load_module(None, ckpt_path)  # rebuilt from checked plain values only
     size = working_size(loaded.config or {}, ckpt_path)
-    return export_onnx(loaded.module.sam, size, out)[0]
+    encoder = export_onnx(loaded.module.sam, size, out)[0]
+    write_settings(out, SamBoxPredictor(loaded.module), size, encoder_batch_is_free(loaded.module.sam))
+    return encoder
 
 
 ONNX_USE = """```python
@@ -81,7 +84,10 @@ encoder, decoder = ort.InferenceSession("encoder.onnx"), ort.InferenceSession("d
 # boxes: float32 [B, 4], XYXY in working pixels (the whole image, [0, 0, S-1, S-1], when there is no box)
 (logits,) = decoder.run(None, {{"embeddings": embeddings, "boxes": boxes}})
 masks = logits[:, 0] > 0  # [B, S, S]: resize to the image's own size (undo the padding) before measuring
-```"""
+```
+Or the whole of fetalgen's prediction (automatic prompt, HC in mm) on this folder: `fetalgen-predict
+backend=onnxruntime onnx_dir=<this folder> images.root=<images>`, or
+`fetalgen.load_onnx_segmenter("<this folder>").predict(images)`."""
 
 
 AUTO_PROMPT_NOTE = (

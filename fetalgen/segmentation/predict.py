@@ -190,11 +190,31 @@ def predict_images(
     return pd.DataFrame(rows), skipped
 
 
+def build_segmenter(cfg: DictConfig) -> Segmenter:
+    """The segmenter of ``cfg.backend``: ``torch`` (a checkpoint or raw weights) or ``onnxruntime`` (an export)."""
+    if cfg.get("backend", "torch") == "onnxruntime":
+        if not cfg.get("onnx_dir"):
+            raise ValueError("backend=onnxruntime needs onnx_dir=<a fetalgen-export format=onnx folder>")
+        if cfg.get("image_size") not in (None, ""):
+            raise ValueError(
+                "image_size: an ONNX export has its own working size (predictor.json); leave it unset"
+            )
+        from fetalgen.segmentation.onnx_predictor import load_onnx_segmenter
+
+        return load_onnx_segmenter(cfg.onnx_dir, cfg.auto_rounds)
+    if cfg.get("backend", "torch") != "torch":
+        raise ValueError(f"backend={cfg.backend}: torch or onnxruntime")
+    loaded = load_module(cfg.get("model"), cfg.get("ckpt_path"), cfg.allow_random_weights)
+    return segmenter_for(loaded, cfg.get("image_size"), cfg.get("device"), cfg.auto_rounds)
+
+
 def input_hashes(cfg: DictConfig) -> dict[str, str]:
-    """The sha256 of the checkpoint and CSVs a prediction reads: a resume across a replaced file is refused, where
+    """The sha256 of the model files and CSVs a prediction reads: a resume across a replaced file is refused, where
     the paths alone would let one table mix two models."""
+    onnx = Path(cfg.onnx_dir) if cfg.get("backend") == "onnxruntime" and cfg.get("onnx_dir") else None
     files = {"checkpoint": cfg.get("ckpt_path"), "pixel_sizes": cfg.images.get("pixel_sizes"),
-             "boxes": cfg.images.get("boxes")}  # fmt: skip
+             "boxes": cfg.images.get("boxes"), "onnx_encoder": onnx and onnx / "encoder.onnx",
+             "onnx_decoder": onnx and onnx / "decoder.onnx", "onnx_settings": onnx and onnx / "predictor.json"}  # fmt: skip
     return {
         f"{key}_sha256": sha256_file(path) for key, path in files.items() if path and Path(path).is_file()
     }
@@ -203,8 +223,7 @@ def input_hashes(cfg: DictConfig) -> dict[str, str]:
 @task_wrapper
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run ``fetalgen-predict`` (``conf/predict.yaml``); returns the summary written to ``summary.json``."""
-    loaded = load_module(cfg.get("model"), cfg.get("ckpt_path"), cfg.allow_random_weights)
-    segmenter = segmenter_for(loaded, cfg.get("image_size"), cfg.get("device"), cfg.auto_rounds)
+    segmenter = build_segmenter(cfg)
     items = read_images(cfg.images.root, cfg.images.get("pixel_sizes"), on_bad=cfg.on_bad_image)
     boxes = read_boxes(cfg.images.boxes) if cfg.images.get("boxes") else {}
     unknown = sorted(set(boxes) - {item.name for item in items})
@@ -214,6 +233,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     out = Path(cfg.out) if cfg.get("out") else output_dir(cfg)
     settings = {"checkpoint": str(cfg.get("ckpt_path") or ""), "model": str((cfg.get("model") or {}).get("sam")),
+                "backend": str(cfg.get("backend", "torch")), "onnx_dir": str(cfg.get("onnx_dir") or ""),
                 "images": str(Path(cfg.images.root).resolve()), "pixel_sizes": str(cfg.images.get("pixel_sizes")),
                 "boxes": str(cfg.images.get("boxes")), "image_size": segmenter.image_size,
                 "auto_rounds": cfg.auto_rounds, **input_hashes(cfg)}  # fmt: skip
@@ -240,7 +260,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if skipped:
         (out / "skipped.txt").write_text("".join(f"{e}\n" for e in skipped))
     summary = {
-        "checkpoint": str(cfg.get("ckpt_path") or "raw/random SAM"),
+        "checkpoint": str(
+            cfg.get("ckpt_path") or ("" if cfg.get("backend") == "onnxruntime" else "raw/random SAM")
+        ),
+        "backend": str(cfg.get("backend", "torch")),
+        "onnx_dir": str(cfg.get("onnx_dir") or ""),
         "images": str(cfg.images.root),
         "image_size": segmenter.image_size,
         "n_images": len(rows),

@@ -11,6 +11,7 @@ none for ``tight`` training), gives the next mask. An image where a round finds 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,7 +49,52 @@ class Embedded:
         return Embedded(self.embeddings[indices], self.hw)
 
 
-class SamBoxPredictor:
+class BoxPrompting(ABC):
+    """The prompting of a box predictor, whatever runs the model (PyTorch here, onnxruntime in
+    :mod:`fetalgen.segmentation.onnx_predictor`): a backend gives ``embed``, ``logits``, ``threshold`` and
+    ``auto_margin``; the thresholded masks and the automatic prompt (module doc) are the same for every one."""
+
+    threshold: float  # the logit above which a pixel is in the mask
+
+    @abstractmethod
+    def embed(self, images: torch.Tensor) -> Embedded:
+        """Working images ``[B, 1, S, S]`` in [0, 1] -> their embeddings."""
+
+    @abstractmethod
+    def logits(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
+        """Boxes ``[R, B, 4]`` (XYXY, working pixels; box ``[r, b]`` on image ``b``) -> logits ``[R, B, S, S]``."""
+
+    @abstractmethod
+    def auto_margin(self, side: int) -> float:
+        """Pixels added around a mask's box in the automatic prompt, at working side ``side``."""
+
+    def predict(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
+        """Boxes ``[R, B, 4]`` -> bool masks ``[R, B, S, S]`` (:meth:`logits` thresholded)."""
+        return self.logits(embedded, boxes) > self.threshold
+
+    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
+        """:meth:`predict` on freshly embedded ``images``."""
+        return self.predict(self.embed(images), boxes)
+
+    def auto_boxes(self, embedded: Embedded, rounds: int = AUTO_ROUNDS) -> np.ndarray:
+        """The boxes ``[B, 4]`` the automatic prompt (module doc) settles on, from the whole-image box."""
+        h, w = embedded.hw
+        boxes = np.stack([full_box((h, w))] * len(embedded))
+        margin = self.auto_margin(max(h, w))
+        for _ in range(rounds):
+            for i, mask in enumerate(self.predict(embedded, torch.from_numpy(boxes)[None])[0]):
+                if mask.any():
+                    box = tight_box(largest_component(mask)) + np.array([-1, -1, 1, 1]) * margin
+                    boxes[i] = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
+        return boxes.astype(np.float32)
+
+    def auto(self, embedded: Embedded, rounds: int = AUTO_ROUNDS) -> tuple[np.ndarray, np.ndarray]:
+        """The automatic prompt: bool masks ``[B, S, S]`` and the boxes ``[B, 4]`` that gave them."""
+        boxes = self.auto_boxes(embedded, rounds)
+        return self.predict(embedded, torch.from_numpy(boxes)[None])[0], boxes
+
+
+class SamBoxPredictor(BoxPrompting):
     """Box-prompted (and automatically prompted) masks of a :class:`SamFinetuneModule`.
 
     Images are encoded afresh (each is seen once), except through the module's embedding cache when that is a disk
@@ -120,37 +166,12 @@ class SamBoxPredictor:
         """The logit above which a pixel is in the mask (SAM's ``mask_threshold``)."""
         return float(self.module.sam.mask_threshold)
 
-    def predict(self, embedded: Embedded, boxes: torch.Tensor) -> np.ndarray:
-        """Boxes ``[R, B, 4]`` -> bool masks ``[R, B, S, S]`` (:meth:`logits` thresholded)."""
-        return self.logits(embedded, boxes) > self.threshold
-
-    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
-        """:meth:`predict` on freshly embedded ``images``."""
-        return self.predict(self.embed(images), boxes)
-
     def auto_margin(self, side: int) -> float:
         """Pixels added around a mask's box in the automatic prompt, at working side ``side``."""
         hp = self.module.hparams
         if hp.train_prompt == "tight":
             return 0.0
         return 0.5 * hp.max_jitter_px * side / hp.jitter_ref_size
-
-    def auto_boxes(self, embedded: Embedded, rounds: int = AUTO_ROUNDS) -> np.ndarray:
-        """The boxes ``[B, 4]`` the automatic prompt (module doc) settles on, from the whole-image box."""
-        h, w = embedded.hw
-        boxes = np.stack([full_box((h, w))] * len(embedded))
-        margin = self.auto_margin(max(h, w))
-        for _ in range(rounds):
-            for i, mask in enumerate(self.predict(embedded, torch.from_numpy(boxes)[None])[0]):
-                if mask.any():
-                    box = tight_box(largest_component(mask)) + np.array([-1, -1, 1, 1]) * margin
-                    boxes[i] = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
-        return boxes.astype(np.float32)
-
-    def auto(self, embedded: Embedded, rounds: int = AUTO_ROUNDS) -> tuple[np.ndarray, np.ndarray]:
-        """The automatic prompt: bool masks ``[B, S, S]`` and the boxes ``[B, 4]`` that gave them."""
-        boxes = self.auto_boxes(embedded, rounds)
-        return self.predict(embedded, torch.from_numpy(boxes)[None])[0], boxes
 
 
 class LoadedModel(NamedTuple):

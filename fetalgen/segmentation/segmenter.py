@@ -34,6 +34,7 @@ from fetalgen.data.transforms import pad_resize
 from fetalgen.metrics.biometry import Ellipse, ellipse_circumference, fit_ellipse
 from fetalgen.segmentation.predictor import (
     AUTO_ROUNDS,
+    BoxPrompting,
     LoadedModel,
     SamBoxPredictor,
     load_module,
@@ -199,7 +200,7 @@ class HeadMeasurement:
 class Segmenter:
     """A fine-tuned SAM that segments whole images: box prompts where given, else the automatic prompt."""
 
-    def __init__(self, predictor: SamBoxPredictor, image_size: int, auto_rounds: int = AUTO_ROUNDS) -> None:
+    def __init__(self, predictor: BoxPrompting, image_size: int, auto_rounds: int = AUTO_ROUNDS) -> None:
         self.predictor = predictor
         self.image_size = int(image_size)
         self.auto_rounds = auto_rounds

@@ -1,8 +1,9 @@
 """Third-party warnings every run would print that say nothing to a fetalgen user, silenced by message (only
-these: any other warning still shows)."""
+these: any other warning still shows), and the ONNX exporter's INFO chatter (about a hundred lines an export)."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 KNOWN_WARNINGS = (
@@ -15,11 +16,15 @@ KNOWN_WARNINGS = (
     # torch on checkpoints written by Lightning (pickle protocol 4), loaded with weights_only=True
     (UserWarning, r"Detected pickle protocol \d+ in the checkpoint"),
     # torch.onnx when the batch axis of two inputs is one and the same dynamic dimension
-    (UserWarning, r"The axis name: .* will not be used, since it shares the same shape constraints"),
+    (UserWarning, r"# The axis name: .* will not be used, since it shares the same shape constraints"),
 )
+# onnxscript's optimiser and onnx_ir's passes log every rewrite at INFO during torch.onnx.export: warnings still show
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
 
 
 def quiet_known_warnings() -> None:
     """Ignore the :data:`KNOWN_WARNINGS` from now on in this process."""
     for category, message in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
