@@ -15,6 +15,7 @@ from fetalgen.segmentation.build import build_sam, native_image_size
 from fetalgen.segmentation.cache import EmbeddingCache
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor
+from fetalgen.segmentation.preprocess import at_side
 from fetalgen.segmentation.prompts import tight_box
 
 
@@ -42,7 +43,7 @@ class BoxJudge:
 
     def __call__(self, images: torch.Tensor, masks: np.ndarray) -> np.ndarray:
         side = int(images.shape[-1])
-        up = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        up = at_side(images, self.size)
         big = F.interpolate(torch.from_numpy(np.asarray(masks, np.float32))[:, None], size=(self.size, self.size),
                             mode="nearest")[:, 0].numpy() > 0.5  # fmt: skip
         out = []

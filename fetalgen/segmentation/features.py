@@ -15,31 +15,46 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fetalgen.segmentation.cache import encode_in_chunks
-from fetalgen.segmentation.preprocess import to_encoder_input
+from fetalgen.segmentation.cache import EmbeddingCache, encode_in_chunks
+from fetalgen.segmentation.preprocess import at_side, to_encoder_input
 
 log = logging.getLogger(__name__)
 
 
 class SamFeatures:
     """Mean-pooled SAM image-encoder embeddings, ``batch_size`` images per encoder call (the peak memory: ViT-B
-    at 1024 px holds ~2.3 GiB of activations per image)."""
+    at 1024 px holds ~2.3 GiB of activations per image).
 
-    def __init__(
-        self, sam: torch.nn.Module, name: str, batch_size: int = 2, device: str | torch.device = "cpu"
-    ):
+    With a ``cache`` (a disk :class:`~fetalgen.segmentation.cache.EmbeddingCache`), images are first brought to
+    the encoder's side (:func:`~fetalgen.segmentation.preprocess.at_side`, as the box judge brings them) and their
+    embeddings read from or written to it: the judge's two passes over the same images encode each image once.
+    """
+
+    def __init__(self, sam: torch.nn.Module, name: str, batch_size: int = 2, device: str | torch.device = "cpu",
+                 cache: EmbeddingCache | None = None) -> None:  # fmt: skip
         self.sam = sam.eval().to(device)
         self.name, self.batch_size, self.device = name, batch_size, torch.device(device)
+        self.cache = cache
+        if cache is not None:
+            cache.bind(self.sam)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sam.image_encoder(to_encoder_input(self.sam, x))
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not len(images):
             return torch.zeros(0, self.sam.prompt_encoder.embed_dim)
-
-        def pooled(x: torch.Tensor) -> torch.Tensor:
-            return self.sam.image_encoder(to_encoder_input(self.sam, x)).mean(dim=(-2, -1)).float()
-
-        return encode_in_chunks(pooled, images.to(self.device), self.batch_size).cpu()
+        images = images.to(self.device)
+        if self.cache is not None:
+            return (
+                self.cache.embed(at_side(images, self.sam.image_encoder.img_size), self.encode)
+                .mean(dim=(-2, -1))
+                .cpu()
+            )
+        return encode_in_chunks(
+            lambda x: self.encode(x).mean(dim=(-2, -1)).float(), images, self.batch_size
+        ).cpu()
 
 
 class InceptionFeatures:
@@ -76,9 +91,10 @@ def sam_features(
     seed: int = 0,
     batch_size: int = 2,
     device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
 ) -> SamFeatures:
     """The mean-pooled encoder of a SAM size (``checkpoint`` None: random init, a smoke test only; ``"pretrained"``:
-    the weights that ship with the size, LiteMedSAM's).
+    the weights that ship with the size, LiteMedSAM's); ``cache_dir``: a disk embedding cache (:class:`SamFeatures`).
 
     Raises:
         FileNotFoundError: a checkpoint that is not there (with the ways out).
@@ -97,4 +113,5 @@ def sam_features(
     name = f"sam-{model_type} encoder ({source}, {image_size} px, mean-pooled)"
     if not checkpoint:
         log.warning("fidelity features from a randomly initialised SAM (%s): only a smoke test", model_type)
-    return SamFeatures(sam, name, batch_size=batch_size, device=device)
+    cache = EmbeddingCache("disk", cache_dir, encode_batch_size=1) if cache_dir else None
+    return SamFeatures(sam, name, batch_size=batch_size, device=device, cache=cache)

@@ -18,6 +18,12 @@ def resized_shape(sam: Sam, hw: tuple[int, int]) -> tuple[int, int]:
     return ResizeLongestSide.get_preprocess_shape(hw[0], hw[1], sam.image_encoder.img_size)
 
 
+def at_side(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Square images ``[B, 1, s, s]`` resized to ``side`` (bilinear): how the pretrained judges read small generated
+    images, the same tensor for each of them, so their encodings are one cache entry."""
+    return F.interpolate(images.float(), size=(side, side), mode="bilinear", align_corners=False)
+
+
 def to_encoder_input(sam: Sam, images: torch.Tensor) -> torch.Tensor:
     """Working images ``[B, 1 or 3, H, W]`` in [0, 1] -> encoder input ``[B, 3, L, L]``, normalised and padded.
 

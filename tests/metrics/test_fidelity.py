@@ -77,3 +77,23 @@ def test_every_feature_config_names_a_builder(compose_cfg):
     assert tiny(torch.rand(2, 1, 32, 32)).shape[0] == 2 and tiny.name.startswith(
         "sam-tiny encoder (random init"
     )
+
+
+def test_cached_features_encode_each_image_once_and_share_the_box_judges_entries(phantoms, tmp_path):
+    from functools import partial
+
+    from fetalgen.segmentation.cache import EmbeddingCache
+    from fetalgen.segmentation.module import SamFinetuneModule
+    from fetalgen.segmentation.predictor import SamBoxPredictor
+    from fetalgen.segmentation.preprocess import at_side
+
+    images = phantoms[:4, :, ::2, ::2]  # small generated-like images, brought to the encoder's side by both
+    sam = build_sam("tiny", image_size=64, seed=0)
+    judge = SamBoxPredictor(SamFinetuneModule(sam, optimizer=partial(torch.optim.AdamW)),
+                            cache=EmbeddingCache("disk", tmp_path, encode_batch_size=1))  # fmt: skip
+    judge.embed(at_side(images, 64))  # what the box judge does first
+    features = sam_features("tiny", None, 64, cache_dir=tmp_path)
+    pooled = features(images)
+    assert features.cache.hits == 4 and features.cache.misses == 0  # read, not encoded again
+    uncached = SamFeatures(build_sam("tiny", image_size=64, seed=0), "plain")(at_side(images, 64))
+    assert torch.allclose(pooled, uncached, atol=2e-3)  # the cache stores float16
