@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import quote
 
-from tqdm import tqdm
+from fetalgen.utils.bars import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def download(url: str, dest: str | Path, checksum: str | None = None, progress: 
     try:
         with os.fdopen(fd, "wb") as out, _open(url) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            with progress_bar(total, dest.name, "B", disable=not progress, unit_scale=True) as bar:
                 while block := resp.read(1 << 20):
                     out.write(block)
                     digest.update(block)

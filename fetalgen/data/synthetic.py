@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fetalgen.data.cases import Case, DataError
+from fetalgen.data.verdict import qc_verdict
 from fetalgen.utils.files import json_safe
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,35 @@ def read_manifest(root: str | Path) -> list[ManifestEntry]:
     return entries
 
 
+def exclusion(
+    entry: ManifestEntry,
+    min_agreement: float | None = None,
+    manifest: Path | None = None,
+    include_memorised: bool = False,
+) -> str | None:
+    """Why a set's reader leaves ``entry`` out, or None when it is kept: ``qc_failed`` (its verdict, by
+    :func:`~fetalgen.data.verdict.qc_verdict` with ``min_agreement`` when one is given, else the set's own
+    ``qc_pass``), ``below_agreement`` (its mask passed, its agreement did not) or ``memorised``.
+
+    Raises:
+        DataError: ``min_agreement`` given but the pair was never judged (no ``pair_agreement``).
+    """
+    if min_agreement is None:
+        passed, too_low = entry.qc_pass, False
+    else:
+        if entry.pair_agreement is None:
+            raise DataError(manifest or MANIFEST, f"index {entry.index} has no pair_agreement: judge the set "
+                            "(fetalgen-sample with fidelity.enabled=true) before filtering by agreement")  # fmt: skip
+        mask_passed = bool(entry.qc.get("passed", entry.qc_pass))
+        passed, _ = qc_verdict(mask_passed, entry.qc.get("reasons", []), entry.pair_agreement, min_agreement)
+        too_low = mask_passed and not passed
+    if not passed:
+        return "below_agreement" if too_low else "qc_failed"
+    if entry.memorised and not include_memorised:
+        return "memorised"
+    return None
+
+
 def read_synthetic(
     root: str | Path,
     include_failed: bool = False,
@@ -128,22 +158,18 @@ def read_synthetic(
 
     Raises:
         DataError: ``min_agreement`` set but a pair was never judged (no ``pair_agreement``).
+
+    Which pairs are kept is :func:`exclusion`'s verdict, the rule the judge applies (one implementation).
     """
     root = Path(root)
     entries = read_manifest(root)
     cases: list[Case] = []
     counts = {"total": len(entries), "kept": 0, "qc_failed": 0, "memorised": 0, "below_agreement": 0}
     for e in entries:
-        if not e.qc_pass:
-            counts["qc_failed"] += 1
-            if not include_failed:
-                continue
-        if min_agreement is not None:
-            if e.pair_agreement is None:
-                raise DataError(root / MANIFEST, f"index {e.index} has no pair_agreement: judge the set "
-                                "(fetalgen-sample with fidelity.enabled=true) before filtering by agreement")  # fmt: skip
-            if e.pair_agreement < min_agreement:
-                counts["below_agreement"] += 1
+        why = exclusion(e, min_agreement, root / MANIFEST, include_memorised=True)
+        if why is not None:
+            counts[why] += 1
+            if not (why == "qc_failed" and include_failed):
                 continue
         if e.memorised:
             counts["memorised"] += 1

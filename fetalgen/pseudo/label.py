@@ -6,14 +6,11 @@ cache, so a frozen pretrained encoder encodes each pool image once for every tea
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fetalgen.data.cases import Case
 from fetalgen.data.io import load_image
@@ -21,9 +18,8 @@ from fetalgen.metrics.synthesis import QCResult
 from fetalgen.pseudo.rule import KeepRule
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor
 from fetalgen.segmentation.segmenter import logits_to_image, to_working
+from fetalgen.utils.bars import progress_bar
 from fetalgen.utils.masks import fill_holes, largest_component
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,14 +42,11 @@ def pseudo_labels(
     rounds: int = AUTO_ROUNDS,
     progress: bool | None = None,
 ) -> Iterator[PseudoLabel]:
-    """Label ``cases`` (images only) ``batch_size`` at a time at the teacher's working size ``image_size``; a bar
-    on a terminal (``progress`` None: when stderr is one), else a whole log line every tenth of the images."""
-    progress = sys.stderr.isatty() if progress is None else progress
-    every = max(1, len(cases) // 10)
-    with tqdm(total=len(cases), desc="pseudo-label", unit="img", disable=not progress) as bar:
+    """Label ``cases`` (images only) ``batch_size`` at a time at the teacher's working size ``image_size``, with
+    a progress bar (:func:`~fetalgen.utils.bars.progress_bar`: whole lines outside a terminal; ``progress``
+    False: none)."""
+    with progress_bar(len(cases), "pseudo-label", "img", disable=progress is False) as bar:
         for start in range(0, len(cases), batch_size):
-            if not progress and start // every != (start + batch_size) // every:
-                log.info("pseudo-label: %d/%d images", min(start + batch_size, len(cases)), len(cases))
             part = cases[start : start + batch_size]
             images = [load_image(c.image_path) for c in part]
             works = [to_working(image, image_size) for image in images]

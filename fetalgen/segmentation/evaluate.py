@@ -24,7 +24,6 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.data.cases import Case
@@ -37,6 +36,7 @@ from fetalgen.report.figures import save_case_figure
 from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED
 from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
 from fetalgen.segmentation.prompts import PROMPT_MODES, prompt_boxes
+from fetalgen.utils.bars import progress_bar
 from fetalgen.utils.files import write_json
 from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
 
@@ -105,7 +105,7 @@ def evaluate_dataset(
     rows: list[dict[str, Any]] = []
     first: dict[str, dict[str, np.ndarray]] = {mode: {} for mode in prompt_modes}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    with tqdm(total=len(dataset), desc=f"evaluate {name}", unit="img", disable=not progress) as bar:
+    with progress_bar(len(dataset), f"evaluate {name}", "img", disable=not progress) as bar:
         for batch in loader:
             masks = batch["mask"][:, 0].numpy() > 0.5
             names = list(batch["name"])

@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.images import ImageFile, read_boxes, read_images
@@ -37,6 +36,7 @@ from fetalgen.data.io import bad_input, check_on_bad, warn_skipped
 from fetalgen.metrics.biometry import Ellipse, fitted_ellipse_mask
 from fetalgen.segmentation.predictor import load_module
 from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, check_input, segmenter_for
+from fetalgen.utils.bars import progress_bar
 from fetalgen.utils.files import append_line, claim_folder, json_safe, sha256_file, write_json, write_png
 from fetalgen.utils.task import output_dir, task_wrapper
 
@@ -158,7 +158,7 @@ def predict_images(
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     skipped: list[DataError] = []
-    with tqdm(total=len(items), desc="predict", unit="img", disable=not progress) as bar:
+    with progress_bar(len(items), "predict", "img", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
             chunk, images = [], []
             for item in items[start : start + batch_size]:

@@ -25,15 +25,15 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fetalgen.data.cases import DataError
-from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
+from fetalgen.data.synthetic import MANIFEST, ManifestEntry, exclusion, read_manifest
 from fetalgen.data.transforms import pad_resize
+from fetalgen.data.verdict import AGREEMENT, qc_verdict
 from fetalgen.metrics.agreement import boxed_agreement, calibrated_agreement
 from fetalgen.metrics.fidelity import Features, diversity, kid_fid, nearest_neighbours, save_gallery
 from fetalgen.synthesis.reference import ReferenceSegmenter
-from fetalgen.synthesis.verdict import AGREEMENT, qc_verdict
+from fetalgen.utils.bars import progress_bar
 from fetalgen.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,8 @@ def judge_synthetic(
             "a measurement reference set needs held-out real pairs for its ceiling (fidelity.heldout)"
         )
     segmenters = 1 if reference is None else 2
-    bar = tqdm(total=segmenters * settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held, desc="judge",
-               unit="step|img", disable=not settings.progress)  # fmt: skip
+    bar = progress_bar(segmenters * settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held, "judge",
+                       "step|img", disable=not settings.progress)  # fmt: skip
 
     def embed(images: np.ndarray) -> torch.Tensor:
         out = []
@@ -255,7 +255,7 @@ def judge_synthetic(
         e.qc = {**e.qc, "passed": ok, "reasons": reasons}
     atomic_write(root / MANIFEST, lambda tmp: tmp.write_text("".join(e.to_json() + "\n" for e in entries)))
 
-    kept = np.array([e.qc_pass and not e.memorised for e in entries])  # now with the agreement verdict
+    kept = np.array([exclusion(e) is None for e in entries])  # now with the agreement verdict
     if kept.sum() < 2:
         log.warning("%s: %d kept pair(s): realism and diversity need 2", root, int(kept.sum()))
     realism: dict[str, Any] = {}

@@ -3,7 +3,7 @@
 1. write (:mod:`fetalgen.synthesis.writer`): pairs sampled into the folder, resumable, one manifest line each;
 2. judge (:mod:`fetalgen.synthesis.judge`): agreement, realism, diversity, nearest neighbours, with the image
    features built by Hydra from ``fidelity.features`` (a ``_target_`` config) and passed in;
-3. verdict (:func:`fetalgen.synthesis.verdict.qc_verdict`): the one rule that sets each pair's ``qc_pass``;
+3. verdict (:func:`fetalgen.data.verdict.qc_verdict`): the one rule that sets each pair's ``qc_pass``;
 4. seal: ``provenance.json`` (the generator, its training cases, the manifest's hash), written last.
 """
 

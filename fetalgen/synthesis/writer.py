@@ -23,11 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
+from fetalgen.data.verdict import qc_verdict
 from fetalgen.diffusion.channels import unpack
 from fetalgen.diffusion.postprocess import clean_mask
 from fetalgen.diffusion.sampling import (
@@ -45,7 +45,7 @@ from fetalgen.metrics.synthesis import (
     qc_mask,
     summarise_synthetic,
 )
-from fetalgen.synthesis.verdict import qc_verdict
+from fetalgen.utils.bars import progress_bar
 from fetalgen.utils.files import append_line, atomic_write, png_intact, write_json, write_png
 from fetalgen.utils.seeds import derive_seed, seeded_rng
 
@@ -272,7 +272,7 @@ def write_synthetic(
     todo = [i for i in range(n) if i not in done]
     qc_kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (qc or {}).items()}
     log.info("%s: %d of %d pairs done, %d to sample", root, n - len(todo), n, len(todo))
-    bar = tqdm(total=n, initial=n - len(todo), desc="sampling pairs", unit="pair", disable=not progress)
+    bar = progress_bar(n, "sampling pairs", "pair", disable=not progress, initial=n - len(todo))
     for block in blocks(todo, spec.batch_size):
         labels = [spec.label_of(i, num_classes) for i in block]
         given = None

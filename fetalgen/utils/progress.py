@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
-PIPE_UPDATES = 50  # bar redraws per run when the output is a pipe or a file (a SLURM .out, a CI log)
+from fetalgen.utils.bars import PIPE_UPDATES  # bar redraws per run when the output is a pipe or a file
 
 
 def refresh_rate(max_steps: int, interactive: bool | None = None) -> int:

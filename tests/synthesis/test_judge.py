@@ -107,3 +107,25 @@ def test_the_pretrained_box_judge_tells_true_pairs_from_boxes_of_other_masks(
         and figures["floor"] < figures["synthetic"] - 0.2
     )
     assert "lite_medsam zero-shot" in judge.name
+
+
+def test_the_arm_filter_keeps_exactly_the_pairs_the_judges_verdict_passes(
+    phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path
+):
+    from fetalgen.data.synthetic import read_synthetic
+
+    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 8)
+    judge_synthetic(root, train, names, names, features, JudgeSettings(segmenter_steps=80, kid_subsets=5))
+    agreements = sorted(e.pair_agreement for e in read_manifest(root) if e.qc_pass)
+    threshold = float(np.median(agreements))  # some pairs on each side
+    for include_memorised in (False, True):
+        read, counts = read_synthetic(root, include_memorised=include_memorised, min_agreement=threshold)
+        judged = tmp_path / f"judged_{include_memorised}"  # the same set judged with that threshold
+        shutil.copytree(root, judged)
+        judge_synthetic(judged, train, names, names, features,
+                        JudgeSettings(segmenter_steps=80, kid_subsets=5, min_agreement=threshold))  # fmt: skip
+        passed = {
+            e.name for e in read_manifest(judged) if e.qc_pass and (include_memorised or not e.memorised)
+        }
+        assert {c.name for c in read} == passed and 0 < counts["below_agreement"] < counts["total"]
+        assert {c.name for c in read_synthetic(judged, include_memorised=include_memorised)[0]} == passed

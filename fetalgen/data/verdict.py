@@ -1,9 +1,11 @@
-"""The one rule that decides whether a synthetic pair is kept (``qc_pass`` in the manifest).
+"""The one rule that decides whether a synthetic pair passes (``qc_pass`` in the manifest).
 
 A pair passes when its mask passed the mask checks (:func:`fetalgen.metrics.synthesis.qc_mask`: empty, ellipse
-fit, area, border) and, once the set is judged with ``fidelity.min_agreement``, when a reference segmenter's mask
-of its image agrees with its mask at least that much. The writer calls it without an agreement, the judge again
-with one; the mask checks' own verdict stays in ``qc["passed"]``, so a re-judge starts from it.
+fit, area, border) and, once the set is judged with a threshold, when a reference segmenter's mask of its image
+agrees with its mask at least that much. The writer calls it without an agreement, the judge again with
+``fidelity.min_agreement``, and an arm that reads the set with ``data.min_agreement``
+(:func:`fetalgen.data.synthetic.exclusion`) with its own threshold; the mask checks' own verdict stays in
+``qc["passed"]``, so a re-judge (or an arm) starts from it.
 """
 
 from __future__ import annotations
