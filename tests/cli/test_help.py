@@ -32,7 +32,10 @@ def test_a_commands_help_shows_its_purpose_examples_groups_and_settings():
     )  # no unrelated groups (Hydra's page lists all)
     finetune = help_page("finetune")
     assert "trainer: cpu  (cpu, ddp, ddp_cpu, ddp_sbatch, default, gpu, multinode)" in finetune
-    assert "experiment: null  (cpu/diffusion, cpu/diffusion128, cpu/finetune," in finetune and "max_steps: 1000" in finetune
+    assert (
+        "experiment: null  (cpu/diffusion, cpu/diffusion128, cpu/finetune," in finetune
+        and "max_steps: 1000" in finetune
+    )
 
 
 def test_fetalgen_lists_every_command(capsys):
