@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from fetalgen.utils.checkpoints import WRITERS, RunCheckpoint, read_run_checkpoint
-from fetalgen.utils.task import output_dir, task_wrapper
+from fetalgen.utils.checkpoints import WRITERS, RunCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +65,9 @@ def export_sam_onnx(ckpt_path: Path, out: Path) -> Path:
     """Write the fine-tuned SAM of ``ckpt_path`` as ``encoder.onnx`` + ``decoder.onnx``; returns the encoder's path."""
     from fetalgen.segmentation.onnx import encoder_batch_is_free, export_onnx
     from fetalgen.segmentation.onnx_predictor import write_settings
-    from fetalgen.segmentation.predictor import SamBoxPredictor, load_module
+    from fetalgen.segmentation.predictor import SamBoxPredictor, load_finetuned
 
-    loaded = load_module(None, ckpt_path)  # rebuilt from checked plain values only
+    loaded = load_finetuned(ckpt_path)  # rebuilt from checked plain values only
     size = working_size(loaded.config or {}, ckpt_path)
     encoder = export_onnx(loaded.module.sam, size, out)[0]
     write_settings(out, SamBoxPredictor(loaded.module), size, encoder_batch_is_free(loaded.module.sam))
@@ -220,28 +218,3 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
     else:
         lines += ["No `metrics.json` beside the checkpoint folder."]
     return "\n".join(lines) + "\n"
-
-
-@task_wrapper
-def export(cfg: DictConfig) -> dict[str, str]:
-    """Export ``cfg.ckpt_path`` into ``cfg.out`` (the module doc); returns ``{"kind", "model", "card"}``."""
-    ckpt_path = Path(cfg.ckpt_path)
-    checkpoint = read_run_checkpoint(ckpt_path)
-    kind = checkpoint.task
-    fmt = cfg.get("format") or "pytorch"
-    if fmt not in ("pytorch", "onnx") or (fmt == "onnx" and kind != "finetune"):
-        raise ValueError(
-            f"format={fmt} is not available for a {WRITERS[kind]} checkpoint (pytorch; onnx for SAM)"
-        )
-    out = Path(cfg.out) if cfg.get("out") else output_dir(cfg) / "export"
-    if out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty: give a new out= folder (two exports would mix)")
-    out.mkdir(parents=True, exist_ok=True)
-    if kind == "finetune":
-        exported = export_sam_onnx(ckpt_path, out) if fmt == "onnx" else export_sam(checkpoint, out)
-    else:
-        exported = export_generator(ckpt_path, out)
-    card = out / MODEL_CARD
-    card.write_text(model_card(checkpoint, exported, fmt))
-    log.info("exported %s -> %s (model card %s)", ckpt_path, exported, card)
-    return {"kind": kind, "model": str(exported), "card": str(card)}

@@ -14,10 +14,11 @@ from fetalgen.data.folder import read_folder
 from fetalgen.data.io import load_image
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.sampling import make_sampler, sample_pairs
-from fetalgen.export import MODEL_CARD, export
+from fetalgen.export import MODEL_CARD
 from fetalgen.segmentation.build import build_sam
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor
+from fetalgen.tasks.export import export
 from fetalgen.utils.checkpoints import CheckpointError
 
 
@@ -100,7 +101,7 @@ def test_exported_lora_sam_gives_the_masks_of_the_fine_tuned_model(compose_cfg, 
 
 
 def test_exported_generator_loads_with_diffusers_and_samples(compose_cfg, tmp_path: Path):
-    from fetalgen.diffusion.train import train_diffusion
+    from fetalgen.tasks.train_diffusion import train_diffusion
 
     tiny = ["model=diffusion/tiny", "data.num_real=8", "data.num_val=4", "data.source.n=12", "data.source.shape=[68,100]",
             "data.batch_size=4", "trainer.max_steps=2", "trainer.val_check_interval=2", "logger=none",

@@ -1,5 +1,5 @@
-"""The import structure the layout promises: the generator side never reaches into SAM's code, and every task
-reads training checkpoints through one reader."""
+"""The import structure the layout promises: floors that import only downwards, configs read by the tasks alone, the
+generator side never reaching into SAM's code, and every task reading training checkpoints through one reader."""
 
 import ast
 from pathlib import Path
@@ -42,6 +42,55 @@ def test_one_checkpoint_reader():
         if "torch.load(" in path.read_text() and rel != "utils/checkpoints.py":
             assert rel in other_files, f"{rel} reads a checkpoint itself: use read_run_checkpoint"
     users = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if "read_run_checkpoint(" in p.read_text()}
-    for task_file in ("segmentation/predictor.py", "segmentation/finetune.py", "diffusion/train.py",
-                      "diffusion/checkpoint.py", "export.py"):  # fmt: skip
+    for task_file in ("segmentation/predictor.py", "tasks/finetune.py", "tasks/train_diffusion.py",
+                      "diffusion/checkpoint.py", "tasks/export.py"):  # fmt: skip
         assert task_file in users, task_file
+
+
+# The floors of the package, lowest first: a package imports only from its own floor's packages' lower floors.
+FLOORS = [
+    {"utils", "report"},
+    {"metrics"},
+    {"data"},
+    {"diffusion", "segmentation"},
+    {"synthesis", "evaluation", "pseudo", "export"},
+    {"tasks"},
+    {"cli"},
+]
+
+
+def floor_of(package: str) -> int:
+    return next(i for i, names in enumerate(FLOORS) if package in names)
+
+
+def package_of(path: str) -> str:
+    return path.split("/")[0].removesuffix(".py")
+
+
+def test_every_package_has_a_floor_and_imports_only_from_lower_floors():
+    packages = {
+        package_of(str(p.relative_to(ROOT))) for p in ROOT.iterdir() if p.suffix == ".py" or p.is_dir()
+    }
+    packages -= {"__init__", "__pycache__", "conf"}
+    assert packages <= set().union(*FLOORS), packages - set().union(*FLOORS)
+    for path, names in imports("").items():
+        here = package_of(path)
+        if here == "__init__":  # the public API: the segmenter and its loaders
+            continue
+        for name in names:
+            if name.startswith("fetalgen.") and (there := name.split(".")[1]) != here:
+                assert floor_of(there) < floor_of(here), f"{path} imports {name}: up or across from {here}"
+
+
+def test_only_the_tasks_and_the_entry_points_read_hydra_configs():
+    for path, names in imports("").items():
+        if package_of(path) in ("tasks", "cli"):
+            continue
+        used = {n for n in names if n.split(".")[0] in ("hydra", "omegaconf")}
+        assert not used, f"{path} imports {sorted(used)}: config reading belongs in fetalgen/tasks"
+
+
+def test_evaluation_lives_in_its_own_room():
+    segmentation = {str(p.relative_to(ROOT / "segmentation")) for p in (ROOT / "segmentation").glob("*.py")}
+    assert not segmentation & {"evaluate.py", "finetune.py", "predict.py"}, segmentation
+    assert {"engine.py", "cases.py", "box_ellipse.py"} <= {p.name for p in (ROOT / "evaluation").glob("*.py")}

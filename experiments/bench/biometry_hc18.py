@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-from fetalgen.baselines.box_ellipse import box_ellipse_mask
 from fetalgen.data.hc18 import read_hc18
 from fetalgen.data.io import load_pair
 from fetalgen.data.transforms import pad_resize
+from fetalgen.evaluation.box_ellipse import box_ellipse_mask
 from fetalgen.metrics.biometry import ellipse_circumference, fit_ellipse
 from fetalgen.metrics.overlap import dice_score
 from fetalgen.segmentation.prompts import jittered_box, tight_box

@@ -39,11 +39,11 @@ from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.postprocess import clean_mask
 from fetalgen.diffusion.sampling import is_mask_conditioned, make_sampler, masks_to_tensor, sample_pairs
 from fetalgen.diffusion.shape_prior import ShapePrior
-from fetalgen.diffusion.train import train_diffusion
 from fetalgen.metrics.synthesis import qc_mask
+from fetalgen.tasks.train_diffusion import train_diffusion
+from fetalgen.utils.device import resolve_device
 from fetalgen.utils.files import write_json
 from fetalgen.utils.seeds import derive_seed, seeded_rng
-from fetalgen.utils.task import resolve_device
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fetalgen.utils import run_names  # noqa: F401  (the run-name resolvers the configs use)
+from fetalgen.tasks import run_names  # noqa: F401  (the run-name resolvers the configs use)
 from fetalgen.utils.errors import USER_ERRORS, traceback_wanted
 
 

@@ -17,7 +17,7 @@ from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
-    from fetalgen.segmentation.evaluate import evaluate
+    from fetalgen.tasks.evaluate import evaluate
 
     metrics = run(evaluate, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))

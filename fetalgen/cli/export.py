@@ -16,7 +16,7 @@ from fetalgen.cli import CONFIG_DIR, run
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    from fetalgen.export import export
+    from fetalgen.tasks.export import export
 
     run(export, cfg)
 

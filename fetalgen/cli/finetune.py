@@ -14,7 +14,7 @@ from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
 def main(cfg: DictConfig) -> float | None:
-    from fetalgen.segmentation.finetune import finetune
+    from fetalgen.tasks.finetune import finetune
 
     metrics = run(finetune, cfg)
     # A run that trains nothing (arm=zero_shot) has no validation metric for a sweeper to optimise.

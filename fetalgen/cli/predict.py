@@ -17,7 +17,7 @@ from fetalgen.cli import CONFIG_DIR, run
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from fetalgen.segmentation.predict import predict
+    from fetalgen.tasks.predict import predict
 
     run(predict, cfg)
 

@@ -10,7 +10,7 @@ from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pseudo_label")
 def main(cfg: DictConfig) -> float | None:
-    from fetalgen.pseudo.task import pseudo_label  # here: --help stays quick (no torch)
+    from fetalgen.tasks.pseudo_label import pseudo_label  # here: --help stays quick (no torch)
 
     metrics = run(pseudo_label, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))

@@ -10,7 +10,7 @@ from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
 def main(cfg: DictConfig) -> float | None:
-    from fetalgen.synthesis.task import synthesize  # here: --help stays quick (no torch)
+    from fetalgen.tasks.sample import synthesize  # here: --help stays quick (no torch)
 
     metrics = run(synthesize, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))

@@ -10,7 +10,7 @@ from fetalgen.cli import CONFIG_DIR, metric_value, run
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train_diffusion")
 def main(cfg: DictConfig) -> float | None:
-    from fetalgen.diffusion.train import train_diffusion  # here: --help stays quick (no torch)
+    from fetalgen.tasks.train_diffusion import train_diffusion  # here: --help stays quick (no torch)
 
     metrics = run(train_diffusion, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))

@@ -129,9 +129,9 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
         if path.suffix.lower() == ".json":
             raw = json.loads(text)
         else:
-            from omegaconf import OmegaConf
+            import yaml
 
-            raw = OmegaConf.to_container(OmegaConf.create(text))
+            raw = yaml.safe_load(text)
         if not isinstance(raw, dict) or not set(raw) <= set(SPLITS) or "train" not in raw:
             raise DataError(
                 path, f"split file must map train/val[/test] to lists of case names, got {raw!r:.200}"

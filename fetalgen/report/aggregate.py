@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
+import yaml
 
 METRICS_FILE = "metrics.json"
 
@@ -46,13 +46,13 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"run_dir": str(run_dir)}
     hydra_dir = run_dir / ".hydra"
     if (hydra_dir / "config.yaml").is_file():
-        cfg = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+        cfg = yaml.safe_load((hydra_dir / "config.yaml").read_text())
         for key in SETTING_KEYS:
             value = _select(cfg, key)
             if value is not None:
                 row[key] = value
     if (hydra_dir / "overrides.yaml").is_file():
-        for item in OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml")) or []:
+        for item in yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []:
             key, _, value = str(item).lstrip("+~").partition("=")
             row.setdefault(key, _parse_scalar(value))
     metrics_path = run_dir / METRICS_FILE

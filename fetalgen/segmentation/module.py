@@ -43,7 +43,7 @@ class SamFinetuneModule(LightningModule):
         train_prompt, eval_prompt: box mode for training / validation and evaluation (``jitter``, ``tight``,
             ``full``). Training boxes come from the batch's seeded generator; a validation box is the first
             evaluation box of its image (``prompts.prompt_boxes``), so ``val/dice`` is comparable across
-            validations. Testing is ``fetalgen.segmentation.evaluate``'s job (with the box-ellipse baseline).
+            validations. Testing is ``fetalgen.evaluation.engine``'s job (with the box-ellipse baseline).
         max_jitter_px, jitter_ref_size: jitter of each box side, 0..max px measured at ``jitter_ref_size``.
         full_box_share: the share of training prompts that are the whole-image box instead (the task the
             automatic prompt poses in its first round; 0: none, every arm trained as the paper does).

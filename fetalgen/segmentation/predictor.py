@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fetalgen.segmentation.cache import EmbeddingCache, encode_in_chunks
 from fetalgen.segmentation.module import SamFinetuneModule
@@ -202,37 +201,30 @@ def require_weights(
         )
 
 
-def load_module(
-    model_cfg: DictConfig | None, ckpt_path: str | Path | None = None, allow_random_weights: bool = False
+def load_finetuned(
+    ckpt_path: str | Path, build_unrecorded: Callable[[], SamFinetuneModule] | None = None
 ) -> LoadedModel:
-    """The module to predict with, and the training run's config and provenance when it comes from a checkpoint.
+    """A ``fetalgen-finetune`` checkpoint's module with its weights, and the training run's config and provenance.
 
-    ``ckpt_path``: a ``fetalgen-finetune`` checkpoint (``.ckpt``); the model is rebuilt from the plain values of
-    the config saved in it (:func:`~fetalgen.segmentation.stored.rebuild_module`: nothing named in the file is
-    instantiated), else from ``model_cfg``, with random init and no cache, then its weights loaded. Without
-    ``ckpt_path``, ``model_cfg`` is built as is: SAM weights via ``model.sam.checkpoint`` (``pretrained`` for
-    the packaged LiteMedSAM), or, with ``allow_random_weights``, a random-init model (:func:`require_weights`).
+    The model is rebuilt from the plain values of the config saved in the file
+    (:func:`~fetalgen.segmentation.stored.rebuild_module`: nothing named in the file is instantiated). A file that
+    carries no config (older fetalgen) needs ``build_unrecorded``: the caller's own model, random init, no cache.
+
+    Raises:
+        CheckpointError: the file is no fine-tune checkpoint, or its weights do not fit the model.
+        ValueError: the file carries no config and no ``build_unrecorded`` was given.
     """
-    if ckpt_path is None:
-        if model_cfg is None:
-            raise ValueError("no model: give ckpt_path or a model config")
-        require_weights(None, (model_cfg.get("sam") or {}).get("checkpoint"), allow_random_weights)
-        return LoadedModel(hydra.utils.instantiate(model_cfg), None, None)
     path = Path(ckpt_path)
     checkpoint = read_run_checkpoint(path, "finetune")
     train_cfg = checkpoint.config
-    if train_cfg is None and model_cfg is None:
+    if train_cfg is None and build_unrecorded is None:
         raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")
     if train_cfg is not None:
         if not isinstance(train_cfg, dict):
             raise CheckpointError(f"{path}: its stored config is not a mapping")
         module = rebuild_module(train_cfg.get("model"), path)
-    else:  # the user's own model config (the command line), not the file's
-        cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
-        with open_dict(cfg):
-            cfg.sam.checkpoint = None  # the weights come from the checkpoint
-            cfg.cache = None
-        module = hydra.utils.instantiate(cfg)
+    else:
+        module = build_unrecorded()
     try:
         module.load_state_dict(checkpoint.state_dict)
     except RuntimeError as err:

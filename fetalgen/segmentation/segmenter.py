@@ -37,10 +37,10 @@ from fetalgen.segmentation.predictor import (
     BoxPrompting,
     LoadedModel,
     SamBoxPredictor,
-    load_module,
+    load_finetuned,
     require_weights,
 )
-from fetalgen.utils.task import resolve_device
+from fetalgen.utils.device import resolve_device
 
 MIN_IMAGE_SIDE = 16  # smaller images hold no head a model can find (and no working-size detail)
 DEFAULT_IMAGE_SIZE = 256
@@ -315,7 +315,7 @@ def load_segmenter(
         weights = PRETRAINED
     require_weights(ckpt_path, weights, allow_random_weights)
     if ckpt_path is not None:
-        loaded = load_module(None, ckpt_path)
+        loaded = load_finetuned(ckpt_path)
     else:
         from fetalgen.segmentation.build import build_sam
         from fetalgen.segmentation.module import SamFinetuneModule

@@ -24,7 +24,7 @@ CONFIG_KEY = "fetalgen_config"  # the resolved run config
 PROVENANCE_KEY = "fetalgen_provenance"  # {"training_cases": [...], "generator_cases": [...]}
 # What rebuilds a task's model from its checkpoint; nothing stored in a checkpoint is instantiated beyond it.
 BUILDERS = {
-    "finetune": "fetalgen.segmentation.predictor.load_module",
+    "finetune": "fetalgen.segmentation.predictor.load_finetuned",
     "diffusion": "fetalgen.diffusion.checkpoint.load_generator",
 }
 

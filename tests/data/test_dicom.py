@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from fetalgen.data.cases import DataError  # noqa: E402
 from fetalgen.data.dicom import dicom_pixel_size, load_dicom_frame  # noqa: E402
 from fetalgen.data.images import read_images  # noqa: E402
-from fetalgen.segmentation.predict import predict  # noqa: E402
+from fetalgen.tasks.predict import predict  # noqa: E402
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage (multi-frame: ...3.1)
 

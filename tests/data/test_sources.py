@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from fetalgen.cli import CONFIG_DIR
-from fetalgen.data.sources import load_eval_set
+from fetalgen.tasks.build import load_eval_set
 
 
 def eval_data(option: str, *overrides: str) -> DictConfig:

@@ -14,7 +14,7 @@ from fetalgen.data.dataset import PairDataset
 from fetalgen.data.phantom import phantom_cases
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.module import JointDiffusionModule
-from fetalgen.diffusion.train import train_diffusion
+from fetalgen.tasks.train_diffusion import train_diffusion
 from fetalgen.utils.checkpoints import CheckpointError
 
 TINY_DATA = [

@@ -16,8 +16,8 @@ from fetalgen.data.cases import DataError  # noqa: E402
 from fetalgen.data.synthetic import read_manifest  # noqa: E402
 from fetalgen.diffusion.checkpoint import load_generator  # noqa: E402
 from fetalgen.diffusion.paper_lora import PaperLoraGenerator, pack_rgb, unpack_rgb  # noqa: E402
-from fetalgen.diffusion.train import train_diffusion  # noqa: E402
-from fetalgen.synthesis.task import synthesize  # noqa: E402
+from fetalgen.tasks.sample import synthesize  # noqa: E402
+from fetalgen.tasks.train_diffusion import train_diffusion  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_trains_the_lora_weights_only_and_samples_a_set(compose_cfg, tiny_sd, tm
     torch.testing.assert_close(generator.sample(2, seed=0, steps=2), pairs)  # same seed, same pairs
     with pytest.raises(ValueError, match="no mask_conditioned mode"):
         generator.sample(1, steps=2, masks=torch.zeros(1, 1, 16, 16))
-    from fetalgen.export import export
+    from fetalgen.tasks.export import export
 
     with pytest.raises(ValueError, match="the paper's LoRA generator has no diffusers pipeline export"):
         export(compose_cfg("export", [f"ckpt_path={metrics['checkpoint']}", f"out={tmp_path / 'export'}"]))

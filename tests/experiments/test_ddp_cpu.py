@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fetalgen.segmentation.finetune import finetune
+from fetalgen.tasks.finetune import finetune
 
 
 def _run(compose_cfg, phantom_dir: Path, trainer: str, batch_size: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fetalgen.segmentation.finetune import finetune
+from fetalgen.tasks.finetune import finetune
 
 TINY = ["logger=csv", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
         "data=folder", "data.num_real=8", "data.num_val=4", "data.num_test=0", "data.batch_size=4",
@@ -66,7 +66,7 @@ def test_each_job_of_a_sweep_trains_once_with_two_ranks(phantom_dir: Path, tmp_p
 def test_the_generator_sweep_trains_each_job_once_with_two_ranks(
     phantom_dir: Path, tmp_path: Path, compose_cfg
 ):
-    from fetalgen.diffusion.train import train_diffusion
+    from fetalgen.tasks.train_diffusion import train_diffusion
 
     tiny = ["model=diffusion/tiny", "data=folder", f"data.source.root={phantom_dir}", "data.num_real=8",
             "data.num_val=4", "data.batch_size=4", "trainer.max_steps=3", "trainer.val_check_interval=3",

@@ -53,6 +53,6 @@ def test_the_slurm_configs_compose_and_ranks_come_from_slurm(compose_cfg):
     (plugin,) = instantiate(cfg.trainer.plugins)
     assert type(plugin).__name__ == "SLURMEnvironment" and plugin.auto_requeue is False
     assert (
-        cfg.trainer.strategy._target_ == "fetalgen.utils.ddp.HydraJobDDPStrategy"
+        cfg.trainer.strategy._target_ == "fetalgen.tasks.ddp.HydraJobDDPStrategy"
         and cfg.auto_resume == "requeue"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fetalgen.diffusion.train import train_diffusion
+from fetalgen.tasks.train_diffusion import train_diffusion
 
 TINY = [
     "model=diffusion/tiny", "data.num_real=8", "data.num_val=4", "data.source.n=12", "data.source.shape=[68,100]",
@@ -37,7 +37,7 @@ def test_tensorboard_logger_records_losses_and_sample_grids(compose_cfg) -> None
 
 @pytest.mark.parametrize("name", ["wandb", "csv", "tensorboard", "none"])
 def test_every_logger_config_instantiates(compose_cfg, name: str) -> None:
-    from fetalgen.utils.task import instantiate_loggers
+    from fetalgen.tasks.common import instantiate_loggers
 
     cfg = compose_cfg("finetune", [f"logger={name}"])
     loggers = instantiate_loggers(cfg.get("logger"))

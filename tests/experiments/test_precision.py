@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fetalgen.diffusion.train import train_diffusion
-from fetalgen.segmentation.finetune import finetune
+from fetalgen.tasks.finetune import finetune
+from fetalgen.tasks.train_diffusion import train_diffusion
 
 DIFFUSION = [
     "model=diffusion/tiny", "data.num_real=8", "data.num_val=4", "data.source.n=12", "data.source.shape=[68,100]",

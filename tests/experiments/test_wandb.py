@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fetalgen.segmentation.finetune import finetune
-from fetalgen.utils.run_names import run_id
+from fetalgen.tasks.finetune import finetune
+from fetalgen.tasks.run_names import run_id
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -98,7 +98,7 @@ def test_multirun_jobs_are_grouped_by_sweep_and_named_by_overrides(phantom_dir: 
 def test_a_path_value_in_a_run_name_shows_by_its_last_part(monkeypatch):
     from types import SimpleNamespace
 
-    from fetalgen.utils import run_names
+    from fetalgen.tasks import run_names
 
     job = SimpleNamespace(job=SimpleNamespace(config=SimpleNamespace(override_dirname=SimpleNamespace(
         exclude_keys=["seed"]))), overrides=SimpleNamespace(task=["data.synthetic_dir=/scratch/me/sets/n5_seed0",

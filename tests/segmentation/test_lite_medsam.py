@@ -150,7 +150,7 @@ def test_load_segmenter_without_a_checkpoint_gives_the_pretrained_model(lite: Sa
 def test_zero_shot_evaluation_on_real_hc18_needs_no_random_weights_waiver(
     compose_cfg, hc18_dir: Path, tmp_path: Path
 ):
-    from fetalgen.segmentation.evaluate import evaluate
+    from fetalgen.tasks.evaluate import evaluate
 
     names = tmp_path / "cases.txt"
     names.write_text("\n".join(f"{i:03d}_HC" for i in (10, 200, 400, 600)) + "\n")
@@ -171,9 +171,9 @@ def test_a_fine_tuned_lite_medsam_predicts_exports_and_runs_under_onnxruntime(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from fetalgen.export import export
-    from fetalgen.segmentation.predict import predict
     from fetalgen.segmentation.predictor import SamBoxPredictor
+    from fetalgen.tasks.export import export
+    from fetalgen.tasks.predict import predict
 
     size = 64
     cfg = compose_cfg("finetune", ["model=sam/lite_medsam", f"data.image_size={size}", "logger=none"])
@@ -227,7 +227,7 @@ def test_a_fine_tuned_lite_medsam_predicts_exports_and_runs_under_onnxruntime(
 def test_finetune_starts_from_the_pretrained_weights_on_real_hc18(
     compose_cfg, hc18_dir: Path, tmp_path: Path
 ):
-    from fetalgen.segmentation.finetune import finetune
+    from fetalgen.tasks.finetune import finetune
     from fetalgen.utils.checkpoints import read_run_checkpoint
 
     cfg = compose_cfg("finetune", ["model=sam/lite_medsam", "data=hc18", "data.image_size=128", "data.num_real=3",
@@ -249,8 +249,8 @@ def test_finetune_starts_from_the_pretrained_weights_on_real_hc18(
 
 
 def test_the_zero_shot_arm_evaluates_the_pretrained_model_without_a_step(compose_cfg, tmp_path: Path):
-    from fetalgen.segmentation.finetune import finetune
     from fetalgen.segmentation.predictor import RandomWeightsError
+    from fetalgen.tasks.finetune import finetune
 
     overrides = ["arm=zero_shot", "data.image_size=64", "data.num_real=2", "data.num_val=2", "data.num_test=3",
                  "logger=none", "test_sets=null", "eval.repetitions=1", "eval.more_prompt_modes=[auto]",

@@ -15,10 +15,10 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from fetalgen import load_onnx_segmenter  # noqa: E402
-from fetalgen.export import export  # noqa: E402
 from fetalgen.segmentation.module import SamFinetuneModule  # noqa: E402
-from fetalgen.segmentation.predict import predict  # noqa: E402
 from fetalgen.segmentation.predictor import SamBoxPredictor  # noqa: E402
+from fetalgen.tasks.export import export  # noqa: E402
+from fetalgen.tasks.predict import predict  # noqa: E402
 
 SIZE = 48
 

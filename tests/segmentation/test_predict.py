@@ -18,10 +18,11 @@ from fetalgen.data.transforms import pad_resize
 from fetalgen.metrics.biometry import fitted_ellipse_mask
 from fetalgen.segmentation.build import build_sam
 from fetalgen.segmentation.module import SamFinetuneModule
-from fetalgen.segmentation.predict import SUBMISSION_COLUMNS, predict, predict_images, submission
+from fetalgen.segmentation.outputs import SUBMISSION_COLUMNS, predict_images, submission
 from fetalgen.segmentation.predictor import Embedded, SamBoxPredictor
 from fetalgen.segmentation.prompts import tight_box
 from fetalgen.segmentation.segmenter import Segmenter
+from fetalgen.tasks.predict import predict
 
 SIZE = 128
 
@@ -273,7 +274,7 @@ def test_submission_names_cine_frames_apart_and_leaves_out_rows_without_mm():
 
 def test_the_overlay_writes_the_hc_in_mm_or_px():
     from fetalgen.metrics.biometry import Ellipse, ellipse_circumference
-    from fetalgen.segmentation.predict import draw_overlay, hc_label
+    from fetalgen.segmentation.outputs import draw_overlay, hc_label
     from fetalgen.segmentation.segmenter import HeadMeasurement
 
     mask, box, e = np.zeros((200, 300), bool), np.array([50, 40, 250, 160]), Ellipse(150, 100, 100, 60, 0)

@@ -14,9 +14,9 @@ from fetalgen.data.cases import DataError
 from fetalgen.data.images import read_boxes, read_images
 from fetalgen.metrics.biometry import Ellipse, ellipse_circumference, ellipse_mask
 from fetalgen.segmentation import segmenter as segmenter_module
-from fetalgen.segmentation.predict import predict
-from fetalgen.segmentation.predictor import RandomWeightsError, load_module
+from fetalgen.segmentation.predictor import RandomWeightsError, load_finetuned
 from fetalgen.segmentation.segmenter import Segmenter, check_box, load_segmenter
+from fetalgen.tasks.predict import predict
 from fetalgen.utils.checkpoints import CheckpointError
 
 
@@ -123,7 +123,7 @@ def test_predict_and_evaluate_refuse_a_random_model(compose_cfg, phantom_dir: Pa
     shutil.copytree(phantom_dir / "images", root / "images")
     with pytest.raises(RandomWeightsError, match="no trained weights: give ckpt_path"):
         predict(compose_cfg("predict", [f"images.root={root}"]))
-    from fetalgen.segmentation.evaluate import evaluate
+    from fetalgen.tasks.evaluate import evaluate
 
     with pytest.raises(RandomWeightsError, match="allow_random_weights=true"):
         evaluate(compose_cfg("evaluate", []))
@@ -162,7 +162,7 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path: Path, target: str, extra: d
     text = repr(extra).replace("{marker}", str(marker))
     path = crafted_checkpoint(tmp_path / "ft.ckpt", target, **eval(text))
     with pytest.raises(CheckpointError, match="ft.ckpt: its"):
-        load_module(None, path)
+        load_finetuned(path)
     with pytest.raises(CheckpointError):
         load_segmenter(path)
     assert not marker.exists()
@@ -180,7 +180,7 @@ def test_stored_settings_are_typed_and_bounded(tmp_path: Path, field: str, value
     sam = {"model_type": "tiny", "image_size": 64} | {field: value}
     path = crafted_checkpoint(tmp_path / "ft.ckpt", "x", sam=sam)
     with pytest.raises(CheckpointError, match=message):
-        load_module(None, path)
+        load_finetuned(path)
 
 
 def test_the_api_takes_pil_rgb_float_and_tensor_images_in_batches():

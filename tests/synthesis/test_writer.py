@@ -265,7 +265,7 @@ def test_the_sets_folder_must_be_named_so_that_a_rerun_resumes_it():
     ],
 )
 def test_sampling_settings_out_of_range_are_refused_before_loading(compose_cfg, tmp_path, override, message):
-    from fetalgen.synthesis.task import synthesize
+    from fetalgen.tasks.sample import synthesize
 
     cfg = compose_cfg(
         "sample", [f"ckpt_path={tmp_path / 'nowhere.ckpt'}", f"out={tmp_path / 'syn'}", override]

@@ -32,7 +32,7 @@ def test_kinds(tmp_path: Path) -> None:
     torch.save(FINETUNE, tmp_path / "f.ckpt")
     read = read_run_checkpoint(tmp_path / "f.ckpt", "finetune")
     assert read.config == {"model": {}} and read.task == "finetune" and read.provenance is None
-    assert read.builder == "fetalgen.segmentation.predictor.load_module"
+    assert read.builder == "fetalgen.segmentation.predictor.load_finetuned"
     assert read_run_checkpoint(tmp_path / "f.ckpt").task == "finetune"  # either task
 
 

@@ -3,7 +3,7 @@ validation metrics on it."""
 
 import pytest
 
-from fetalgen.segmentation.finetune import finetune
+from fetalgen.tasks.finetune import finetune
 
 
 def test_the_training_bar_counts_steps_of_the_budget_not_batches_of_an_epoch(compose_cfg, capsys):

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.diffusion.shape_prior import ShapePrior
+from fetalgen.tasks.common import build_trainer, is_rank_zero, output_dir, resume_checkpoint, task_wrapper
 from fetalgen.utils.checkpoints import read_run_checkpoint
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import build_trainer, is_rank_zero, output_dir, resume_checkpoint, task_wrapper
 
 log = logging.getLogger(__name__)
 

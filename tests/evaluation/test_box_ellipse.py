@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from fetalgen.baselines.box_ellipse import box_ellipse_mask
+from fetalgen.evaluation.box_ellipse import box_ellipse_mask
 from fetalgen.metrics.overlap import dice_score
 from fetalgen.segmentation.prompts import tight_box
 

@@ -16,9 +16,9 @@ from omegaconf import open_dict
 
 from fetalgen.data.provenance import LeakageError, read_training_cases, write_synthetic_provenance
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry
-from fetalgen.segmentation.evaluate import evaluate
-from fetalgen.segmentation.finetune import finetune
 from fetalgen.segmentation.module import SamFinetuneModule
+from fetalgen.tasks.evaluate import evaluate
+from fetalgen.tasks.finetune import finetune
 from fetalgen.utils.checkpoints import CheckpointError
 
 
@@ -238,8 +238,8 @@ def test_leakage_through_the_generator_is_refused(compose_cfg, phantom_dir: Path
     from fetalgen.data.phantom import phantom_cases
     from fetalgen.data.protocol import make_split
     from fetalgen.data.provenance import LeakageError, read_training_cases
-    from fetalgen.diffusion.train import train_diffusion
-    from fetalgen.synthesis.task import synthesize
+    from fetalgen.tasks.sample import synthesize
+    from fetalgen.tasks.train_diffusion import train_diffusion
 
     split = tmp_path / "split"
     make_split(phantom_cases(phantom_dir, n=24, shape=(135, 200)), split, num_val=4, num_test=4, seed=0)

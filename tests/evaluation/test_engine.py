@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from fetalgen.baselines.box_ellipse import box_ellipse_mask
-from fetalgen.metrics.biometry import fitted_ellipse_mask, measure_head
-from fetalgen.metrics.cases import case_metrics
-from fetalgen.metrics.surface import assd, hd95
-from fetalgen.segmentation.evaluate import (
+from fetalgen.evaluation.box_ellipse import box_ellipse_mask
+from fetalgen.evaluation.cases import case_metrics
+from fetalgen.evaluation.engine import (
     flat_metrics,
     format_summary,
     run_evaluation,
 )
+from fetalgen.metrics.biometry import fitted_ellipse_mask, measure_head
+from fetalgen.metrics.surface import assd, hd95
 from fetalgen.segmentation.prompts import prompt_boxes
 
 S = 48

@@ -20,25 +20,19 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from fetalgen.baselines.box_ellipse import box_ellipse_mask
-from fetalgen.data.cases import Case
-from fetalgen.data.provenance import check_no_leak
-from fetalgen.data.sources import EvalSet, load_eval_set
+from fetalgen.data.sources import EvalSet
+from fetalgen.evaluation.box_ellipse import box_ellipse_mask
+from fetalgen.evaluation.cases import case_metrics, hc_px
 from fetalgen.metrics.biometry import fitted_ellipse_mask
-from fetalgen.metrics.cases import case_metrics, hc_px
 from fetalgen.metrics.surface import HD95_CONVENTION
 from fetalgen.report.figures import save_case_figure
-from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED
-from fetalgen.segmentation.predictor import AUTO_ROUNDS, SamBoxPredictor, load_module
+from fetalgen.segmentation.predictor import AUTO_ROUNDS
 from fetalgen.segmentation.prompts import PROMPT_MODES, prompt_boxes
 from fetalgen.utils.bars import progress_bar
 from fetalgen.utils.files import write_json
-from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -316,30 +310,6 @@ def evaluate_sets(
     return metrics
 
 
-@task_wrapper
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate a checkpoint (or raw/random SAM) on ``cfg.eval_data``; returns flat ``eval/<name>/...`` metrics."""
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-    module, train_cfg, provenance = load_module(
-        cfg.get("model"), cfg.get("ckpt_path"), cfg.allow_random_weights
-    )
-    trained_size = (train_cfg or {}).get("data", {}).get("image_size") or 256
-    test = load_eval_set(cfg.eval_data, trained_size)
-    check_lineage(provenance, cfg.get("ckpt_path"), test.name, test.cases)
-    metrics = {f"eval/{test.name}/n_skipped": float(len(test.skipped))}
-    metrics |= evaluate_sets(
-        SamBoxPredictor(module, resolve_device(cfg.get("device"))),
-        [test],
-        output_dir(cfg),
-        "eval",
-        eval_settings(cfg.eval, module.hparams),
-        info={"checkpoint": _describe(cfg)},
-    )
-    write_json(output_dir(cfg) / "metrics.json", metrics)
-    return metrics
-
-
 def eval_prompt_modes(eval_cfg: Mapping[str, Any], model_prompt: str) -> list[str]:
     """``[eval.prompt_mode (None: the model's eval prompt), *eval.more_prompt_modes]`` without repeats.
 
@@ -351,34 +321,3 @@ def eval_prompt_modes(eval_cfg: Mapping[str, Any], model_prompt: str) -> list[st
         if mode not in PROMPT_MODES:
             raise ValueError(f"eval prompt mode {mode!r} is unknown; choose from {', '.join(PROMPT_MODES)}")
     return list(dict.fromkeys(modes))
-
-
-def check_lineage(
-    provenance: dict[str, Any] | None, ckpt_path: str | None, name: str, cases: list[Case]
-) -> None:
-    """Refuse to evaluate a fine-tuned model on cases that it, or the generator of its synthetic pairs, saw
-    (``provenance``: the record of its checkpoint, :class:`~fetalgen.segmentation.predictor.LoadedModel`)."""
-    if provenance is None:
-        if ckpt_path:
-            log.warning(
-                "%s lists no training cases (older fetalgen): test leakage cannot be ruled out", ckpt_path
-            )
-        return
-    seen = list(provenance.get("training_cases") or []) + list(provenance.get("generator_cases") or [])
-    check_no_leak(
-        seen,
-        {f"evaluation set {name!r}": cases},
-        model=f"the model of {ckpt_path} (or the generator of its synthetic pairs)",
-        fix="evaluate on cases outside its training pool (e.g. the test.txt of its fetalgen-split)",
-    )
-
-
-def _describe(cfg: DictConfig) -> str:
-    """What was evaluated: the checkpoint path, the raw SAM weights (packaged ones: zero-shot), or a random init."""
-    if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path)
-    weights = OmegaConf.select(cfg, "model.sam.checkpoint")
-    model_type = OmegaConf.select(cfg, "model.sam.model_type")
-    if weights == PRETRAINED:
-        return f"{model_type} pretrained weights, zero-shot ({PACKAGED_WEIGHTS[model_type].requirement})"
-    return str(weights) if weights else f"random init ({model_type})"

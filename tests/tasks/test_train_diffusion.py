@@ -10,8 +10,8 @@ import pytest
 
 from fetalgen.data.cases import DataError
 from fetalgen.data.synthetic import read_manifest
-from fetalgen.diffusion.train import train_diffusion
-from fetalgen.synthesis.task import synthesize
+from fetalgen.tasks.sample import synthesize
+from fetalgen.tasks.train_diffusion import train_diffusion
 
 TINY = [
     "model=diffusion/tiny",
@@ -116,7 +116,7 @@ def test_sample_grid_is_logged_to_wandb_offline(compose_cfg, monkeypatch):
 
 
 def test_an_unknown_sample_grid_sampler_fails_before_training(compose_cfg) -> None:
-    from fetalgen.diffusion.train import train_diffusion
+    from fetalgen.tasks.train_diffusion import train_diffusion
 
     cfg = compose_cfg(
         "train_diffusion", ["model=diffusion/tiny", "logger=none", "callbacks.sample_grid.sampler=euler"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +22,22 @@ from fetalgen.data.provenance import (
     labelled_names,
     write_training_cases,
 )
-from fetalgen.data.sources import EvalSet, load_eval_set, source_root
+from fetalgen.data.sources import EvalSet
 from fetalgen.data.synthetic import set_roots
-from fetalgen.segmentation.evaluate import eval_prompt_modes, eval_settings, evaluate_sets
+from fetalgen.evaluation.engine import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor, require_weights
-from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
-from fetalgen.utils.files import write_json
-from fetalgen.utils.task import (
+from fetalgen.tasks.build import build_test_sets
+from fetalgen.tasks.common import (
     build_trainer,
     is_rank_zero,
     output_dir,
-    resolve_device,
     resume_checkpoint,
     task_wrapper,
 )
+from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
+from fetalgen.utils.device import resolve_device
+from fetalgen.utils.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -325,26 +325,3 @@ def seen_counts(seen: set[str], datamodule: Any) -> dict[str, float]:
         "data/real_seen": float(len(seen - synthetic)),
         "data/synthetic_seen": float(len(seen & synthetic)),
     }
-
-
-def build_test_sets(
-    specs: Mapping[str, Any] | None, datamodule: Any, image_size: int, test_split: bool = True
-) -> list[EvalSet]:
-    """The data module's own test split (named by its cohort, when ``num_test > 0`` and ``test_split`` is on)
-    and every ``eval_data`` config of ``specs`` (``cfg.test_sets``) whose root exists, loaded."""
-    sets: list[EvalSet] = []
-    if test_split and datamodule.test_cases:
-        datamodule.setup("test")  # loads the splits once; fit reuses them
-        cohort = datamodule.test_cases[0].cohort or "test"
-        sets.append(EvalSet(cohort, datamodule.test_set, where="the test split of the training data"))
-    for key, spec in (specs or {}).items():
-        if spec is None:
-            continue
-        root = source_root(spec)
-        if root is not None and not Path(root).exists():
-            log.info(
-                "test set %r skipped: %s does not exist (set its root, e.g. paths.%s_dir)", key, root, key
-            )
-            continue
-        sets.append(load_eval_set({**spec, "name": key}, image_size))
-    return sets

@@ -26,9 +26,10 @@ from fetalgen.data.provenance import (
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry
 from fetalgen.pseudo.label import PseudoLabel, pseudo_labels
 from fetalgen.pseudo.rule import KeepRule
-from fetalgen.segmentation.predictor import SamBoxPredictor, load_module
+from fetalgen.segmentation.predictor import SamBoxPredictor, load_finetuned
+from fetalgen.tasks.common import output_dir, task_wrapper
+from fetalgen.utils.device import resolve_device
 from fetalgen.utils.files import sha256_file, write_json, write_png
-from fetalgen.utils.task import output_dir, resolve_device, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def write_pseudo_set(
 def pseudo_label(cfg: DictConfig) -> dict[str, float]:
     """Label ``cfg.data``'s unlabelled images with the teacher ``cfg.ckpt_path``; the set goes to ``cfg.out``."""
     ckpt = Path(cfg.ckpt_path)
-    module, train_cfg, provenance = load_module(None, ckpt)
+    module, train_cfg, provenance = load_finetuned(ckpt)
     datamodule = hydra.utils.instantiate(cfg.data)
     records = teacher_records(provenance, [c.name for c in datamodule.train_cases], ckpt)
     if not datamodule.unlabelled_cases:

@@ -12,8 +12,8 @@ import pytest
 
 from fetalgen.data.provenance import is_labelled, read_synthetic_provenance
 from fetalgen.data.synthetic import read_manifest, read_synthetic
-from fetalgen.pseudo.task import pseudo_label
-from fetalgen.segmentation.finetune import finetune
+from fetalgen.tasks.finetune import finetune
+from fetalgen.tasks.pseudo_label import pseudo_label
 from fetalgen.utils.masks import largest_component
 
 DATA = ["data.source.n=24", "data.source.shape=[135,200]", "data.num_real=8", "data.num_val=4", "data.num_test=4",

@@ -33,7 +33,8 @@ from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.sampling import is_mask_conditioned
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
-from fetalgen.utils.task import instantiate_loggers, log_final_metrics, resolve_device, task_wrapper
+from fetalgen.tasks.common import instantiate_loggers, log_final_metrics, task_wrapper
+from fetalgen.utils.device import resolve_device
 
 if TYPE_CHECKING:
     from fetalgen.synthesis.judge import RealPairs
@@ -74,8 +75,8 @@ def load_real_pairs(spec: DictConfig | None, size: int) -> LoadedPairs | None:
     """The pairs an ``eval_data`` config names (``fidelity.heldout``, ``fidelity.reference``) at ``size``."""
     if not spec:
         return None
-    from fetalgen.data.sources import load_eval_set
     from fetalgen.synthesis.judge import RealPairs  # noqa: F811 (the runtime import of the annotation's class)
+    from fetalgen.tasks.build import load_eval_set
 
     data = load_eval_set(spec, size)
     pairs = RealPairs(

@@ -11,14 +11,13 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from fetalgen.utils import run_names  # noqa: F401  (registers the run-name resolvers the logger configs use)
+from fetalgen.tasks import run_names  # noqa: F401  (registers the run-name resolvers the logger configs use)
 from fetalgen.utils.checkpoints import RunRecord
 from fetalgen.utils.errors import USER_ERRORS, traceback_wanted
 from fetalgen.utils.progress import StepProgressBar, refresh_rate
@@ -176,13 +175,6 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
         lg.log_hyperparams(resolved)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` (or None) -> the first CUDA device if there is one, else the CPU; anything else as given."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def output_dir(cfg: DictConfig) -> Path:
