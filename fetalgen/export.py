@@ -1,4 +1,4 @@
-"""The ``fetalgen-export`` task: trained models in the formats of the libraries they come from, with a model card.
+"""Trained models in the formats of the libraries they come from, with a model card.
 
 * A ``fetalgen-finetune`` checkpoint -> ``sam_<model_type>.pth``, a plain ``segment-anything`` state dict (LoRA
   adapters merged into the weights) that ``sam_model_registry[<type>](checkpoint=...)`` loads as is when the model
@@ -11,13 +11,13 @@
   working size (:mod:`fetalgen.segmentation.onnx`), for onnxruntime.
 
 Beside each, ``MODEL_CARD.md``: what the model is, the data it saw (cohorts, counts, licence), its training steps
-and, when the run's ``metrics.json`` sits next to the checkpoint folder, its measured numbers.
+and, when the run's ``metrics.json`` sits next to the checkpoint folder, its measured numbers. The
+``fetalgen-export`` task that writes them: :mod:`fetalgen.tasks.export`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -26,8 +26,6 @@ from typing import Any
 import torch
 
 from fetalgen.utils.checkpoints import WRITERS, RunCheckpoint
-
-log = logging.getLogger(__name__)
 
 MODEL_CARD = "MODEL_CARD.md"
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@/-]{1,80}")

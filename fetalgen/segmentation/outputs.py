@@ -1,4 +1,4 @@
-"""The ``fetalgen-predict`` task: segment unlabelled images and measure the head (HC, BPD, OFD) in mm.
+"""What ``fetalgen-predict`` (:mod:`fetalgen.tasks.predict`) writes for unlabelled images: masks and head measurements.
 
 Per image, under ``<out>/``: ``masks/<name>.png`` (0/255, the image's own size), ``ellipses/<name>.png`` (the
 fitted ellipse filled: the shape the HC is measured on), ``overlays/<name>.png`` (the image, the mask's outline in
@@ -19,7 +19,6 @@ working size, brought back to the image's own size, and the ellipse fitted there
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,8 +35,6 @@ from fetalgen.metrics.biometry import Ellipse, fitted_ellipse_mask
 from fetalgen.segmentation.segmenter import HeadMeasurement, Segmenter, check_input
 from fetalgen.utils.bars import progress_bar
 from fetalgen.utils.files import append_line, json_safe, write_png
-
-log = logging.getLogger(__name__)
 
 MEASUREMENTS, SUBMISSION = "measurements.csv", "hc18_submission.csv"
 JOURNAL, SETTINGS = "done.jsonl", "predict_settings.json"  # the images done so far; what a resume must repeat
