@@ -152,14 +152,16 @@ PRESETS = {
                   "data.num_val=2", "data.num_test=2", "data.batch_size=2", "data.num_workers=0",
                   "eval.repetitions=1", "eval.more_prompt_modes=[auto]", "eval.figure=false"),
     ),
-    # A shrunken run of every step for the tests (minutes): few steps, one N_real, no W&B; LiteMedSAM as in cpu.
+    # A shrunken run of every step for the tests (minutes): few steps, one N_real, every kind of arm once (the
+    # augmentation arms are configs of the real one: tests/experiments/test_presets.py), a 9-pair generator (3 per
+    # trimester), no W&B; LiteMedSAM as in cpu.
     "smoke": Preset(
-        "cpu", (3,), (0,), 6, 4, needs_weights=False, split=("num_val=4", "num_test=8"),
-        matched_num_real=(3,), logger="csv", zero_shot=True, pseudo_arms=("pseudo", "synthetic_pseudo"),
-        pseudo_num_real=(3,), unlabelled="6",
-        diffusion=("trainer.max_steps=10", "callbacks.sample_grid.every_n_steps=0"),
+        "cpu", (3,), (0,), 6, 4, needs_weights=False, split=("num_val=4", "num_test=6"),
+        matched_num_real=(3,), arms=("real", "synthetic"), logger="csv", zero_shot=True,
+        pseudo_arms=("pseudo", "synthetic_pseudo"), pseudo_num_real=(3,), unlabelled="6",
+        diffusion=("trainer.max_steps=10", "callbacks.sample_grid.every_n_steps=0", "data.num_real=9"),
         sample=("fidelity/features=sam_tiny", "fidelity.segmenter_steps=20"),
-        finetune=("trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=2",
+        finetune=("trainer.max_steps=4", "trainer.val_check_interval=2", "eval.repetitions=1",
                   "eval.more_prompt_modes=[auto]"),
     ),
 }  # fmt: skip
@@ -424,8 +426,8 @@ class Reproduction:
             "fetalgen-train-diffusion",
             [f"experiment={self.preset.experiment}/diffusion", *GENERATORS[variant].diffusion,
              f"logger={self.preset.logger}", f"hydra.run.dir={folder}", f"data.split_file={self.splits['hc18']}",
-             "data.load_holdout=false", *extra, *self.preset.diffusion, *shlex.split(self.args.diffusion_overrides),
-             *self.common],
+             "data.load_holdout=false", *self.preset.diffusion, *extra,  # the step's own settings win
+             *shlex.split(self.args.diffusion_overrides), *self.common],
             self.logs, done=lambda: generator_done(folder),
         )  # fmt: skip
 
@@ -450,7 +452,9 @@ class Reproduction:
         (returned)."""
         paper = {v: (self.out / "diffusion" / v, self.synthetic / v) for v in self.variants}
         for variant, (folder, _) in paper.items():
-            self.train_generator("generator on 20 HC18 pool pairs per trimester", folder, variant, [])
+            self.train_generator(
+                "the paper arm's generator on HC18 pool pairs, balanced by trimester", folder, variant, []
+            )
         names = [r["name"] for r in read_training_cases(paper[self.variants[0]][0] / TRAINING_CASES)]
         reference = restrict_pool(self.splits["hc18"], names, self.out / "split" / "hc18-reference")
         self.judge_reference = ["+eval_data@fidelity.reference=hc18",

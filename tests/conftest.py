@@ -162,21 +162,15 @@ def judged_synthetic(
     import json
     import shutil
 
-    import numpy as np
-
     from fetalgen.data.dataset import PairDataset
     from fetalgen.data.folder import read_folder
     from fetalgen.segmentation.features import sam_features
-    from fetalgen.synthesis.judge import JudgeSettings, RealPairs, judge_synthetic
+    from fetalgen.synthesis.judge import Judge, RealPairs
 
     root = tmp_path_factory.mktemp("judged") / "synthetic"
     shutil.copytree(phantom_synthetic, root)
-    data = PairDataset(read_folder(phantom_dir)[:8], 64)
-    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
-    features = sam_features("tiny", None, 64)
-    names = [c.name for c in data.cases]
-    settings = JudgeSettings(segmenter_steps=30, kid_subsets=10)
-    fidelity = judge_synthetic(root, train, names, names, features, settings)
+    train = RealPairs.from_dataset(PairDataset(read_folder(phantom_dir)[:8], 64))
+    fidelity = Judge(sam_features("tiny", None, 64), segmenter_steps=30, kid_subsets=10)(root, train)
     (root / "summary.json").write_text(json.dumps({"n": 9, "fidelity": fidelity}))
     seal_synthetic_set(root)  # the judge rewrote the manifest
     return root

@@ -14,6 +14,7 @@ from fetalgen.data.dataset import PairDataset, seed_worker
 from fetalgen.data.hc18 import trimester_from_hc
 from fetalgen.data.order import EpochShuffle, ResumableLoader
 from fetalgen.data.provenance import Record, case_records, check_no_leak, read_synthetic_provenance
+from fetalgen.data.sources import EvalSet
 from fetalgen.data.splits import (
     holdout_split,
     read_case_list,
@@ -307,6 +308,14 @@ class PairDataModule(pl.LightningDataModule):
             held = {"on_bad_pair": self.on_bad_pair, "mask_regions": self.mask_regions}
             self.val_set = PairDataset(self.val_cases, self.image_size, "none", **held)
             self.test_set = PairDataset(self.test_cases, self.image_size, "none", **held)
+
+    def test_split(self) -> list[EvalSet]:
+        """The test split as an evaluation set named by its cohort (none when it is empty), loaded."""
+        if not self.test_cases:
+            return []
+        self.setup("test")  # loads the splits once; fit reuses them
+        cohort = self.test_cases[0].cohort or "test"
+        return [EvalSet(cohort, self.test_set, where="the test split of the training data")]
 
     def skipped(self) -> list[str]:
         """Every bad file skipped (``on_bad_pair=skip``) by the reader and, once loaded, by the datasets."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ import cv2
 import numpy as np
 import torch
 
-from fetalgen.data.cases import DataError
+from fetalgen.data.cases import Case, DataError
+from fetalgen.data.dataset import PairDataset
+from fetalgen.data.provenance import LeakageError, case_records, find_overlap
+from fetalgen.data.sources import EvalSource
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, exclusion, read_manifest
 from fetalgen.data.transforms import pad_resize
 from fetalgen.data.verdict import AGREEMENT, qc_verdict
@@ -43,13 +46,31 @@ GALLERY = "nearest_neighbours.png"
 
 @dataclass(frozen=True)
 class RealPairs:
-    """Real images ``[N, S, S]`` float in [0, 1] with bool masks, at the synthetic set's size."""
+    """Real images ``[N, S, S]`` float in [0, 1] with bool masks, at the synthetic set's size; ``names`` and
+    ``subjects`` per pair (the training pairs' for the nearest-neighbour record and the ceiling split), the
+    ``cases`` they were read from (for the overlap check) and ``where`` (a description for the summary)."""
 
     images: np.ndarray
     masks: np.ndarray
+    names: list[str] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
+    cases: list[Case] = field(default_factory=list)
+    where: str = ""
+
+    @classmethod
+    def from_dataset(cls, dataset: PairDataset, where: str = "") -> RealPairs:
+        cases = list(dataset.cases)
+        return cls(
+            np.stack([np.asarray(i, np.float32) / 255.0 for i in dataset.images]),
+            np.stack([np.asarray(m) > 0 for m in dataset.masks]),
+            [c.name for c in cases], [c.subject for c in cases], cases, where,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, index: list[int]) -> RealPairs:
+        return RealPairs(self.images[index], self.masks[index])
 
 
 FEW_FOR_REALISM = 20  # kept pairs below which KID/FID get a warning in the summary
@@ -157,151 +178,227 @@ def public(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in figures.items() if k != "per_pair"}
 
 
-def judge_synthetic(
-    root: str | Path,
-    train: RealPairs,
-    train_names: list[str],
-    train_subjects: list[str],
-    features: Features,
-    settings: JudgeSettings,
-    heldout: RealPairs | None = None,
-    reference: RealPairs | None = None,
-    reference_source: str = "",
-    box_judge: Callable[[torch.Tensor, np.ndarray], np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Judge the set at ``root`` (module doc): update its manifest, write the gallery, return the figures.
+RealSource = EvalSource | RealPairs  # a configured set (read at the synthetic size) or pairs already read
+BoxJudgeFn = Callable[[torch.Tensor, np.ndarray], np.ndarray]
 
-    ``box_judge``: a box-prompted pretrained segmenter (:class:`~fetalgen.segmentation.box_judge.BoxJudge`); its
-    agreement (ceiling: the held-out pairs, else the training pairs; floor: each image in another pair's box) is
-    reported as ``agreement_pretrained``, beside the CNN segmenters' figures.
 
-    ``reference``: the fixed real pairs of the measurement segmenter (with ``heldout``, whose pairs give the
-    ceiling; the caller makes sure the two share no image), named by ``reference_source``.
-    """
-    root = Path(root)
-    entries = sorted(read_manifest(root), key=lambda e: e.index)
-    if len(train) < 2 or not entries:
-        raise ValueError(f"judging {root} needs at least 2 training pairs and 1 synthetic pair")
-    size = int(train.images.shape[-1])
-    pairs = read_pairs(root, entries, size)
-    n_held = len(heldout) if heldout is not None and len(heldout) >= 2 else 0
-    if reference is not None and (heldout is None or not len(heldout)):
-        raise ValueError(
-            "a measurement reference set needs held-out real pairs for its ceiling (fidelity.heldout)"
+@dataclass
+class Judging:
+    """One set being judged: its folder, manifest entries and pairs, the generator's training pairs, the bar."""
+
+    root: Path
+    entries: list[ManifestEntry]
+    pairs: RealPairs
+    train: RealPairs
+    bar: Any
+    mask_passed: list[bool] = field(default_factory=list)  # the mask checks' own verdict (``qc["passed"]``)
+
+    def kept(self) -> np.ndarray:
+        """Pairs QC passed (by the mask checks) and not memorised: those the set-level figures are over."""
+        return np.array(
+            [ok and not e.memorised for ok, e in zip(self.mask_passed, self.entries, strict=True)]
         )
-    segmenters = 1 if reference is None else 2
-    bar = progress_bar(segmenters * settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held, "judge",
-                       "step|img", disable=not settings.progress)  # fmt: skip
 
-    def embed(images: np.ndarray) -> torch.Tensor:
+
+class Judge:
+    """Judges written synthetic sets (module doc); Hydra builds it from ``fidelity`` of ``conf/sample.yaml``.
+
+    Args:
+        features: image features of KID/FID and the nearest-neighbour check (``fidelity/features``).
+        heldout: real pairs the generator never saw (an ``eval_data`` source): KID/FID against them and the
+            agreement ceiling; None: a fifth of the training subjects, held out from the reference segmenter.
+        reference: fixed real pairs of the measurement segmenter (needs ``heldout``; refused if the two share an
+            image or subject), named in the summary.
+        box_judge: a box-prompted pretrained segmenter
+            (:class:`~fetalgen.segmentation.box_judge.BoxJudge`): ``agreement_pretrained``, beside the CNNs'.
+        enabled: ``fidelity.enabled`` (the task builds no judge when false).
+        settings: the fields of :class:`JudgeSettings`.
+    """
+
+    def __init__(self, features: Features, heldout: RealSource | None = None, reference: RealSource | None = None,
+                 box_judge: BoxJudgeFn | None = None, enabled: bool = True, **settings: Any) -> None:  # fmt: skip
+        if reference is not None and heldout is None:
+            raise ValueError("fidelity.reference (the measurement segmenter's pairs) needs fidelity.heldout: the "
+                             "real pairs its ceiling is measured on")  # fmt: skip
+        self.features, self.box_judge, self.enabled = features, box_judge, enabled
+        self.settings = JudgeSettings(**settings)
+        self.sources = {"heldout": heldout, "reference": reference}
+        self.read: dict[tuple[str, int], RealPairs] = {}
+
+    def real(self, key: str, size: int) -> RealPairs | None:
+        """The ``heldout`` or ``reference`` pairs at ``size``, read once."""
+        source = self.sources[key]
+        if source is None or isinstance(source, RealPairs):
+            return source
+        if (key, size) not in self.read:
+            where = f"({source.name}{', ' + source.list_file if source.list_file else ''})"
+            self.read[key, size] = RealPairs.from_dataset(source.load(size).dataset, where)
+        return self.read[key, size]
+
+    def prepare(self, size: int) -> None:
+        """Read the real pairs at ``size`` now (a bad file fails before sampling) and refuse a reference set that
+        shares an image or subject with the held-out one (its ceiling would be measured on training pairs)."""
+        heldout, reference = self.real("heldout", size), self.real("reference", size)
+        if reference is None or not reference.cases:
+            return
+        overlap = find_overlap(case_records(reference.cases), heldout.cases)
+        if overlap:
+            raise LeakageError(f"fidelity.reference shares {len(overlap)} image(s) or subject(s) with "
+                               f"fidelity.heldout (the ceiling would be measured on training pairs): "
+                               f"{', '.join(overlap[:10])}")  # fmt: skip
+
+    def __call__(self, root: str | Path, train: RealPairs) -> dict[str, Any]:
+        """Judge the set at ``root`` against the generator's training pairs ``train``: update its manifest, write
+        the gallery, return the figures (``summary.json["fidelity"]``)."""
+        root = Path(root)
+        entries = sorted(read_manifest(root), key=lambda e: e.index)
+        if len(train) < 2 or not entries:
+            raise ValueError(f"judging {root} needs at least 2 training pairs and 1 synthetic pair")
+        size = int(train.images.shape[-1])
+        self.prepare(size)
+        heldout = self.real("heldout", size)
+        if self.sources["reference"] is not None and not len(heldout):
+            raise ValueError(
+                "a measurement reference set needs held-out real pairs for its ceiling (fidelity.heldout)"
+            )
+        pairs = read_pairs(root, entries, size)
+        n_held = len(heldout) if heldout is not None and len(heldout) >= 2 else 0
+        segmenters = 1 if self.sources["reference"] is None else 2
+        total = segmenters * self.settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held
+        bar = progress_bar(total, "judge", "step|img", disable=not self.settings.progress)
+        mask_passed = [bool(e.qc.get("passed", e.qc_pass)) for e in entries]
+        job = Judging(root, entries, pairs, train, bar, mask_passed)
+        agreement, measured = self.agreement(job, heldout)
+        pretrained = self.pretrained(job, heldout)
+        bar.set_postfix_str(f"features ({self.features.name})")
+        feats = {"synthetic": self.embed(pairs.images, bar), "train": self.embed(train.images, bar)}
+        similarity, nearest = nearest_neighbours(
+            feats["synthetic"], self.embed(pairs.images[:, :, ::-1], bar), feats["train"]
+        )
+        self.write_verdicts(job, agreement["per_pair"], similarity, nearest)
+        kept = np.array([exclusion(e) is None for e in entries])  # now with the agreement verdict
+        realism, realism_note = self.realism(job, feats, kept, heldout if n_held else None)
+        spread = self.diversity(job, kept, heldout)
+        bar.close()
+        gallery = save_gallery(
+            pairs.images, train.images, similarity, nearest, [e.name for e in entries], root / GALLERY,
+            k=self.settings.gallery, feature_name=self.features.name, train_names=train.names,
+        )  # fmt: skip
+        own = {
+            **public(agreement),
+            "min_agreement": self.settings.min_agreement,
+            "qc_failed": sum(any(r.startswith(AGREEMENT) for r in e.qc.get("reasons", [])) for e in entries),
+        }
+        return {
+            "features": self.features.name,
+            "over": f"{int(kept.sum())} kept pairs (QC passed, not memorised) of {len(entries)}",
+            "realism": realism,
+            "realism_note": realism_note,
+            "diversity": spread,
+            # the measurement (the fixed reference's segmenter when given), and the own-labels figures QC used
+            "agreement": own if measured is None else public(measured),
+            "agreement_own": own,
+            "agreement_pretrained": pretrained,
+            "nearest_neighbours": {
+                "median_similarity": float(np.median(similarity)),
+                "max_similarity": float(similarity.max()),
+                "gallery": str(gallery),
+            },
+        }
+
+    def embed(self, images: np.ndarray, bar: Any) -> torch.Tensor:
+        """Features of ``images`` in chunks of ``settings.embed_chunk`` (the bar moves once per chunk)."""
         out = []
-        for k in range(0, len(images), settings.embed_chunk):
-            out.append(features(as_tensor(images[k : k + settings.embed_chunk])))
+        for k in range(0, len(images), self.settings.embed_chunk):
+            out.append(self.features(as_tensor(images[k : k + self.settings.embed_chunk])))
             bar.update(len(out[-1]))
         return torch.cat(out)
 
-    # Agreement: segmenters fitted on real pairs only; the generator's own for the per-pair figures.
-    if heldout is not None and len(heldout):
-        fit, ceiling, ceiling_source = list(range(len(train))), heldout, "held-out real pairs"
-    else:
-        fit, held = ceiling_split(train_subjects, settings.seed)
-        ceiling = RealPairs(train.images[held], train.masks[held])
-        ceiling_source = f"{len(held)} training pair(s) held out from the segmenter (no held-out set given)"
-    # The mask checks' own verdict (``qc["passed"]``): a re-judged set recomputes its agreement verdicts.
-    mask_passed = [bool(e.qc.get("passed", e.qc_pass)) for e in entries]
-    kept = np.array([ok and not e.memorised for ok, e in zip(mask_passed, entries, strict=True)])
-    bar.set_postfix_str("reference segmenter (own pairs)")
-    own, own_loss = fit_segmenter(
-        RealPairs(train.images[fit], train.masks[fit]), settings, lambda: bar.update(1)
-    )
-    agreement = agreement_figures(own, pairs, ceiling, kept, settings.seed, {
-        "ceiling_source": ceiling_source,
-        "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on the generator's {len(fit)} real "
-                     f"training pairs (final loss {own_loss:.3f})"})  # fmt: skip
-    measured = None
-    if reference is not None:
-        bar.set_postfix_str("reference segmenter (measurement)")
-        fixed, fixed_loss = fit_segmenter(reference, settings, lambda: bar.update(1))
-        measured = agreement_figures(fixed, pairs, ceiling, kept, settings.seed, {
+    def agreement(
+        self, job: Judging, heldout: RealPairs | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Agreement by the segmenter of the generator's own pairs (the per-pair figures QC uses) and, with a
+        reference set, by the measurement segmenter; both against the same ceiling."""
+        settings, train = self.settings, job.train
+        if heldout is not None and len(heldout):
+            fit, ceiling, ceiling_source = list(range(len(train))), heldout, "held-out real pairs"
+        else:
+            fit, held = ceiling_split(train.subjects, settings.seed)
+            ceiling = train.subset(held)
+            ceiling_source = (
+                f"{len(held)} training pair(s) held out from the segmenter (no held-out set given)"
+            )
+        job.bar.set_postfix_str("reference segmenter (own pairs)")
+        own, own_loss = fit_segmenter(train.subset(fit), settings, lambda: job.bar.update(1))
+        agreement = agreement_figures(own, job.pairs, ceiling, job.kept(), settings.seed, {
+            "ceiling_source": ceiling_source,
+            "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on the generator's {len(fit)} real "
+                         f"training pairs (final loss {own_loss:.3f})"})  # fmt: skip
+        reference = self.real("reference", int(train.images.shape[-1]))
+        if reference is None:
+            return agreement, None
+        job.bar.set_postfix_str("reference segmenter (measurement)")
+        fixed, fixed_loss = fit_segmenter(reference, settings, lambda: job.bar.update(1))
+        measured = agreement_figures(fixed, job.pairs, ceiling, job.kept(), settings.seed, {
             "ceiling_source": ceiling_source,
             "segmenter": f"prompt-free CNN, {settings.segmenter_steps} steps on {len(reference)} fixed real pairs "
-                         f"{reference_source} (final loss {fixed_loss:.3f})"})  # fmt: skip
+                         f"{reference.where} (final loss {fixed_loss:.3f})"})  # fmt: skip
+        return agreement, measured
 
-    pretrained = None
-    if box_judge is not None:
-        bar.set_postfix_str("box judge (pretrained)")
-        real = heldout if heldout is not None and len(heldout) else train
-        pretrained = boxed_agreement(box_judge, as_tensor(pairs.images[kept]), pairs.masks[kept],
-                                     as_tensor(real.images), real.masks, settings.seed)  # fmt: skip
-        pretrained = {**public(pretrained), "segmenter": box_judge.name,
-                      "ceiling_source": "held-out real pairs" if real is heldout else "the generator's training pairs"}  # fmt: skip
+    def pretrained(self, job: Judging, heldout: RealPairs | None) -> dict[str, Any] | None:
+        """Agreement by the box judge (ceiling: the held-out pairs, else the training pairs; floor: each image in
+        another pair's box)."""
+        if self.box_judge is None:
+            return None
+        job.bar.set_postfix_str("box judge (pretrained)")
+        real = heldout if heldout is not None and len(heldout) else job.train
+        kept = job.kept()
+        figures = boxed_agreement(self.box_judge, as_tensor(job.pairs.images[kept]), job.pairs.masks[kept],
+                                  as_tensor(real.images), real.masks, self.settings.seed)  # fmt: skip
+        source = "held-out real pairs" if real is heldout else "the generator's training pairs"
+        return {**public(figures), "segmenter": self.box_judge.name, "ceiling_source": source}
 
-    # Features: synthetic (and mirrored), training, held-out.
-    bar.set_postfix_str(f"features ({features.name})")
-    syn_feats = embed(pairs.images)
-    syn_mirror = embed(pairs.images[:, :, ::-1])
-    train_feats = embed(train.images)
-    similarity, nearest = nearest_neighbours(syn_feats, syn_mirror, train_feats)
-
-    for e, ok, agree, sim, near in zip(
-        entries, mask_passed, agreement["per_pair"], similarity, nearest, strict=True
-    ):
-        e.pair_agreement, e.feature_similarity, e.nearest_train = (
-            float(agree),
-            float(sim),
-            train_names[int(near)],
-        )
-        e.qc_pass, reasons = qc_verdict(ok, e.qc.get("reasons", []), float(agree), settings.min_agreement)
-        e.qc = {**e.qc, "passed": ok, "reasons": reasons}
-    atomic_write(root / MANIFEST, lambda tmp: tmp.write_text("".join(e.to_json() + "\n" for e in entries)))
-
-    kept = np.array([exclusion(e) is None for e in entries])  # now with the agreement verdict
-    if kept.sum() < 2:
-        log.warning("%s: %d kept pair(s): realism and diversity need 2", root, int(kept.sum()))
-    realism: dict[str, Any] = {}
-    realism_note = None
-    if 2 <= kept.sum() < FEW_FOR_REALISM:
-        realism_note = (f"KID/FID from {int(kept.sum())} kept pairs: too few to read (the estimators need tens "
-                        "to hundreds of images); compare sets of equal size only")  # fmt: skip
-        log.warning("%s: %s", root, realism_note)
-    if kept.sum() >= 2:
-        realism["train"] = kid_fid(
-            train_feats, syn_feats[kept], settings.kid_subset_size, settings.kid_subsets, settings.seed
-        )
-        if n_held:
-            held_feats = embed(heldout.images)
-            realism["heldout"] = kid_fid(
-                held_feats, syn_feats[kept], settings.kid_subset_size, settings.kid_subsets, settings.seed
+    def write_verdicts(
+        self, job: Judging, agreement: np.ndarray, similarity: np.ndarray, nearest: np.ndarray
+    ) -> None:
+        """Each pair's agreement, nearest training image and verdict (:func:`qc_verdict`) into the manifest."""
+        for e, ok, agree, sim, near in zip(
+            job.entries, job.mask_passed, agreement, similarity, nearest, strict=True
+        ):
+            e.pair_agreement, e.feature_similarity = float(agree), float(sim)
+            e.nearest_train = job.train.names[int(near)]
+            e.qc_pass, reasons = qc_verdict(
+                ok, e.qc.get("reasons", []), float(agree), self.settings.min_agreement
             )
-    spread = {"synthetic": diversity(as_tensor(pairs.images[kept]), settings.diversity_pairs, settings.seed),
-              "train": diversity(as_tensor(train.images), settings.diversity_pairs, settings.seed)}  # fmt: skip
-    if heldout is not None and len(heldout) >= 2:
-        spread["heldout"] = diversity(as_tensor(heldout.images), settings.diversity_pairs, settings.seed)
-    bar.close()
-    gallery = save_gallery(
-        pairs.images, train.images, similarity, nearest, [e.name for e in entries], root / GALLERY,
-        k=settings.gallery, feature_name=features.name, train_names=train_names,
-    )  # fmt: skip
-    own_summary = {
-        **public(agreement),
-        "min_agreement": settings.min_agreement,
-        "qc_failed": int(
-            sum(1 for e in entries if any(r.startswith(AGREEMENT) for r in e.qc.get("reasons", [])))
-        ),
-    }
-    return {
-        "features": features.name,
-        "over": f"{int(kept.sum())} kept pairs (QC passed, not memorised) of {len(entries)}",
-        "realism": realism,
-        "realism_note": realism_note,
-        "diversity": spread,
-        # the measurement (the fixed reference's segmenter when given), and the own-labels figures QC used
-        "agreement": own_summary if measured is None else public(measured),
-        "agreement_own": own_summary,
-        "agreement_pretrained": pretrained,
-        "nearest_neighbours": {
-            "median_similarity": float(np.median(similarity)),
-            "max_similarity": float(similarity.max()),
-            "gallery": str(gallery),
-        },
-    }
+            e.qc = {**e.qc, "passed": ok, "reasons": reasons}
+        text = "".join(e.to_json() + "\n" for e in job.entries)
+        atomic_write(job.root / MANIFEST, lambda tmp: tmp.write_text(text))
+
+    def realism(self, job: Judging, feats: dict[str, torch.Tensor], kept: np.ndarray,
+                heldout: RealPairs | None) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+        """KID/FID of the kept pairs against the training images and the held-out ones, with a note when they
+        are too few to read."""
+        n, s = int(kept.sum()), self.settings
+        if n < 2:
+            log.warning("%s: %d kept pair(s): realism and diversity need 2", job.root, n)
+            return {}, None
+        note = None
+        if n < FEW_FOR_REALISM:
+            note = (f"KID/FID from {n} kept pairs: too few to read (the estimators need tens to hundreds of "
+                    "images); compare sets of equal size only")  # fmt: skip
+            log.warning("%s: %s", job.root, note)
+        synthetic = feats["synthetic"][kept]
+        realism = {"train": kid_fid(feats["train"], synthetic, s.kid_subset_size, s.kid_subsets, s.seed)}
+        if heldout is not None:
+            held = self.embed(heldout.images, job.bar)
+            realism["heldout"] = kid_fid(held, synthetic, s.kid_subset_size, s.kid_subsets, s.seed)
+        return realism, note
+
+    def diversity(self, job: Judging, kept: np.ndarray, heldout: RealPairs | None) -> dict[str, float]:
+        """Mean pairwise MS-SSIM of the kept synthetic images beside the training (and held-out) images'."""
+        s = self.settings
+        spread = {"synthetic": diversity(as_tensor(job.pairs.images[kept]), s.diversity_pairs, s.seed),
+                  "train": diversity(as_tensor(job.train.images), s.diversity_pairs, s.seed)}  # fmt: skip
+        if heldout is not None and len(heldout) >= 2:
+            spread["heldout"] = diversity(as_tensor(heldout.images), s.diversity_pairs, s.seed)
+        return spread

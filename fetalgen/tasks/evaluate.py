@@ -13,7 +13,7 @@ from fetalgen.data.provenance import check_no_leak
 from fetalgen.evaluation.engine import eval_settings, evaluate_sets
 from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED
 from fetalgen.segmentation.predictor import SamBoxPredictor
-from fetalgen.tasks.build import load_eval_set, load_module
+from fetalgen.tasks.build import eval_source, load_module
 from fetalgen.tasks.common import output_dir, task_wrapper
 from fetalgen.utils.device import resolve_device
 from fetalgen.utils.files import write_json
@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.get("model"), cfg.get("ckpt_path"), cfg.allow_random_weights
     )
     trained_size = (train_cfg or {}).get("data", {}).get("image_size") or 256
-    test = load_eval_set(cfg.eval_data, trained_size)
+    test = eval_source(cfg.eval_data).load(trained_size)
     check_lineage(provenance, cfg.get("ckpt_path"), test.name, test.cases)
     metrics = {f"eval/{test.name}/n_skipped": float(len(test.skipped))}
     metrics |= evaluate_sets(

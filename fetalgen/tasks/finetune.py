@@ -22,12 +22,12 @@ from fetalgen.data.provenance import (
     labelled_names,
     write_training_cases,
 )
-from fetalgen.data.sources import EvalSet
+from fetalgen.data.sources import EvalSet, load_present
 from fetalgen.data.synthetic import set_roots
 from fetalgen.evaluation.engine import eval_prompt_modes, eval_settings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor, require_weights
-from fetalgen.tasks.build import build_test_sets
+from fetalgen.tasks.build import eval_sources
 from fetalgen.tasks.common import (
     build_trainer,
     is_rank_zero,
@@ -60,16 +60,43 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
     datamodule = hydra.utils.instantiate(cfg.data)
-    test_sets = build_test_sets(
-        cfg.get("test_sets"), datamodule, cfg.data.image_size, cfg.get("test_split", True)
-    )
+    own = datamodule.test_split() if cfg.get("test_split", True) else []
+    test_sets = own + load_present(eval_sources(cfg.get("test_sets")), cfg.data.image_size)
     if not cfg.get("train", True):  # arm=zero_shot
         return evaluate_as_built(cfg, model, test_sets)
-    # Every image SAM would train on (real, synthetic) and its generator's, against the held-out cases: by name,
-    # subject and pixels (a held-out image put into a synthetic set, or copied under a new name, is found too).
-    trained_on = case_records(datamodule.train_cases + datamodule.synthetic_cases)
     resume = resume_checkpoint(cfg, "finetune")
-    inherited = inherited_lineage(resume, cfg.get("allow_unknown_lineage", False))
+    provenance = check_and_record(
+        cfg, datamodule, test_sets, inherited_lineage(resume, cfg.get("allow_unknown_lineage", False))
+    )
+    counts = data_counts(datamodule)
+    log.info("training pairs: %s", counts)
+
+    trainer, loggers = build_trainer(cfg, "finetune", provenance)
+    for lg in loggers:
+        lg.log_hyperparams(counts)
+    for root in set_roots(cfg.data.get("synthetic_dir")):
+        log_synthetic_set(loggers, root)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+
+    metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out
+    metrics |= seen_counts(model.seen_names, datamodule)
+    metrics["train/steps"] = float(trainer.global_step)
+    if not trainer.is_global_zero:
+        return metrics
+    metrics |= evaluate_best(cfg, trainer, model, test_sets, loggers, metrics)
+    write_json(output_dir(cfg) / "metrics.json", metrics)
+    return metrics
+
+
+def check_and_record(
+    cfg: DictConfig, datamodule: Any, test_sets: list[EvalSet], inherited: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Before any training: every image SAM would train on (real, synthetic), its generator's and what the resumed
+    weights saw, against the held-out cases by name, subject and pixels (a held-out image put into a synthetic set,
+    or copied under a new name, is found too); then the data loaded and the training cases written. Returns the
+    provenance the checkpoints carry."""
+    trained_on = case_records(datamodule.train_cases + datamodule.synthetic_cases)
     check_no_leak(
         trained_on
         + inherited["training_cases"]
@@ -90,54 +117,42 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     used = {c.name for c in datamodule.train_set.cases}  # skipped pairs are not trained on, nor listed
     sam_cases = [r for r in trained_on if r["name"] in used and r["cohort"] != "synthetic"]
     sam_cases = merged(sam_cases, inherited["training_cases"])
-    provenance = {"training_cases": sam_cases,
-                  "generator_cases": merged(datamodule.generator_cases, inherited["generator_cases"])}  # fmt: skip
     if is_rank_zero():  # the run's files, once (the extra ranks of trainer=ddp run this function too)
         write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
         write_skipped(output_dir(cfg), datamodule.skipped())
-    counts = data_counts(datamodule)
-    log.info("training pairs: %s", counts)
+    return {"training_cases": sam_cases,
+            "generator_cases": merged(datamodule.generator_cases, inherited["generator_cases"])}  # fmt: skip
 
-    trainer, loggers = build_trainer(cfg, "finetune", provenance)
-    for lg in loggers:
-        lg.log_hyperparams(counts)
-    for root in set_roots(cfg.data.get("synthetic_dir")):
-        log_synthetic_set(loggers, root)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
 
-    metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out
-    metrics |= seen_counts(model.seen_names, datamodule)
-    metrics["train/steps"] = float(trainer.global_step)
+def evaluate_best(cfg: DictConfig, trainer: pl.Trainer, model: SamFinetuneModule, test_sets: list[EvalSet],
+                  loggers: list[Logger], metrics: dict[str, float]) -> dict[str, float]:  # fmt: skip
+    """The best checkpoint's weights (by ``val/dice``) on the test sets, logged; returns ``val/dice`` (read from
+    the file: spawned DDP processes hand back the best path but not its score) and the test metrics."""
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
-    if not trainer.is_global_zero:
-        return metrics
+    out: dict[str, float] = {}
     if best:
         checkpoint = read_run_checkpoint(best, "finetune").contents
         model.load_state_dict(checkpoint["state_dict"])
         if ckpt.monitor == "val/dice":
-            # Read from the file: spawned DDP processes hand back the best path but not its score.
-            metrics["val/dice"] = best_score(checkpoint, ckpt.monitor)
-        log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
-    test_metrics = evaluate_sets(
-        SamBoxPredictor(model, trainer.strategy.root_device),
-        test_sets,
+            out["val/dice"] = best_score(checkpoint, ckpt.monitor)
+        log.info(
+            "best checkpoint %s (val/dice %.4f)", best, out.get("val/dice", metrics.get("val/dice", math.nan))
+        )
+    out |= evaluate_sets(SamBoxPredictor(model, trainer.strategy.root_device), test_sets, output_dir(cfg) / "eval",
+                         "test", eval_settings(cfg.eval, model.hparams), info={"checkpoint": best or "last weights"})  # fmt: skip
+    log_evaluation(
+        loggers,
         output_dir(cfg) / "eval",
-        "test",
-        eval_settings(cfg.eval, model.hparams),
-        info={"checkpoint": best or "last weights"},
+        {k: v for k, v in out.items() if k != "val/dice"},
+        trainer.global_step,
     )
-    log_evaluation(loggers, output_dir(cfg) / "eval", test_metrics, step=trainer.global_step)
-    if "val/dice" in metrics:  # W&B's summary: the best checkpoint's, not the last validation's
+    dice = out.get("val/dice", metrics.get("val/dice"))
+    if dice is not None:  # W&B's summary: the best checkpoint's, not the last validation's
         for lg in loggers:
             if isinstance(lg, WandbLogger):
-                lg.experiment.summary.update(
-                    {"val/dice": metrics["val/dice"], "val/dice_best": metrics["val/dice"]}
-                )
-    metrics |= test_metrics
-    write_json(output_dir(cfg) / "metrics.json", metrics)
-    return metrics
+                lg.experiment.summary.update({"val/dice": dice, "val/dice_best": dice})
+    return out
 
 
 def inherited_lineage(resume: str | None, allow_unknown: bool = False) -> dict[str, list[dict[str, Any]]]:

@@ -10,34 +10,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fetalgen.data.cases import Case, DataError
+from fetalgen.data.cases import DataError
 from fetalgen.data.dataset import PairDataset
-from fetalgen.data.provenance import (
-    LeakageError,
-    case_records,
-    find_overlap,
-    record_case,
-    write_synthetic_provenance,
-)
+from fetalgen.data.provenance import record_case, write_synthetic_provenance
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.sampling import is_mask_conditioned
 from fetalgen.diffusion.shape_prior import ShapePrior
+from fetalgen.synthesis.judge import Judge, RealPairs
 from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
 from fetalgen.tasks.common import instantiate_loggers, log_final_metrics, task_wrapper
 from fetalgen.utils.device import resolve_device
-
-if TYPE_CHECKING:
-    from fetalgen.synthesis.judge import RealPairs
 
 log = logging.getLogger(__name__)
 
@@ -62,78 +52,19 @@ def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainRe
     return TrainReference.from_dataset(PairDataset(cases, size))
 
 
-@dataclass(frozen=True)
-class LoadedPairs:
-    """Real pairs read through an ``eval_data`` config: their arrays, cases and a description."""
-
-    pairs: RealPairs
-    cases: list[Case]
-    where: str
-
-
-def load_real_pairs(spec: DictConfig | None, size: int) -> LoadedPairs | None:
-    """The pairs an ``eval_data`` config names (``fidelity.heldout``, ``fidelity.reference``) at ``size``."""
-    if not spec:
-        return None
-    from fetalgen.synthesis.judge import RealPairs  # noqa: F811 (the runtime import of the annotation's class)
-    from fetalgen.tasks.build import load_eval_set
-
-    data = load_eval_set(spec, size)
-    pairs = RealPairs(
-        np.stack([np.asarray(i, np.float32) / 255.0 for i in data.dataset.images]),
-        np.stack([np.asarray(m) > 0 for m in data.dataset.masks]),
-    )
-    list_file = (spec.get("source") or {}).get("list_file")
-    where = f"({data.name}{', ' + str(list_file) if list_file else ''})"
-    return LoadedPairs(pairs, data.cases, where)
-
-
-def build_judge(
-    cfg: DictConfig, reference: TrainReference, size: int, device: torch.device
-) -> Callable[[Path], dict[str, Any]] | None:
-    """The fidelity judge of ``cfg.fidelity`` (None when switched off or without training pairs to judge by)."""
-    from fetalgen.synthesis.judge import JudgeSettings, RealPairs, judge_synthetic
-
-    fid = cfg.get("fidelity")
-    if not fid or not fid.enabled:
+def build_judge(cfg: DictConfig, reference: TrainReference, size: int, device: torch.device) -> Judge | None:
+    """The :class:`~fetalgen.synthesis.judge.Judge` Hydra builds from ``cfg.fidelity`` on ``device``, its real pairs
+    read at ``size`` (before sampling: a missing feature checkpoint or bad held-out file fails now); None when
+    switched off or without the generator's training pairs to judge by."""
+    if not cfg.fidelity.enabled:
         log.warning("fidelity figures switched off (fidelity.enabled=false)")
         return None
     if len(reference.images) < 2:
         log.warning("fidelity figures need the generator's training pairs (memorisation.enabled): skipped")
         return None
-    features = hydra.utils.instantiate(fid.features, device=str(device))  # a _target_ config: no import here
-    heldout = load_real_pairs(fid.get("heldout"), size)
-    reference_pairs = load_real_pairs(fid.get("reference"), size)
-    if reference_pairs is not None:
-        if heldout is None:
-            raise ValueError("fidelity.reference (the measurement segmenter's pairs) needs fidelity.heldout: the "
-                             "real pairs its ceiling is measured on")  # fmt: skip
-        overlap = find_overlap(case_records(reference_pairs.cases), heldout.cases)
-        if overlap:
-            raise LeakageError(f"fidelity.reference shares {len(overlap)} image(s) or subject(s) with "
-                               f"fidelity.heldout (the ceiling would be measured on training pairs): "
-                               f"{', '.join(overlap[:10])}")  # fmt: skip
-    settings = JudgeSettings(
-        kid_subset_size=int(fid.kid_subset_size),
-        kid_subsets=int(fid.kid_subsets),
-        diversity_pairs=int(fid.diversity_pairs),
-        gallery=int(fid.gallery),
-        segmenter_steps=int(fid.segmenter_steps),
-        min_agreement=fid.get("min_agreement"),
-        seed=int(cfg.seed),
-        progress=bool(cfg.get("progress", True)),
-    )
-    train = RealPairs(reference.images, reference.masks)
-    box_judge = hydra.utils.instantiate(fid.box_judge, device=str(device)) if fid.get("box_judge") else None
-
-    def judge(root: Path) -> dict[str, Any]:
-        return judge_synthetic(
-            root, train, reference.names, reference.subjects, features, settings,
-            heldout=None if heldout is None else heldout.pairs,
-            reference=None if reference_pairs is None else reference_pairs.pairs,
-            reference_source=None if reference_pairs is None else reference_pairs.where, box_judge=box_judge,
-        )  # fmt: skip
-
+    on_device = {key: {"device": str(device)} for key in ("features", "box_judge") if cfg.fidelity.get(key)}
+    judge = hydra.utils.instantiate(cfg.fidelity, **on_device)
+    judge.prepare(size)
     return judge
 
 
@@ -225,7 +156,8 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         qc=OmegaConf.to_container(cfg.qc, resolve=True),
         progress=bool(cfg.progress),
     )
-    fidelity = judge(root) if judge is not None else None
+    train = RealPairs(reference.images, reference.masks, reference.names, reference.subjects)
+    fidelity = judge(root, train) if judge is not None else None
     summary = summarise_dataset(root, reference, threshold, settings, fidelity)
     # Last: the set is complete and judged, and the resume check passed (a refused run changes nothing).
     generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}

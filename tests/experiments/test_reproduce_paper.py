@@ -49,27 +49,27 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     )  # the zero-shot sweep failed after writing its metrics, unnoticed
     table = pd.read_csv(results / "table.csv")
     assert sorted(table["arm"]) == [
-        "matched[conditioned]", "pseudo", "real", "reference", "strong", "synthetic[conditioned]",
-        "synthetic_pseudo[conditioned]", "weak", "zero_shot",
+        "matched[conditioned]", "pseudo", "real", "reference", "synthetic[conditioned]",
+        "synthetic_pseudo[conditioned]", "zero_shot",
     ]  # fmt: skip
-    assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3, 60}  # zero-shot ran at 3
+    assert set(table["train cohort"]) == {"hc18"} and set(table["N_real"]) == {3, 9}  # zero-shot ran at 3
     text = (results / "results.md").read_text()
     assert "| spanish | 94.66 | – | test set absent |" in text
     assert (
         "Δ vs real-only [95% CI]" in text and "| hc18 | – | box-ellipse |" in text and "## Data notes" in text
     )
     paired = pd.read_csv(results / "paired_hc18.csv").set_index("arm")
-    assert (paired.loc["synthetic[conditioned]", ["sam", "generator"]] == [3, 60]).all()
+    assert (paired.loc["synthetic[conditioned]", ["sam", "generator"]] == [3, 9]).all()
     assert (paired.loc["matched[conditioned]", ["sam", "generator", "total"]] == [3, 3, 3]).all()
     assert paired["label_equivalence"].notna().all() and "worth real labels" in text
     assert (paired.loc["zero_shot", ["sam", "generator", "total", "train/steps"]] == 0).all()
     assert paired.loc["zero_shot", "N_real"] == 0 and "Δ vs zero-shot [95% CI]" in text
-    assert paired["diff_zero_shot"].drop(["zero_shot", "box-ellipse"]).notna().all()  # the reference (60) too
-    assert paired.loc["reference", "sam"] == 60 and paired.loc["real", "generator"] == 0
+    assert paired["diff_zero_shot"].drop(["zero_shot", "box-ellipse"]).notna().all()  # the reference (9) too
+    assert paired.loc["reference", "sam"] == 9 and paired.loc["real", "generator"] == 0
     # self-training: the real arm's model labelled 6 pool images; its labels are the student's own 3
     assert (paired.loc["pseudo", ["sam", "generator", "total", "unlabelled"]] == [3, 3, 3, 6]).all()
     both = paired.loc["synthetic_pseudo[conditioned]"]
-    assert both["sam"] == 3 and both["unlabelled"] == 6 and 60 <= both["total"] <= 63
+    assert both["sam"] == 3 and both["unlabelled"] == 6 and 9 <= both["total"] <= 12
     assert paired.loc["real", "unlabelled"] == 0 and "| unlabelled images | worth real labels |" in text
     pseudo = json.loads((tmp_path / "out" / "pseudo" / "n3_seed0" / "summary.json").read_text())
     assert pseudo["total"] == 6 and pseudo["labelled"] == 3 and pseudo["kept"] + pseudo["rejected"] == 6
@@ -81,9 +81,9 @@ def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None
     summary = json.loads((tmp_path / "out" / "synthetic" / "conditioned" / "summary.json").read_text())
     assert summary["fidelity"]["agreement"]["ceiling_source"] == "held-out real pairs"
     assert summary["fidelity"]["agreement"]["n_ceiling"] == 4  # num_val=4
-    # every generator is measured by the segmenter of the paper generator's 60 pairs; QC by its own pairs
+    # every generator is measured by the segmenter of the paper generator's 9 pairs; QC by its own pairs
     matched = json.loads(next((tmp_path / "out" / "synthetic-matched").rglob("summary.json")).read_text())
-    assert "60 fixed real pairs" in matched["fidelity"]["agreement"]["segmenter"]
+    assert "9 fixed real pairs" in matched["fidelity"]["agreement"]["segmenter"]
     assert "generator's 3 real training pairs" in matched["fidelity"]["agreement_own"]["segmenter"]
     _assert_no_overlap(tmp_path / "out")
     # A re-run into the same folder (after a crash) redoes nothing finished: every step's outputs verify.
@@ -100,12 +100,12 @@ def _assert_no_overlap(out: Path) -> None:
     """From the files alone: no generator and no SAM run trained on a validation or test image or subject."""
     split = out / "split" / "hc18"
     held = {n for part in ("val", "test") for n in read_case_list(split / f"{part}.txt")}
-    assert len(held) == 4 + 8
+    assert len(held) == 4 + 6
     held_subjects = {parse_name(n)[0] for n in held}
     trained = list(out.glob("diffusion*/**/training_cases.csv")) + list(
         out.glob("sweep/**/training_cases.csv")
     )
-    assert len(trained) == 2 + 8  # two generators, eight SAM runs
+    assert len(trained) == 2 + 6  # two generators; SAM: real, synthetic, matched, reference, pseudo, both
     for path in trained:
         rows = read_training_cases(path)
         assert rows and not {r["name"] for r in rows} & held, path

@@ -11,26 +11,25 @@ from fetalgen.data.dataset import PairDataset
 from fetalgen.data.folder import read_folder
 from fetalgen.data.synthetic import read_manifest
 from fetalgen.segmentation.features import sam_features
-from fetalgen.synthesis.judge import JudgeSettings, RealPairs, judge_synthetic
+from fetalgen.synthesis.judge import Judge, RealPairs
 
 
 def judging(synthetic: Path, phantom_dir: Path, tmp_path: Path, n_train: int) -> tuple:
-    """A copy of the set to judge, ``n_train`` real training pairs, their names and tiny random features."""
+    """A copy of the set to judge, ``n_train`` real training pairs (each its own subject) and tiny random features."""
     root = tmp_path / "synthetic"
     shutil.copytree(synthetic, root)
-    data = PairDataset(read_folder(phantom_dir)[:n_train], 32)
-    train = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
-    return root, train, [c.name for c in data.cases], sam_features("tiny", None, 64)
+    train = RealPairs.from_dataset(PairDataset(read_folder(phantom_dir)[:n_train], 32))
+    return root, train, sam_features("tiny", None, 64)
 
 
 def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_them(
     phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path
 ):
-    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 8)
+    root, train, features = judging(phantom_synthetic, phantom_dir, tmp_path, 8)
     before = [e.qc_pass for e in sorted(read_manifest(root), key=lambda e: e.index)]
 
-    strict = JudgeSettings(segmenter_steps=5, kid_subsets=5, min_agreement=1.01)  # no pair can reach it
-    figures = judge_synthetic(root, train, names, names, features, strict)
+    strict = Judge(features, segmenter_steps=5, kid_subsets=5, min_agreement=1.01)  # no pair can reach it
+    figures = strict(root, train)
     judged = sorted(read_manifest(root), key=lambda e: e.index)
     assert not any(e.qc_pass for e in judged) and figures["agreement"]["qc_failed"] == len(judged)
     assert all(any(r.startswith("agreement: ") for r in e.qc["reasons"]) for e in judged)
@@ -38,7 +37,7 @@ def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_t
         before
     )  # the mean is over the pairs the other checks kept
 
-    judge_synthetic(root, train, names, names, features, JudgeSettings(segmenter_steps=5, kid_subsets=5))
+    Judge(features, segmenter_steps=5, kid_subsets=5)(root, train)
     again = sorted(read_manifest(root), key=lambda e: e.index)
     assert [e.qc_pass for e in again] == before
     assert not any(r.startswith("agreement") for e in again for r in e.qc["reasons"])
@@ -47,9 +46,8 @@ def test_the_agreement_threshold_fails_pairs_and_a_rejudge_without_it_restores_t
 def test_judging_shows_progress_and_says_when_a_set_is_too_small_for_kid(
     phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path, capsys
 ):
-    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 6)
-    settings = JudgeSettings(segmenter_steps=7, kid_subsets=5, embed_chunk=2)
-    figures = judge_synthetic(root, train, names, names, features, settings)
+    root, train, features = judging(phantom_synthetic, phantom_dir, tmp_path, 6)
+    figures = Judge(features, segmenter_steps=7, kid_subsets=5, embed_chunk=2)(root, train)
     n = len(read_manifest(root))
     err = capsys.readouterr().err
     assert "judge: 100%" in err and f"{7 + 2 * n + 6}/{7 + 2 * n + 6}" in err  # steps + images embedded
@@ -59,20 +57,15 @@ def test_judging_shows_progress_and_says_when_a_set_is_too_small_for_kid(
 def test_a_fixed_reference_set_measures_while_the_own_pairs_still_filter(
     phantom_synthetic: Path, phantom_dir: Path, tmp_path: Path
 ):
-    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 4)  # a 4-pair generator
-    data = PairDataset(read_folder(phantom_dir)[4:24], 32)
-    more = RealPairs(np.stack(data.images).astype(np.float32) / 255, np.stack(data.masks) > 0)
-    heldout, reference = (
-        RealPairs(more.images[:6], more.masks[:6]),
-        RealPairs(more.images[6:], more.masks[6:]),
-    )
-    settings = JudgeSettings(segmenter_steps=40, kid_subsets=5)
+    root, train, features = judging(phantom_synthetic, phantom_dir, tmp_path, 4)  # a 4-pair generator
+    more = RealPairs.from_dataset(PairDataset(read_folder(phantom_dir)[4:24], 32))
+    heldout = RealPairs(more.images[:6], more.masks[:6])
+    reference = RealPairs(more.images[6:], more.masks[6:], where="(14 phantom pairs)")
+    settings = {"segmenter_steps": 40, "kid_subsets": 5}
 
-    alone = judge_synthetic(root, train, names, names, features, settings, heldout)
+    alone = Judge(features, heldout, **settings)(root, train)
     per_pair = [e.pair_agreement for e in sorted(read_manifest(root), key=lambda e: e.index)]
-    both = judge_synthetic(
-        root, train, names, names, features, settings, heldout, reference, "(14 phantom pairs)"
-    )
+    both = Judge(features, heldout, reference, **settings)(root, train)
     again = [e.pair_agreement for e in sorted(read_manifest(root), key=lambda e: e.index)]
 
     assert again == per_pair  # the per-pair figures (and so min_agreement) stay the generator's own
@@ -82,8 +75,8 @@ def test_a_fixed_reference_set_measures_while_the_own_pairs_still_filter(
     assert both["agreement"]["synthetic"] != both["agreement_own"]["synthetic"]  # another segmenter measured
     a = both["agreement"]
     assert a["normalised"] == pytest.approx((a["synthetic"] - a["floor"]) / (a["ceiling"] - a["floor"]))
-    with pytest.raises(ValueError, match="needs held-out real pairs"):
-        judge_synthetic(root, train, names, names, features, settings, None, reference)
+    with pytest.raises(ValueError, match="needs fidelity.heldout"):
+        Judge(features, None, reference, **settings)
 
 
 @pytest.mark.slow
@@ -114,16 +107,15 @@ def test_the_arm_filter_keeps_exactly_the_pairs_the_judges_verdict_passes(
 ):
     from fetalgen.data.synthetic import read_synthetic
 
-    root, train, names, features = judging(phantom_synthetic, phantom_dir, tmp_path, 8)
-    judge_synthetic(root, train, names, names, features, JudgeSettings(segmenter_steps=80, kid_subsets=5))
+    root, train, features = judging(phantom_synthetic, phantom_dir, tmp_path, 8)
+    Judge(features, segmenter_steps=80, kid_subsets=5)(root, train)
     agreements = sorted(e.pair_agreement for e in read_manifest(root) if e.qc_pass)
     threshold = float(np.median(agreements))  # some pairs on each side
     for include_memorised in (False, True):
         read, counts = read_synthetic(root, include_memorised=include_memorised, min_agreement=threshold)
         judged = tmp_path / f"judged_{include_memorised}"  # the same set judged with that threshold
         shutil.copytree(root, judged)
-        judge_synthetic(judged, train, names, names, features,
-                        JudgeSettings(segmenter_steps=80, kid_subsets=5, min_agreement=threshold))  # fmt: skip
+        Judge(features, segmenter_steps=80, kid_subsets=5, min_agreement=threshold)(judged, train)
         passed = {
             e.name for e in read_manifest(judged) if e.qc_pass and (include_memorised or not e.memorised)
         }
