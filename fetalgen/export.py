@@ -114,16 +114,17 @@ def working_size(config: dict[str, Any], source: Path) -> int:
 
 def export_generator(ckpt_path: Path, out: Path) -> Path:
     """Write the generator of ``ckpt_path`` (EMA weights) as a diffusers pipeline folder; returns the folder."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMPipeline, DDPMScheduler
 
     from fetalgen.diffusion.checkpoint import load_generator
-    from fetalgen.diffusion.sampling import is_mask_conditioned
 
-    unet, scheduler_config, _ = load_generator(ckpt_path)
-    if not isinstance(unet, UNet2DModel):  # the paper's SD 1.5 + LoRA generator
+    unet, scheduler_config, meta = load_generator(ckpt_path)
+    if meta["generator"] == "paper_lora":  # the paper's SD 1.5 + LoRA generator
         raise ValueError(f"{ckpt_path}: the paper's LoRA generator has no diffusers pipeline export here (its "
                          "checkpoint holds the LoRA weights and the base model's path): sample it with fetalgen-sample")  # fmt: skip
-    if is_mask_conditioned(unet):  # a DDPMPipeline would sample it without its mask and shape prior: noise
+    if (
+        meta["generator"] == "mask_conditioned"
+    ):  # a DDPMPipeline would sample it without its mask and shape prior: noise
         raise ValueError(f"{ckpt_path}: a mask-conditioned generator needs its mask condition and shape prior, "
                          "which a diffusers DDPMPipeline does not carry: sample it with fetalgen-sample")  # fmt: skip
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler_config)).save_pretrained(out)
@@ -151,6 +152,30 @@ def describe_cases(records: list[dict[str, Any]] | None) -> list[str]:
         f"- {cohort}: {n} pair(s); {DATA_LICENCES.get(cohort, 'licence: see the source of this cohort')}"
         for cohort, n in sorted(counts.items())
     ]
+
+
+def measured_section(ckpt_path: Path) -> list[str]:
+    """The model card's "Measured" lines: the run's validation, test, label and data figures."""
+    metrics = run_metrics(ckpt_path)
+    shown = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith(("val/", "test/", "labels/", "data/num"))
+        and plain_name(k) == k
+        and type(v) in (int, float)
+    }  # fmt: skip  (a null: a figure that was NaN, see null_reasons)
+    lines = ["", "## Measured", ""]
+    if shown:
+        lines += ["| metric | value |", "|---|---|"] + [
+            f"| {k} | {v:.4g} |" for k, v in sorted(shown.items())
+        ]
+        lines += [
+            "",
+            "From the run's `metrics.json`; test metrics are means over images and box repetitions.",
+        ]
+    else:
+        lines += ["No `metrics.json` beside the checkpoint folder."]
+    return lines
 
 
 def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") -> str:
@@ -196,23 +221,5 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
                   "The weights are the EMA weights.", "", "## Data", "", "Labelled real pairs it trained on:"]  # fmt: skip
         lines += describe_cases(provenance.get("training_cases"))
     lines += ["", "## Intended use and limitations", "", LIMITATIONS]
-    metrics = run_metrics(ckpt_path)
-    shown = {
-        k: v
-        for k, v in metrics.items()
-        if k.startswith(("val/", "test/", "labels/", "data/num"))
-        and plain_name(k) == k
-        and type(v) in (int, float)
-    }  # fmt: skip  (a null: a figure that was NaN, see null_reasons)
-    lines += ["", "## Measured", ""]
-    if shown:
-        lines += ["| metric | value |", "|---|---|"] + [
-            f"| {k} | {v:.4g} |" for k, v in sorted(shown.items())
-        ]
-        lines += [
-            "",
-            "From the run's `metrics.json`; test metrics are means over images and box repetitions.",
-        ]
-    else:
-        lines += ["No `metrics.json` beside the checkpoint folder."]
+    lines += measured_section(ckpt_path)
     return "\n".join(lines) + "\n"

@@ -89,6 +89,31 @@ def read_column_csv(path: Path, column: str) -> dict[str, float]:
     return out
 
 
+def _by_case(files: list[Path], what: str) -> dict[str, Path]:
+    """``files`` by case name (a mask's ``_Annotation`` suffix dropped); a second file of one case is refused."""
+    out: dict[str, Path] = {}
+    for p in files:
+        stem = (
+            p.stem[: -len(ANNOTATION_SUFFIX)]
+            if what == "mask" and p.stem.endswith(ANNOTATION_SUFFIX)
+            else p.stem
+        )
+        if stem in out:
+            raise DataError(p, f"a second {what} of case {stem} (the first: {out[stem].name}); keep one")
+        out[stem] = p
+    return out
+
+
+def _listed(images: list[Path], list_file: str | Path, images_dir: Path) -> list[Path]:
+    """The images ``list_file`` names, in its order; a listed name with no image is refused."""
+    wanted = read_case_list(list_file)
+    by_stem = {p.stem: p for p in images}
+    missing = [n for n in wanted if n not in by_stem]
+    if missing:
+        raise DataError(list_file, f"{len(missing)} listed case(s) not in {images_dir}: {', '.join(missing)}")
+    return [by_stem[n] for n in wanted]
+
+
 def read_folder(
     root: str | Path,
     list_file: str | Path | None = None,
@@ -119,34 +144,15 @@ def read_folder(
             raise DataError(
                 d, f"folder missing: a paired dataset needs {root}/images/ and {root}/masks/{fix}"
             )
-    masks: dict[str, Path] = {}
-    for p in _files(masks_dir):
-        stem = p.stem[: -len(ANNOTATION_SUFFIX)] if p.stem.endswith(ANNOTATION_SUFFIX) else p.stem
-        if stem in masks:
-            raise DataError(p, f"a second mask for case {stem} (the first: {masks[stem].name}); keep one")
-        masks[stem] = p
+    masks = _by_case(_files(masks_dir), "mask")
     tables = {}
     for name, column in ((PIXEL_SIZES_CSV, "pixel size(mm)"), (HEADS_CSV, "head circumference (mm)")):
         if (root / name).is_file():
             tables[name] = read_column_csv(root / name, column)
     images = _files(images_dir)
-    seen: dict[str, Path] = {}
-    for p in images:
-        if p.stem in seen:
-            raise DataError(
-                p,
-                f"a second image named {p.stem} (the first: {seen[p.stem].name}); case names must be unique",
-            )
-        seen[p.stem] = p
+    _by_case(images, "image")  # case names must be unique
     if list_file is not None:
-        wanted = read_case_list(list_file)
-        by_stem = {p.stem: p for p in images}
-        missing = [n for n in wanted if n not in by_stem]
-        if missing:
-            raise DataError(
-                list_file, f"{len(missing)} listed case(s) not in {images_dir}: {', '.join(missing)}"
-            )
-        images = [by_stem[n] for n in wanted]
+        images = _listed(images, list_file, images_dir)
     cases, bad = [], []
     for img in images:
         with bad_input(on_bad, bad):

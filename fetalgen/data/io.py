@@ -127,6 +127,25 @@ def _fill_outline(fg: np.ndarray) -> np.ndarray | None:
     return out.astype(bool) | fg
 
 
+def _foreground(gray: np.ndarray, path: Path) -> np.ndarray:
+    """The foreground of a two-level mask (the higher level); a mask of one level or more than two, or one whose
+    foreground runs all round the border (inverted), is refused naming ``path``."""
+    levels = np.flatnonzero(np.bincount(gray.ravel(), minlength=256))
+    if len(levels) > 2:
+        shown = ", ".join(str(int(v)) for v in levels[:10]) + (", ..." if len(levels) > 10 else "")
+        raise DataError(path, f"mask is not binary: {len(levels)} grey levels found ({shown}); expected 2")
+    if len(levels) == 1:
+        if levels[0] == 0:
+            raise DataError(path, "mask is empty (all pixels are 0)")
+        raise DataError(path, f"mask covers the whole image (every pixel is {int(levels[0])})")
+    fg = gray > levels[0]
+    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])
+    if border.all():  # foreground all round the image: filled, it would be the whole image
+        raise DataError(path, "mask foreground runs all round the image border: an inverted mask (the head drawn "
+                              f"as {int(levels[0])} on {int(levels[1])})? A head mask is the head's pixels only")  # fmt: skip
+    return fg
+
+
 def load_mask(
     path: str | Path, shape: tuple[int, int], regions: str = "raise", repaired: list[Path] | None = None
 ) -> np.ndarray:
@@ -161,19 +180,7 @@ def load_mask(
             f"mask size {gray.shape[1]}x{gray.shape[0]} (WxH) differs from its image "
             f"size {shape[1]}x{shape[0]}",
         )
-    levels = np.flatnonzero(np.bincount(gray.ravel(), minlength=256))
-    if len(levels) > 2:
-        shown = ", ".join(str(int(v)) for v in levels[:10]) + (", ..." if len(levels) > 10 else "")
-        raise DataError(path, f"mask is not binary: {len(levels)} grey levels found ({shown}); expected 2")
-    if len(levels) == 1:
-        if levels[0] == 0:
-            raise DataError(path, "mask is empty (all pixels are 0)")
-        raise DataError(path, f"mask covers the whole image (every pixel is {int(levels[0])})")
-    fg = gray > levels[0]
-    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])
-    if border.all():  # foreground all round the image: filled, it would be the whole image
-        raise DataError(path, "mask foreground runs all round the image border: an inverted mask (the head drawn "
-                              f"as {int(levels[0])} on {int(levels[1])})? A head mask is the head's pixels only")  # fmt: skip
+    fg = _foreground(gray, path)
     filled = _fill_outline(fg)
     if filled is None:
         raise DataError(path, f"mask has only {int(fg.sum())} foreground pixels: too few to form a region")

@@ -176,7 +176,29 @@ def make_phantom(seed: int, shape: tuple[int, int] = (540, 800)) -> Phantom:
     inner_edge = np.clip(-dist / (0.08 * a), 0, 1)
     echo = np.where(mask, brain * inner_edge + echo * (1 - inner_edge), echo) + 1.1 * skull
 
-    # Acoustic shadowing: the ray from the apex crosses the skull once (inside) or twice (beyond the head).
+    echo *= _shadowing(rng, g, dx, dy, r, skull_t)
+    image = _scanned(rng, echo, depth, fan, scale)
+
+    hc_mm = rng.uniform(*HC_RANGE_MM)
+    pixel_size = hc_mm / ellipse_circumference(a, b)
+    ellipse = (float(g["cx"]), float(g["cy"]), float(a), float(b), float(g["angle"]))
+    return Phantom(
+        image=image, mask=mask, pixel_size_mm=float(pixel_size), hc_mm=float(hc_mm), ellipse=ellipse
+    )
+
+
+def _shadowing(
+    rng: np.random.Generator,
+    g: dict[str, float],
+    dx: np.ndarray,
+    dy: np.ndarray,
+    r: np.ndarray,
+    skull_t: float,
+) -> np.ndarray:
+    """Acoustic shadowing: the ray from the apex crosses the skull once (inside) or twice (beyond the head);
+    returns the factor the echo is multiplied by."""
+    a, b = g["a"], g["b"]
+    c, s = math.cos(math.radians(g["angle"])), math.sin(math.radians(g["angle"]))
     ox, oy = g["apex_x"] - g["cx"], g["apex_y"] - g["cy"]
     p0u, p0v = (ox * c + oy * s) / a, (-ox * s + oy * c) / b
     du, dv = (dx * c + dy * s) / a / r, (-dx * s + dy * c) / b / r
@@ -189,10 +211,16 @@ def make_phantom(seed: int, shape: tuple[int, int] = (540, 800)) -> Phantom:
     t_near, t_far = (-qb - sq) / (2 * qa), (-qb + sq) / (2 * qa)
     soft = np.clip(disc / (4 * qa * 0.05), 0, 1)  # fades at the tangent rays
     crossings = hit * soft * ((r > t_near + skull_t).astype(np.float32) + (r > t_far + skull_t))
-    echo *= np.exp(-rng.uniform(0.25, 0.45) * crossings)
+    return np.exp(-rng.uniform(0.25, 0.45) * crossings)
 
-    # Depth attenuation (partly compensated by time-gain), then Rayleigh speckle and mild compression.
-    echo *= np.exp(-rng.uniform(0.6, 1.2) * depth) * (1 + 0.25 * depth)
+
+def _scanned(
+    rng: np.random.Generator, echo: np.ndarray, depth: np.ndarray, fan: np.ndarray, scale: float
+) -> np.ndarray:
+    """The echo map as the scanner shows it: depth attenuation (partly compensated by time-gain), Rayleigh speckle,
+    mild compression, blanked outside the fan; uint8."""
+    h, w = echo.shape
+    echo = echo * np.exp(-rng.uniform(0.6, 1.2) * depth) * (1 + 0.25 * depth)
     sigma = max(0.7, 1.6 * scale)
     n1, n2 = rng.standard_normal((2, h, w), dtype=np.float32)
     n1 = cv2.GaussianBlur(n1, (0, 0), sigmaX=1.8 * sigma, sigmaY=0.8 * sigma)
@@ -203,14 +231,7 @@ def make_phantom(seed: int, shape: tuple[int, int] = (540, 800)) -> Phantom:
     img = np.clip(img / 1.2, 0, 1) ** 0.85
     img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), sigmaX=0.5 * sigma)
     img = np.where(fan, img, 0.0)
-    image = (img * 255.0 + 0.5).astype(np.uint8)
-
-    hc_mm = rng.uniform(*HC_RANGE_MM)
-    pixel_size = hc_mm / ellipse_circumference(a, b)
-    ellipse = (float(g["cx"]), float(g["cy"]), float(a), float(b), float(g["angle"]))
-    return Phantom(
-        image=image, mask=mask, pixel_size_mm=float(pixel_size), hc_mm=float(hc_mm), ellipse=ellipse
-    )
+    return (img * 255.0 + 0.5).astype(np.uint8)
 
 
 def phantom_name(index: int) -> str:

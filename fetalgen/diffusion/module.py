@@ -78,9 +78,6 @@ def optimizers_with_schedule(
 
 
 class JointDiffusionModule(LightningModule):
-    generator_kind = "joint"  # recorded in the checkpoint; the UNet's channels tell the kind as well
-    out_channels = 2  # the UNet's output: image and mask
-
     """DDPM training of a ``UNet2DModel`` over [B,2,S,S] (image, mask) in [-1, 1], optionally class-conditional.
 
     Logs ``train/loss`` every step and ``val/loss`` on the validation split, computed with the EMA weights and
@@ -103,6 +100,14 @@ class JointDiffusionModule(LightningModule):
         mask_loss_weight: weight of the mask channel's error against the image channel's (1: the plain mean);
             the loss is ``(image MSE + w * mask MSE) / (1 + w)``.
     """
+
+    generator_kind = "joint"  # recorded in the checkpoint; the UNet's channels tell the kind as well
+    out_channels = 2  # the UNet's output: image and mask
+
+    @property
+    def builder_key(self) -> str:
+        """What rebuilds it from a checkpoint (``BUILDERS["diffusion"]`` of :mod:`fetalgen.utils.checkpoints`): its kind."""
+        return self.generator_kind
 
     def __init__(
         self,

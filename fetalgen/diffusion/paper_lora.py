@@ -132,7 +132,9 @@ class PaperLoraGenerator(LightningModule):
         val_seed: seed of the fixed noise of the validation loss.
     """
 
-    generator_kind = GENERATOR_KIND
+    generator_kind = builder_key = (
+        GENERATOR_KIND  # builder_key: what rebuilds it (utils.checkpoints.BUILDERS)
+    )
     num_classes = 0
 
     def __init__(

@@ -212,13 +212,34 @@ def sample_pairs(
         if masks.shape != (batch, 1, size, size):
             raise ValueError(f"masks must be [{batch},1,{size},{size}], got {tuple(masks.shape)}")
         known = to_signed(masks.to(device=device, dtype=dtype))
-    scheduler.set_timesteps(steps, device=device)
+    x = denoise(unet, scheduler, x, steps, gens, labels, guidance_scale, known, conditioned)
+    if conditioned:
+        return torch.cat([x, known], dim=1)
+    if known is not None:
+        x[:, MASK_CHANNEL : MASK_CHANNEL + 1] = known
+    return x
+
+
+def denoise(
+    unet: UNet2DModel,
+    scheduler: SchedulerMixin,
+    x: torch.Tensor,
+    steps: int,
+    gens: list[torch.Generator],
+    labels: torch.Tensor | None,
+    guidance_scale: float,
+    known: torch.Tensor | None,
+    conditioned: bool,
+) -> torch.Tensor:
+    """The denoising loop of :func:`sample_pairs` from the noise ``x``: the given masks ``known`` condition a
+    mask-conditioned UNet, or replace the joint model's mask channel (noised to each timestep)."""
+    scheduler.set_timesteps(steps, device=x.device)
     step_kwargs = step_generators(scheduler, gens)
     for t in scheduler.timesteps:
         if known is not None and not conditioned:
-            noise = randn_tensor(known.shape, generator=gens, device=device, dtype=dtype)
+            noise = randn_tensor(known.shape, generator=gens, device=x.device, dtype=x.dtype)
             x[:, MASK_CHANNEL : MASK_CHANNEL + 1] = scheduler.add_noise(
-                known, noise, t.reshape(1).expand(batch)
+                known, noise, t.reshape(1).expand(len(x))
             )
         model_input = scheduler.scale_model_input(x, t)
         if conditioned:
@@ -226,10 +247,6 @@ def sample_pairs(
         else:
             out = guided_output(unet, model_input, t, labels, guidance_scale)
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-    if conditioned:
-        return torch.cat([x, known], dim=1)
-    if known is not None:
-        x[:, MASK_CHANNEL : MASK_CHANNEL + 1] = known
     return x
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -271,20 +272,46 @@ def run_evaluation(
     return summaries
 
 
-def eval_settings(eval_cfg: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :func:`run_evaluation` from an ``eval`` config and the model's prompt settings
-    (``eval_prompt``, ``max_jitter_px``, ``jitter_ref_size``): the one place both tasks read them."""
-    return {
-        "prompt_modes": eval_prompt_modes(eval_cfg, hparams["eval_prompt"]),
-        "figure": bool(eval_cfg.get("figure", True)),
-        "repetitions": int(eval_cfg["repetitions"]),
-        "seed": int(eval_cfg["seed"]),
-        "max_jitter_px": int(hparams["max_jitter_px"]),
-        "ref_size": int(hparams["jitter_ref_size"]),
-        "batch_size": int(eval_cfg.get("batch_size", 8)),
-        "progress": bool(eval_cfg.get("progress", True)),
-        "auto_rounds": int(eval_cfg.get("auto_rounds", AUTO_ROUNDS)),
-    }
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a model is evaluated (``conf/eval/``, built by Hydra): the prompt modes, box-jitter repetitions and
+    their seed, the batch of images encoded at once, the case figure and the progress bar. An unknown prompt mode
+    is refused when built, before anything is trained or read."""
+
+    prompt_mode: str | None = None  # None: the model's eval prompt
+    more_prompt_modes: Sequence[str] = ("tight", "full", "auto")
+    auto_rounds: int = AUTO_ROUNDS
+    repetitions: int = 5
+    seed: int = 0
+    batch_size: int = 8
+    figure: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for mode in [*([self.prompt_mode] if self.prompt_mode else []), *self.more_prompt_modes]:
+            if mode not in PROMPT_MODES:
+                raise ValueError(
+                    f"eval prompt mode {mode!r} is unknown; choose from {', '.join(PROMPT_MODES)}"
+                )
+
+    def prompt_modes(self, model_prompt: str) -> list[str]:
+        """``[prompt_mode (None: the model's eval prompt), *more_prompt_modes]`` without repeats."""
+        return list(dict.fromkeys([self.prompt_mode or model_prompt, *self.more_prompt_modes]))
+
+    def for_model(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of :func:`run_evaluation`, with the model's prompt settings (``eval_prompt``,
+        ``max_jitter_px``, ``jitter_ref_size``)."""
+        return {
+            "prompt_modes": self.prompt_modes(hparams["eval_prompt"]),
+            "figure": bool(self.figure),
+            "repetitions": int(self.repetitions),
+            "seed": int(self.seed),
+            "max_jitter_px": int(hparams["max_jitter_px"]),
+            "ref_size": int(hparams["jitter_ref_size"]),
+            "batch_size": int(self.batch_size),
+            "progress": bool(self.progress),
+            "auto_rounds": int(self.auto_rounds),
+        }
 
 
 def evaluate_sets(
@@ -308,16 +335,3 @@ def evaluate_sets(
         for label, summary in summaries.items():
             metrics |= flat_metrics(summary, f"{prefix}/{label}")
     return metrics
-
-
-def eval_prompt_modes(eval_cfg: Mapping[str, Any], model_prompt: str) -> list[str]:
-    """``[eval.prompt_mode (None: the model's eval prompt), *eval.more_prompt_modes]`` without repeats.
-
-    Raises:
-        ValueError: an unknown mode (before anything is trained or read).
-    """
-    modes = [eval_cfg.get("prompt_mode") or model_prompt, *(eval_cfg.get("more_prompt_modes") or [])]
-    for mode in modes:
-        if mode not in PROMPT_MODES:
-            raise ValueError(f"eval prompt mode {mode!r} is unknown; choose from {', '.join(PROMPT_MODES)}")
-    return list(dict.fromkeys(modes))

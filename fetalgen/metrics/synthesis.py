@@ -230,15 +230,6 @@ def summarise_synthetic(
             name = reason.split(":", 1)[0]
             failures[name] = failures.get(name, 0) + 1
     ious = _quantiles(np.array([r.ellipse_iou for r in qc]))
-    syn = _quantiles(synthetic_hc_px)
-    train = _quantiles(train_hc_px)
-    syn_values = np.asarray(synthetic_hc_px, dtype=np.float64)
-    train_values = np.asarray(train_hc_px, dtype=np.float64)
-    syn_values, train_values = syn_values[np.isfinite(syn_values)], train_values[np.isfinite(train_values)]
-    ks_stat = ks_p = None
-    if syn_values.size and train_values.size:
-        ks = stats.ks_2samp(syn_values, train_values)
-        ks_stat, ks_p = float(ks.statistic), float(ks.pvalue)
     memorised = int((similarity > threshold).sum())
     return {
         "n": n,
@@ -252,7 +243,7 @@ def summarise_synthetic(
             "median_similarity": float(np.median(similarity)) if similarity.size else None,
             "max_similarity": float(similarity.max()) if similarity.size else None,
         },
-        "head_size_px": {"synthetic": syn, "train": train, "ks_statistic": ks_stat, "ks_pvalue": ks_p},
+        "head_size_px": head_sizes(synthetic_hc_px, train_hc_px),
         "mask_copies": {
             "median_best_iou": float(np.median(iou_values)),
             "p95_best_iou": float(np.percentile(iou_values, 95)),
@@ -262,6 +253,22 @@ def summarise_synthetic(
         if iou_values.size
         else None,
     }
+
+
+def head_sizes(
+    synthetic_hc_px: Sequence[float] | np.ndarray, train_hc_px: Sequence[float] | np.ndarray
+) -> dict[str, Any]:
+    """The synthetic and training head-size distributions (px; nan dropped) and their two-sample
+    Kolmogorov-Smirnov statistic and p-value (None when either is empty)."""
+    syn_values = np.asarray(synthetic_hc_px, dtype=np.float64)
+    train_values = np.asarray(train_hc_px, dtype=np.float64)
+    syn_values, train_values = syn_values[np.isfinite(syn_values)], train_values[np.isfinite(train_values)]
+    ks_stat = ks_p = None
+    if syn_values.size and train_values.size:
+        ks = stats.ks_2samp(syn_values, train_values)
+        ks_stat, ks_p = float(ks.statistic), float(ks.pvalue)
+    return {"synthetic": _quantiles(synthetic_hc_px), "train": _quantiles(train_hc_px),
+            "ks_statistic": ks_stat, "ks_pvalue": ks_p}  # fmt: skip
 
 
 def _fmt(value: Any, width: int = 10) -> str:

@@ -9,6 +9,7 @@ independently, the test images, then averages the per-image Dice (itself the mea
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,24 +116,11 @@ def paired_comparison(
             mean, low, high = bootstrap_ci(matrix.to_numpy(), n_boot)
             row = {"train cohort": cohort, "N_real": 0 if arm == ZERO_SHOT_ARM else n, "arm": arm, "seeds": len(matrix),
                    "dice": mean, "dice_low": low, "dice_high": high}  # fmt: skip
-            d, lo, hi, k = _paired(matrix, score_matrix(group, test_set, method="box_ellipse"), n_boot)
-            row |= {"diff_baseline": d, "diff_baseline_low": lo, "diff_baseline_high": hi}
-            real = matrices.get((n, REFERENCE_ARM))
-            if real is not None and arm != REFERENCE_ARM:
-                d, lo, hi, k = _paired(matrix, real, n_boot)
-                row |= {"diff_real": d, "diff_real_low": lo, "diff_real_high": hi, "diff_real_seeds": k}
-            zero = matrices.get((n, ZERO_SHOT_ARM), any_zero)
-            if zero is not None and arm != ZERO_SHOT_ARM:
-                d, lo, hi, k = _paired(matrix, zero, n_boot)
-                row |= {"diff_zero_shot": d, "diff_zero_shot_low": lo, "diff_zero_shot_high": hi}
-            if budget is not None and arm != BUDGET_ARM:
-                d, lo, hi, k = _paired(matrix, budget, n_boot)
-                row |= {
-                    "diff_budget": d,
-                    "diff_budget_low": lo,
-                    "diff_budget_high": hi,
-                    "diff_budget_seeds": k,
-                }
+            real = matrices.get((n, REFERENCE_ARM)) if arm != REFERENCE_ARM else None
+            zero = matrices.get((n, ZERO_SHOT_ARM), any_zero) if arm != ZERO_SHOT_ARM else None
+            row |= _differences(matrix, n_boot, {
+                "baseline": score_matrix(group, test_set, method="box_ellipse"), "real": real, "zero_shot": zero,
+                "budget": budget if arm != BUDGET_ARM else None})  # fmt: skip
             for key in ("labels/sam", "labels/generator", "labels/total", "unlabelled/total", "train/steps",
                         "data/num_synthetic", "data/synthetic_memorised_excluded"):  # fmt: skip
                 if key in group.columns:
@@ -145,6 +133,20 @@ def paired_comparison(
         rows.append({"train cohort": cohort, "N_real": 0, "arm": "box-ellipse", "seeds": len(base),
                      "dice": mean, "dice_low": low, "dice_high": high})  # fmt: skip
     return add_label_equivalence(pd.DataFrame(rows))
+
+
+def _differences(matrix: pd.DataFrame, n_boot: int, others: dict[str, pd.DataFrame | None]) -> dict[str, Any]:
+    """``diff_<name>`` with its CI (``_low``, ``_high``) of the arm against each comparison given (None: none),
+    and the seeds they share (``_seeds``) for the real-only arm and the label-budget reference."""
+    row: dict[str, Any] = {}
+    for name, other in others.items():
+        if other is None:
+            continue
+        d, lo, hi, k = _paired(matrix, other, n_boot)
+        row |= {f"diff_{name}": d, f"diff_{name}_low": lo, f"diff_{name}_high": hi}
+        if name in ("real", "budget"):
+            row[f"diff_{name}_seeds"] = k
+    return row
 
 
 def label_equivalence(dice: float, curve: list[tuple[float, float]]) -> str:

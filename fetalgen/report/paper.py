@@ -78,6 +78,72 @@ def published_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def introduction(runs: pd.DataFrame, names: list[str]) -> list[str]:
+    """The report's opening: what ran (and failed), the test sets, and what each arm is."""
+    failed = runs[runs["status"] != "ok"]
+    lines = [
+        "# Reproduction of Wang et al. 2025: SAM fine-tuned on real + synthetic fetal-head pairs",
+        "",
+        f"{len(runs) - len(failed)} runs finished, {len(failed)} failed"
+        + (f" ({', '.join(failed['run_dir'])})" if len(failed) else "")
+        + ".",
+        f"Test sets: {', '.join(names) if names else 'none'}. Every arm trains the same number of optimizer "
+        "steps; all arms of one (N_real, seed) are tested on the same images with the same jittered boxes.",
+        "Arms: `real` (real pairs only), `synthetic` (+ every usable pair of the generator trained on the "
+        "paper's 60 pairs), `matched` (+ pairs of a generator trained on exactly the N_real pairs SAM sees), "
+        "`filtered` (matched, without the pairs whose judged image-mask agreement is below `data.min_agreement`), "
+        "`weak`/`strong` (augmentation), `reference` (real only, on every label the paper's generator saw), "
+        "`pseudo` (+ the unlabelled pool images the real arm's model labelled with the automatic prompt, confident "
+        "masks kept), `synthetic_pseudo` (both sets); "
+        "`[name]`: the generator recipe behind the pairs. Worth real labels: the real-only N_real whose Dice the "
+        "arm matches, interpolated on the real-only curve (real arm and reference).",
+        "",
+    ]
+    return lines
+
+
+def test_set_sections(runs: pd.DataFrame, name: str, comparison: pd.DataFrame, out: Path) -> list[str]:
+    """The Markdown of one test set (its CSVs written to ``out``): the paired comparison, the same predictions read
+    as fitted ellipses, and head circumference in mm."""
+    comparison.to_csv(out / f"paired_{name}.csv", index=False)
+    lines = [
+        f"## Test set {name}: paired comparison (Dice %, 95 % bootstrap CI over test images and seeds)",
+        "",
+        "Δ: the arm minus the real-only arm at the same N_real (or minus the label-budget reference), "
+        "image by image on the same seeds; a CI that excludes 0 is a difference the data support. Labels: "
+        "labelled real pairs SAM saw / the generator (or pseudo-labeller) saw / both together; unlabelled "
+        "images: pool images seen without their masks.",
+        "",
+        markdown_table(paired_table(comparison)),
+    ]
+    ellipses = paired_comparison(runs, name, method="sam_ellipse")
+    if not ellipses.empty and ellipses.loc[ellipses["arm"] != "box-ellipse", "dice"].notna().any():
+        ellipses.to_csv(out / f"paired_{name}_ellipse.csv", index=False)
+        lines += [
+            f"### Test set {name}: SAM's masks read as their fitted ellipses",
+            "",
+            "The same predictions, each replaced by the ellipse fitted to it (the shape HC is measured on; "
+            "HC18's annotations are drawn ellipses), compared the same way.",
+            "",
+            markdown_table(paired_table(ellipses)),
+        ]
+    hc = hc_comparison(runs, name)
+    if not hc.empty and hc["hc_mad_mm"].notna().any():
+        hc.to_csv(out / f"hc_{name}.csv", index=False)
+        quoted = ", ".join(f"{k} {v:.2f} mm" for k, v in PUBLISHED_HC_MAD_MM.items())
+        lines += [
+            f"### Test set {name}: head circumference (mm)",
+            "",
+            "Mean absolute difference between the HC of the ellipse fitted to SAM's mask and that of the "
+            "annotation, at the working size, with its bootstrap CI; bias: the mean signed difference; no "
+            f"ellipse: predictions without an HC (left out of the mean). For scale only ({quoted} on "
+            "HC18's official test set at full resolution): not the same images or resolution.",
+            "",
+            markdown_table(hc_table(hc)),
+        ]
+    return lines
+
+
 def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
     """Collect the sweeps below ``sweep_root`` and write the tables (CSV + Markdown) and the chart.
 
@@ -100,66 +166,13 @@ def write_paper_results(sweep_root: str | Path, out_dir: str | Path) -> Path:
     published = published_comparison(summary)
     published.to_csv(out / "published.csv", index=False)
 
-    failed = runs[runs["status"] != "ok"]
-    lines = [
-        "# Reproduction of Wang et al. 2025: SAM fine-tuned on real + synthetic fetal-head pairs",
-        "",
-        f"{len(runs) - len(failed)} runs finished, {len(failed)} failed"
-        + (f" ({', '.join(failed['run_dir'])})" if len(failed) else "")
-        + ".",
-        f"Test sets: {', '.join(names) if names else 'none'}. Every arm trains the same number of optimizer "
-        "steps; all arms of one (N_real, seed) are tested on the same images with the same jittered boxes.",
-        "Arms: `real` (real pairs only), `synthetic` (+ every usable pair of the generator trained on the "
-        "paper's 60 pairs), `matched` (+ pairs of a generator trained on exactly the N_real pairs SAM sees), "
-        "`filtered` (matched, without the pairs whose judged image-mask agreement is below `data.min_agreement`), "
-        "`weak`/`strong` (augmentation), `reference` (real only, on every label the paper's generator saw), "
-        "`pseudo` (+ the unlabelled pool images the real arm's model labelled with the automatic prompt, confident "
-        "masks kept), `synthetic_pseudo` (both sets); "
-        "`[name]`: the generator recipe behind the pairs. Worth real labels: the real-only N_real whose Dice the "
-        "arm matches, interpolated on the real-only curve (real arm and reference).",
-        "",
-    ]
+    lines = introduction(runs, names)
     panels = []
     for name in names:
         comparison = paired_comparison(runs, name)
         if comparison.empty:
             continue
-        comparison.to_csv(out / f"paired_{name}.csv", index=False)
-        lines += [
-            f"## Test set {name}: paired comparison (Dice %, 95 % bootstrap CI over test images and seeds)",
-            "",
-            "Δ: the arm minus the real-only arm at the same N_real (or minus the label-budget reference), "
-            "image by image on the same seeds; a CI that excludes 0 is a difference the data support. Labels: "
-            "labelled real pairs SAM saw / the generator (or pseudo-labeller) saw / both together; unlabelled "
-            "images: pool images seen without their masks.",
-            "",
-            markdown_table(paired_table(comparison)),
-        ]
-        ellipses = paired_comparison(runs, name, method="sam_ellipse")
-        if not ellipses.empty and ellipses.loc[ellipses["arm"] != "box-ellipse", "dice"].notna().any():
-            ellipses.to_csv(out / f"paired_{name}_ellipse.csv", index=False)
-            lines += [
-                f"### Test set {name}: SAM's masks read as their fitted ellipses",
-                "",
-                "The same predictions, each replaced by the ellipse fitted to it (the shape HC is measured on; "
-                "HC18's annotations are drawn ellipses), compared the same way.",
-                "",
-                markdown_table(paired_table(ellipses)),
-            ]
-        hc = hc_comparison(runs, name)
-        if not hc.empty and hc["hc_mad_mm"].notna().any():
-            hc.to_csv(out / f"hc_{name}.csv", index=False)
-            quoted = ", ".join(f"{k} {v:.2f} mm" for k, v in PUBLISHED_HC_MAD_MM.items())
-            lines += [
-                f"### Test set {name}: head circumference (mm)",
-                "",
-                "Mean absolute difference between the HC of the ellipse fitted to SAM's mask and that of the "
-                "annotation, at the working size, with its bootstrap CI; bias: the mean signed difference; no "
-                f"ellipse: predictions without an HC (left out of the mean). For scale only ({quoted} on "
-                "HC18's official test set at full resolution): not the same images or resolution.",
-                "",
-                markdown_table(hc_table(hc)),
-            ]
+        lines += test_set_sections(runs, name, comparison, out)
         for cohort, part in comparison.groupby("train cohort"):
             panels.append((f"train {cohort} → test {name}", part))
     chart = out / "dice_vs_nreal.png"

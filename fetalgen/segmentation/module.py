@@ -53,6 +53,10 @@ class SamFinetuneModule(LightningModule):
         seed: seed of the prompts.
     """
 
+    builder_key = (
+        "sam"  # what rebuilds it from a checkpoint (BUILDERS["finetune"] of fetalgen.utils.checkpoints)
+    )
+
     def __init__(
         self,
         sam: Sam,

@@ -25,7 +25,7 @@ from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.preprocess import logits_to_working, to_encoder_input
 from fetalgen.segmentation.prompts import full_box, tight_box
 from fetalgen.segmentation.stored import rebuild_module
-from fetalgen.utils.checkpoints import CheckpointError, read_run_checkpoint
+from fetalgen.utils.checkpoints import CheckpointError, RunCheckpoint, rebuild
 from fetalgen.utils.masks import largest_component
 
 log = logging.getLogger(__name__)
@@ -204,18 +204,24 @@ def require_weights(
 def load_finetuned(
     ckpt_path: str | Path, build_unrecorded: Callable[[], SamFinetuneModule] | None = None
 ) -> LoadedModel:
-    """A ``fetalgen-finetune`` checkpoint's module with its weights, and the training run's config and provenance.
-
-    The model is rebuilt from the plain values of the config saved in the file
-    (:func:`~fetalgen.segmentation.stored.rebuild_module`: nothing named in the file is instantiated). A file that
-    carries no config (older fetalgen) needs ``build_unrecorded``: the caller's own model, random init, no cache.
+    """A ``fetalgen-finetune`` checkpoint's module with its weights, and the training run's config and provenance:
+    :func:`~fetalgen.utils.checkpoints.rebuild` with its builder, :func:`sam_from_checkpoint`.
 
     Raises:
-        CheckpointError: the file is no fine-tune checkpoint, or its weights do not fit the model.
+        CheckpointError: the file is no fine-tune checkpoint, names an unknown builder, or its weights do not fit.
         ValueError: the file carries no config and no ``build_unrecorded`` was given.
     """
-    path = Path(ckpt_path)
-    checkpoint = read_run_checkpoint(path, "finetune")
+    return rebuild(ckpt_path, "finetune", build_unrecorded=build_unrecorded)
+
+
+def sam_from_checkpoint(
+    checkpoint: RunCheckpoint, build_unrecorded: Callable[[], SamFinetuneModule] | None = None
+) -> LoadedModel:
+    """The builder of fine-tuned SAM: the module rebuilt from the plain values of the config saved in the file
+    (:func:`~fetalgen.segmentation.stored.rebuild_module`: nothing named in the file is instantiated), its weights
+    loaded. A file that carries no config (older fetalgen) needs ``build_unrecorded``: the caller's own model,
+    random init, no cache."""
+    path = checkpoint.path
     train_cfg = checkpoint.config
     if train_cfg is None and build_unrecorded is None:
         raise ValueError(f"{path} carries no config: give a model config (model=sam/...) matching it")

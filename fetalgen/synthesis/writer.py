@@ -245,9 +245,6 @@ def write_synthetic(
         The settings of the set (the spec, the steps, ``n``, the checkpoint's hash), for :func:`summarise_dataset`.
     """
     root = Path(out)
-    (root / IMAGES).mkdir(parents=True, exist_ok=True)
-    (root / MASKS).mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_files(root)
     scheduler, steps = make_sampler(spec.sampler, noise_scheduler_config, spec.steps)
     size = int(unet.config.sample_size)
     reference = reference if reference is not None else TrainReference.empty(size)
@@ -259,16 +256,7 @@ def write_synthetic(
         "mode": spec.mode,
         "guidance_scale": float(spec.guidance_scale),
     }
-    entries = repair_manifest(root)
-    check_resumable(root, entries, common)
-    for e in entries:  # pair i's seed derives from the base seed: another base seed would mix two sets
-        if e.seed != derive_seed(spec.seed, e.index):
-            raise DataError(
-                root / MANIFEST,
-                f"index {e.index} was sampled with another base seed than seed={spec.seed}; "
-                "write to a new folder or repeat the original seed",
-            )
-    done = {e.index for e in entries}
+    done = {e.index for e in open_set(root, common, spec.seed)}
     todo = [i for i in range(n) if i not in done]
     qc_kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (qc or {}).items()}
     log.info("%s: %d of %d pairs done, %d to sample", root, n - len(todo), n, len(todo))
@@ -283,42 +271,60 @@ def write_synthetic(
         images, channels = unpack(x.float().cpu())
         images, channels = images[:, 0].numpy(), channels[:, 0].numpy()
         masks = np.stack([clean_mask(c, spec.mask_threshold) for c in channels])
-        similarity = mask_iou = None
-        if len(reference.images):
-            similarity = max_similarity(images, reference.images, size=similarity_size)
-        if reference.masks is not None and len(reference.masks):
-            mask_iou = best_mask_iou(
-                masks, reference.masks
-            )  # the block at once: the training masks read once
+        similarity, mask_iou = memorisation_figures(images, masks, reference, similarity_size)
         for j, index in enumerate(block):
             if index in done or index >= n:  # block padding: computed for bit-exact batches, not written
                 continue
-            mask = masks[j]
-            checks = qc_mask(mask, **qc_kwargs)
-            passed, reasons = qc_verdict(checks.passed, checks.reasons)
             sim = None if similarity is None else float(similarity[j])
+            checks = qc_mask(masks[j], **qc_kwargs)
+            passed, reasons = qc_verdict(checks.passed, checks.reasons)
             name = pair_name(index)
-            write_png(root / IMAGES / f"{name}.png", np.round(images[j] * 255).astype(np.uint8))
-            write_png(root / MASKS / f"{name}.png", mask.astype(np.uint8) * 255)
             entry = ManifestEntry(
-                index=index,
-                name=name,
-                image=f"{IMAGES}/{name}.png",
-                mask=f"{MASKS}/{name}.png",
-                seed=seeds[j],
-                class_label=labels[j],
-                qc_pass=passed,
-                qc={**checks.to_dict(), "reasons": reasons},
-                max_train_similarity=sim,
-                max_train_mask_iou=None if mask_iou is None else float(mask_iou[j]),
+                index=index, name=name, image=f"{IMAGES}/{name}.png", mask=f"{MASKS}/{name}.png", seed=seeds[j],
+                class_label=labels[j], qc_pass=passed, qc={**checks.to_dict(), "reasons": reasons},
+                max_train_similarity=sim, max_train_mask_iou=None if mask_iou is None else float(mask_iou[j]),
                 memorised=bool(sim is not None and sim > similarity_threshold),
-                pixel_size_mm=reference.pixel_size_mm,
-                **common,
-            )
-            append_line(root / MANIFEST, entry.to_json())  # last: the pair counts as done from here on
+                pixel_size_mm=reference.pixel_size_mm, **common,
+            )  # fmt: skip
+            write_pair(root, entry, images[j], masks[j])
             bar.update(1)
     bar.close()
     return {**asdict(spec), "steps": steps, "n": n, "checkpoint_sha256": checkpoint_sha256}
+
+
+def open_set(root: Path, common: dict[str, Any], seed: int) -> list[ManifestEntry]:
+    """Create or reopen the set at ``root``: stale temporary files removed, the manifest repaired, and its pairs
+    checked against this run's ``common`` fields and base ``seed``; returns the pairs already written."""
+    (root / IMAGES).mkdir(parents=True, exist_ok=True)
+    (root / MASKS).mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(root)
+    entries = repair_manifest(root)
+    check_resumable(root, entries, common)
+    for e in entries:  # pair i's seed derives from the base seed: another base seed would mix two sets
+        if e.seed != derive_seed(seed, e.index):
+            raise DataError(
+                root / MANIFEST,
+                f"index {e.index} was sampled with another base seed than seed={seed}; "
+                "write to a new folder or repeat the original seed",
+            )
+    return entries
+
+
+def memorisation_figures(
+    images: np.ndarray, masks: np.ndarray, reference: TrainReference, size: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Each pair's highest image similarity (at ``size`` px) and mask IoU to the training pairs, for a block at
+    once (the training set read once); None where the reference has none."""
+    similarity = max_similarity(images, reference.images, size=size) if len(reference.images) else None
+    has_masks = reference.masks is not None and len(reference.masks)
+    return similarity, best_mask_iou(masks, reference.masks) if has_masks else None
+
+
+def write_pair(root: Path, entry: ManifestEntry, image: np.ndarray, mask: np.ndarray) -> None:
+    """The pair's two PNGs, then its manifest line: last, so the pair counts as done only once it is whole."""
+    write_png(root / entry.image, np.round(image * 255).astype(np.uint8))
+    write_png(root / entry.mask, mask.astype(np.uint8) * 255)
+    append_line(root / MANIFEST, entry.to_json())
 
 
 def summarise_dataset(

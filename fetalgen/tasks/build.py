@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fetalgen.data.sources import EvalSource
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import LoadedModel, load_finetuned, require_weights
+from fetalgen.tasks.common import build
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def eval_source(spec: Mapping[str, Any]) -> EvalSource:
             "an evaluation set is a conf/eval_data/ config (a _target_ and a source with a _target_, its reader), "
             f"got {dict(spec)}"
         )
-    return hydra.utils.instantiate(spec)
+    return build(spec)
 
 
 def eval_sources(specs: Mapping[str, Any] | None) -> dict[str, EvalSource | None]:

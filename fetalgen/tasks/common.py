@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.accelerators import CPUAccelerator
@@ -61,6 +62,18 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
             close_wandb()
 
     return wrapped
+
+
+def build(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(config, **kwargs)``, a built class's own refusal of a bad setting
+    (:data:`~fetalgen.utils.errors.USER_ERRORS`, whose message names it) raised as itself, not inside Hydra's
+    ``InstantiationException``."""
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, USER_ERRORS):
+            raise err.__cause__ from None
+        raise
 
 
 def is_rank_zero() -> bool:

@@ -10,11 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from fetalgen.data.cases import Case
 from fetalgen.data.provenance import check_no_leak
-from fetalgen.evaluation.engine import eval_settings, evaluate_sets
+from fetalgen.evaluation.engine import evaluate_sets
 from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED
 from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.tasks.build import eval_source, load_module
-from fetalgen.tasks.common import output_dir, task_wrapper
+from fetalgen.tasks.common import build, output_dir, task_wrapper
 from fetalgen.utils.device import resolve_device
 from fetalgen.utils.files import write_json
 
@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         [test],
         output_dir(cfg),
         "eval",
-        eval_settings(cfg.eval, module.hparams),
+        build(cfg.eval).for_model(module.hparams),
         info={"checkpoint": _describe(cfg)},
     )
     write_json(output_dir(cfg) / "metrics.json", metrics)

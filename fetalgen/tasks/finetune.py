@@ -24,11 +24,12 @@ from fetalgen.data.provenance import (
 )
 from fetalgen.data.sources import EvalSet, load_present
 from fetalgen.data.synthetic import set_roots
-from fetalgen.evaluation.engine import eval_prompt_modes, eval_settings, evaluate_sets
+from fetalgen.evaluation.engine import EvalSettings, evaluate_sets
 from fetalgen.segmentation.module import SamFinetuneModule
 from fetalgen.segmentation.predictor import SamBoxPredictor, require_weights
 from fetalgen.tasks.build import eval_sources
 from fetalgen.tasks.common import (
+    build,
     build_trainer,
     is_rank_zero,
     output_dir,
@@ -55,7 +56,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         test set ``test/<set>/<metric>``, ``test/<set>/<metric>_std`` and ``test/<set>/baseline_<metric>``.
     """
     check_validation_schedule(cfg.trainer)
-    eval_prompt_modes(cfg.eval, cfg.model.get("eval_prompt", "jitter"))  # fails now, not after training
+    evaluation: EvalSettings = build(cfg.eval)  # an unknown prompt mode fails now
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
@@ -63,7 +64,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     own = datamodule.test_split() if cfg.get("test_split", True) else []
     test_sets = own + load_present(eval_sources(cfg.get("test_sets")), cfg.data.image_size)
     if not cfg.get("train", True):  # arm=zero_shot
-        return evaluate_as_built(cfg, model, test_sets)
+        return evaluate_as_built(cfg, model, test_sets, evaluation)
     resume = resume_checkpoint(cfg, "finetune")
     provenance = check_and_record(
         cfg, datamodule, test_sets, inherited_lineage(resume, cfg.get("allow_unknown_lineage", False))
@@ -84,7 +85,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     metrics["train/steps"] = float(trainer.global_step)
     if not trainer.is_global_zero:
         return metrics
-    metrics |= evaluate_best(cfg, trainer, model, test_sets, loggers, metrics)
+    metrics |= evaluate_best(cfg, trainer, model, test_sets, evaluation, loggers, metrics)
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics
 
@@ -125,7 +126,7 @@ def check_and_record(
 
 
 def evaluate_best(cfg: DictConfig, trainer: pl.Trainer, model: SamFinetuneModule, test_sets: list[EvalSet],
-                  loggers: list[Logger], metrics: dict[str, float]) -> dict[str, float]:  # fmt: skip
+                  evaluation: EvalSettings, loggers: list[Logger], metrics: dict[str, float]) -> dict[str, float]:  # fmt: skip
     """The best checkpoint's weights (by ``val/dice``) on the test sets, logged; returns ``val/dice`` (read from
     the file: spawned DDP processes hand back the best path but not its score) and the test metrics."""
     ckpt = trainer.checkpoint_callback
@@ -140,7 +141,7 @@ def evaluate_best(cfg: DictConfig, trainer: pl.Trainer, model: SamFinetuneModule
             "best checkpoint %s (val/dice %.4f)", best, out.get("val/dice", metrics.get("val/dice", math.nan))
         )
     out |= evaluate_sets(SamBoxPredictor(model, trainer.strategy.root_device), test_sets, output_dir(cfg) / "eval",
-                         "test", eval_settings(cfg.eval, model.hparams), info={"checkpoint": best or "last weights"})  # fmt: skip
+                         "test", evaluation.for_model(model.hparams), info={"checkpoint": best or "last weights"})  # fmt: skip
     log_evaluation(
         loggers,
         output_dir(cfg) / "eval",
@@ -195,7 +196,7 @@ def merged(*lists: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
 
 
 def evaluate_as_built(
-    cfg: DictConfig, model: SamFinetuneModule, test_sets: list[EvalSet]
+    cfg: DictConfig, model: SamFinetuneModule, test_sets: list[EvalSet], evaluation: EvalSettings
 ) -> dict[str, float]:
     """``train=false``: the model as built (pretrained weights, no step taken) on the test sets, with the boxes every
     arm of the same seed gets; ``metrics.json`` as a trained run writes it, with no label behind the model."""
@@ -208,7 +209,7 @@ def evaluate_as_built(
         "unlabelled/total": 0.0,
     }
     metrics |= evaluate_sets(SamBoxPredictor(model, resolve_device("auto")), test_sets, output_dir(cfg) / "eval",
-                             "test", eval_settings(cfg.eval, model.hparams),
+                             "test", evaluation.for_model(model.hparams),
                              info={"checkpoint": f"{cfg.model.sam.model_type} as built, zero-shot"})  # fmt: skip
     write_json(output_dir(cfg) / "metrics.json", metrics)
     return metrics

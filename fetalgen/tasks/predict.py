@@ -60,6 +60,31 @@ def input_hashes(cfg: DictConfig) -> dict[str, str]:
     }
 
 
+def write_tables(out: Path, rows: pd.DataFrame, skipped: list[Any]) -> dict[str, Any]:
+    """``measurements.csv`` (every image), the HC18 submission (those with mm figures) and ``skipped.txt``;
+    returns their counts for the summary."""
+    rows.to_csv(out / MEASUREMENTS, index=False)
+    submitted = submission(rows) if len(rows) else pd.DataFrame(columns=SUBMISSION_COLUMNS)
+    if len(rows):
+        submitted.to_csv(out / SUBMISSION, index=False)
+    if len(submitted) < len(rows):
+        log.warning("%d image(s) have no mm figures (no ellipse fit or no pixel size): in %s, not in %s",
+                    len(rows) - len(submitted), MEASUREMENTS, SUBMISSION)  # fmt: skip
+    if skipped:
+        (out / "skipped.txt").write_text("".join(f"{e}\n" for e in skipped))
+    count = (lambda column, value: int((rows[column] == value).sum())) if len(rows) else (lambda *_: 0)
+    return {
+        "n_images": len(rows),
+        "n_auto": count("prompt", "auto"),
+        "n_box": count("prompt", "box"),
+        "n_measured": count("status", "ok"),
+        "n_without_pixel_size": int(rows["pixel_size_mm"].isna().sum()) if len(rows) else 0,
+        "n_not_submitted": len(rows) - len(submitted),  # no mm figures: left out of hc18_submission.csv
+        "n_skipped": len(skipped),
+        "skipped": [str(e) for e in skipped],
+    }
+
+
 @task_wrapper
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run ``fetalgen-predict`` (``conf/predict.yaml``); returns the summary written to ``summary.json``."""
@@ -90,16 +115,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         rows = rows.sort_values("name", key=lambda names: names.map(order)).reset_index(drop=True)
     skipped = [*items.skipped, *bad]
     warn_skipped(bad, f"images in {cfg.images.root}")
-    rows.to_csv(out / MEASUREMENTS, index=False)
-    submitted = submission(rows) if len(rows) else pd.DataFrame(columns=SUBMISSION_COLUMNS)
-    if len(rows):
-        submitted.to_csv(out / SUBMISSION, index=False)
-    if len(submitted) < len(rows):
-        log.warning("%d image(s) have no mm figures (no ellipse fit or no pixel size): in %s, not in %s",
-                    len(rows) - len(submitted), MEASUREMENTS, SUBMISSION)  # fmt: skip
-    if skipped:
-        (out / "skipped.txt").write_text("".join(f"{e}\n" for e in skipped))
-    summary = {
+    summary = write_tables(out, rows, skipped) | {
         "checkpoint": str(
             cfg.get("ckpt_path") or ("" if cfg.get("backend") == "onnxruntime" else "raw/random SAM")
         ),
@@ -107,14 +123,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "onnx_dir": str(cfg.get("onnx_dir") or ""),
         "images": str(cfg.images.root),
         "image_size": segmenter.image_size,
-        "n_images": len(rows),
-        "n_auto": int((rows["prompt"] == "auto").sum()) if len(rows) else 0,
-        "n_box": int((rows["prompt"] == "box").sum()) if len(rows) else 0,
-        "n_measured": int((rows["status"] == "ok").sum()) if len(rows) else 0,
-        "n_without_pixel_size": int(rows["pixel_size_mm"].isna().sum()) if len(rows) else 0,
-        "n_not_submitted": len(rows) - len(submitted),  # no mm figures: left out of hc18_submission.csv
-        "n_skipped": len(skipped),
-        "skipped": [str(e) for e in skipped],
     }
     write_json(out / "summary.json", summary)
     log.info(

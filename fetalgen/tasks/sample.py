@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,11 +21,11 @@ from fetalgen.data.cases import DataError
 from fetalgen.data.dataset import PairDataset
 from fetalgen.data.provenance import record_case, write_synthetic_provenance
 from fetalgen.diffusion.checkpoint import load_generator
-from fetalgen.diffusion.sampling import is_mask_conditioned
 from fetalgen.diffusion.shape_prior import ShapePrior
+from fetalgen.metrics.fidelity import summary_row
 from fetalgen.synthesis.judge import Judge, RealPairs
 from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
-from fetalgen.tasks.common import instantiate_loggers, log_final_metrics, task_wrapper
+from fetalgen.tasks.common import build, instantiate_loggers, log_final_metrics, task_wrapper
 from fetalgen.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ def build_judge(cfg: DictConfig, reference: TrainReference, size: int, device: t
         log.warning("fidelity figures need the generator's training pairs (memorisation.enabled): skipped")
         return None
     on_device = {key: {"device": str(device)} for key in ("features", "box_judge") if cfg.fidelity.get(key)}
-    judge = hydra.utils.instantiate(cfg.fidelity, **on_device)
+    judge = build(cfg.fidelity, **on_device)
     judge.prepare(size)
     return judge
 
@@ -109,6 +108,33 @@ def check_sample_settings(cfg: DictConfig) -> None:
         )
 
 
+def synthesis_spec(cfg: DictConfig, meta: dict[str, Any], reference: TrainReference) -> SynthesisSpec:
+    """The sampling settings of ``cfg`` for this generator: ``mode`` null is the generator's own (the builder key
+    its checkpoint records), a mask-conditioned generator refuses any other, and that mode draws masks from the
+    shape prior."""
+    conditioned = meta["generator"] == "mask_conditioned"
+    mode = cfg.mode or ("mask_conditioned" if conditioned else "joint")
+    if conditioned and mode != "mask_conditioned":
+        raise ValueError(f"{cfg.ckpt_path} is a mask-conditioned generator: it draws images for given masks; "
+                         "sample with mode=mask_conditioned (or leave mode unset)")  # fmt: skip
+    return SynthesisSpec(
+        sampler=cfg.sampler, steps=cfg.steps, seed=int(cfg.seed), mode=mode, class_label=cfg.class_label,
+        guidance_scale=float(cfg.guidance_scale), batch_size=int(cfg.batch_size),
+        mask_threshold=float(cfg.mask_threshold),
+        shape_prior=shape_prior(cfg, meta, reference) if mode == "mask_conditioned" else None,
+    )  # fmt: skip
+
+
+def seal(root: Path, meta: dict[str, Any], spec: SynthesisSpec) -> None:
+    """``provenance.json``: the generator, its training cases and the manifest's hash (none for a checkpoint that
+    lists no training cases: said)."""
+    if meta.get("training_cases") is None:
+        log.warning("%s lists no training cases: the synthetic set gets no provenance", meta["path"])
+        return
+    generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
+    write_synthetic_provenance(root, generator, meta["training_cases"], shape_prior=spec.shape_prior)
+
+
 @task_wrapper
 def synthesize(cfg: DictConfig) -> dict[str, Any]:
     """Load the checkpoint; write ``cfg.n`` pairs into ``cfg.out``, judge them, summarise and seal (module doc).
@@ -121,22 +147,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     unet, scheduler_config, meta = load_generator(cfg.ckpt_path, device=device)
     size = int(unet.config.sample_size)
     reference = train_reference(cfg, meta, size)
-    conditioned = is_mask_conditioned(unet)
-    mode = cfg.mode or ("mask_conditioned" if conditioned else "joint")  # null: the generator's own
-    if conditioned and mode != "mask_conditioned":
-        raise ValueError(f"{cfg.ckpt_path} is a mask-conditioned generator: it draws images for given masks; "
-                         "sample with mode=mask_conditioned (or leave mode unset)")  # fmt: skip
-    spec = SynthesisSpec(
-        sampler=cfg.sampler,
-        steps=cfg.steps,
-        seed=int(cfg.seed),
-        mode=mode,
-        class_label=cfg.class_label,
-        guidance_scale=float(cfg.guidance_scale),
-        batch_size=int(cfg.batch_size),
-        mask_threshold=float(cfg.mask_threshold),
-        shape_prior=shape_prior(cfg, meta, reference) if mode == "mask_conditioned" else None,
-    )
+    spec = synthesis_spec(cfg, meta, reference)
     judge = build_judge(
         cfg, reference, size, device
     )  # before sampling: a missing feature checkpoint fails now
@@ -159,13 +170,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     train = RealPairs(reference.images, reference.masks, reference.names, reference.subjects)
     fidelity = judge(root, train) if judge is not None else None
     summary = summarise_dataset(root, reference, threshold, settings, fidelity)
-    # Last: the set is complete and judged, and the resume check passed (a refused run changes nothing).
-    generator = {"checkpoint": meta["path"], "sha256": meta["sha256"], "global_step": meta["global_step"]}
-    if meta.get("training_cases") is None:
-        log.warning("%s lists no training cases: the synthetic set gets no provenance", cfg.ckpt_path)
-    else:
-        write_synthetic_provenance(cfg.out, generator, meta["training_cases"], shape_prior=spec.shape_prior)
-    from fetalgen.metrics.fidelity import summary_row
+    seal(root, meta, spec)  # last: the set is complete and judged, and the resume check passed
 
     metrics = {
         "n": summary["n"],

@@ -1,9 +1,12 @@
 """Lightning checkpoints of fetalgen, one contract both ways: one writer of the run record (:class:`RunRecord`: the
-task, its resolved config and what it trained on) and one reader (:func:`read_run_checkpoint`: ``weights_only=True``,
-the task checked), used by every task; and a best checkpoint that survives a resume into another run folder."""
+task, the builder that rebuilds its model, its resolved config and what it trained on), one reader
+(:func:`read_run_checkpoint`: ``weights_only=True``, the task checked) and one :func:`rebuild` (the recorded builder,
+if it is one of :data:`BUILDERS`), used by every task; and a best checkpoint that survives a resume into another
+run folder."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -19,18 +22,26 @@ log = logging.getLogger(__name__)
 
 WRITERS = {"diffusion": "fetalgen-train-diffusion", "finetune": "fetalgen-finetune"}
 # The run record every checkpoint of both training tasks carries (written by RunRecord, read by read_run_checkpoint):
-TASK_KEY = "fetalgen_task"  # which task wrote it: a key of WRITERS (its builder: BUILDERS)
+TASK_KEY = "fetalgen_task"  # which task wrote it: a key of WRITERS
+BUILDER_KEY = (
+    "fetalgen_builder"  # which class rebuilds it: a key of BUILDERS[task] (the module's builder_key)
+)
 CONFIG_KEY = "fetalgen_config"  # the resolved run config
 PROVENANCE_KEY = "fetalgen_provenance"  # {"training_cases": [...], "generator_cases": [...]}
-# What rebuilds a task's model from its checkpoint; nothing stored in a checkpoint is instantiated beyond it.
+# The one builder per class that rebuilds a model from its checkpoint (``builder(record, **kwargs)``), by task and
+# builder key; nothing a checkpoint names is imported or instantiated beyond these.
 BUILDERS = {
-    "finetune": "fetalgen.segmentation.predictor.load_finetuned",
-    "diffusion": "fetalgen.diffusion.checkpoint.load_generator",
+    "finetune": {"sam": "fetalgen.segmentation.predictor.sam_from_checkpoint"},
+    "diffusion": {
+        "joint": "fetalgen.diffusion.checkpoint.unet_from_checkpoint",
+        "mask_conditioned": "fetalgen.diffusion.checkpoint.unet_from_checkpoint",
+        "paper_lora": "fetalgen.diffusion.checkpoint.paper_lora_from_checkpoint",
+    },
 }
 
 
 def record_entries(task: str, config: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
-    """The run record's entries (the one place its keys are written)."""
+    """The run record's entries (the one place its keys are written; the builder key comes from the module)."""
     if task not in WRITERS:
         raise ValueError(f"unknown task {task!r}; one of {', '.join(WRITERS)}")
     return {TASK_KEY: task, CONFIG_KEY: config, PROVENANCE_KEY: provenance}
@@ -38,16 +49,22 @@ def record_entries(task: str, config: dict[str, Any], provenance: dict[str, Any]
 
 class RunRecord(Callback):
     """Writes the run record into every checkpoint Lightning saves (:func:`record_entries`: the task, the
-    resolved config, the provenance), the same way for the generator and for SAM. The modules themselves store
-    only what rebuilds them."""
+    resolved config, the provenance, and the module's ``builder_key``), the same way for the generator and for SAM.
+    The modules themselves store only what rebuilds them."""
 
     def __init__(self, task: str, config: dict[str, Any], provenance: dict[str, Any]) -> None:
+        self.task = task
         self.entries = record_entries(task, config, provenance)
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint.update(self.entries)
+        key = getattr(pl_module, "builder_key", None)
+        if key not in BUILDERS[self.task]:
+            raise CheckpointError(f"{type(pl_module).__name__} names no builder of {WRITERS[self.task]} "
+                                  f"checkpoints (builder_key={key!r}; known: {', '.join(BUILDERS[self.task])})")  # fmt: skip
+        checkpoint[BUILDER_KEY] = key
 
 
 class CheckpointError(ValueError):
@@ -107,9 +124,39 @@ class RunCheckpoint:
         return self.contents.get(PROVENANCE_KEY)
 
     @property
+    def builder_key(self) -> Any:
+        """The recorded builder key; for files written before it was recorded, the one their entries imply (a
+        fine-tune: ``sam``; a generator: the kind its description records, ``joint`` before that was recorded)."""
+        if BUILDER_KEY in self.contents:
+            return self.contents[BUILDER_KEY]
+        if self.task == "finetune":
+            return "sam"
+        described = self.contents.get("fetalgen")
+        return described.get("generator", "joint") if isinstance(described, dict) else "joint"
+
+    @property
     def builder(self) -> str:
-        """The function that rebuilds this task's model (:data:`BUILDERS`)."""
-        return BUILDERS[self.task]
+        """The function that rebuilds this checkpoint's model (:data:`BUILDERS`).
+
+        Raises:
+            CheckpointError: the file names a builder fetalgen does not know for its task (anything but a plain
+                string of :data:`BUILDERS` is refused, never imported).
+        """
+        key, known = self.builder_key, BUILDERS[self.task]
+        if not isinstance(key, str) or key not in known:
+            raise CheckpointError(f"{self.path}: names the builder {str(key)[:80]!r}, which no "
+                                  f"{WRITERS[self.task]} checkpoint has (known: {', '.join(known)}): refused")  # fmt: skip
+        return known[key]
+
+
+def rebuild(path: str | Path, task: str | None = None, **kwargs: Any) -> Any:
+    """The model of a fetalgen checkpoint, rebuilt by the one builder its record names (:data:`BUILDERS`), from the
+    file read once with ``weights_only=True`` (:func:`read_run_checkpoint`, ``task`` checked); ``kwargs`` go to
+    the builder (e.g. ``device``). What it returns is the builder's (a generator: ``(unet, scheduler_config,
+    meta)``; SAM: a ``LoadedModel``)."""
+    record = read_run_checkpoint(path, task)
+    module, name = record.builder.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)(record, **kwargs)
 
 
 def read_run_checkpoint(path: str | Path, task: str | None = None) -> RunCheckpoint:

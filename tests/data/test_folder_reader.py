@@ -101,11 +101,11 @@ def test_duplicate_names_are_errors_naming_both(tmp_path: Path) -> None:
     write_phantom_dataset(root, n=2, seed=0, shape=(68, 100))
     extra_mask = root / "masks" / "phantom_0000_Annotation.png"  # a second mask for one image
     shutil.copy(root / "masks" / "phantom_0000.png", extra_mask)
-    with pytest.raises(DataError, match="a second mask for case phantom_0000"):
+    with pytest.raises(DataError, match="a second mask of case phantom_0000"):
         read_folder(root)
     extra_mask.unlink()
     shutil.copy(root / "images" / "phantom_0000.png", root / "images" / "phantom_0000.jpg")  # x.png + x.jpg
-    with pytest.raises(DataError, match="a second image named phantom_0000"):
+    with pytest.raises(DataError, match="a second image of case phantom_0000"):
         read_folder(root)
     table = tmp_path / "sizes.csv"
     table.write_text("filename,pixel size(mm)\na.png,0.1\nb.png,0.2\na.png,0.3\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from fetalgen.utils.checkpoints import (
     RunRecord,
     checkpoint_kind,
     read_run_checkpoint,
+    rebuild,
 )
 
 FINETUNE = {"state_dict": {"sam.mask_decoder.w": torch.zeros(2)}, "fetalgen_config": {"model": {}}}
@@ -32,19 +34,64 @@ def test_kinds(tmp_path: Path) -> None:
     torch.save(FINETUNE, tmp_path / "f.ckpt")
     read = read_run_checkpoint(tmp_path / "f.ckpt", "finetune")
     assert read.config == {"model": {}} and read.task == "finetune" and read.provenance is None
-    assert read.builder == "fetalgen.segmentation.predictor.load_finetuned"
+    assert read.builder_key == "sam" and read.builder == "fetalgen.segmentation.predictor.sam_from_checkpoint"
     assert read_run_checkpoint(tmp_path / "f.ckpt").task == "finetune"  # either task
 
 
 def test_one_writer_records_the_task_which_wins_over_the_keys(tmp_path: Path) -> None:
     checkpoint = {"state_dict": {"sam.x": torch.zeros(1)}}  # keys that look like fine-tuning
-    RunRecord("diffusion", {"seed": 0}, {"training_cases": []}).on_save_checkpoint(None, None, checkpoint)
+    generator = SimpleNamespace(builder_key="mask_conditioned")  # what a module names as its builder
+    RunRecord("diffusion", {"seed": 0}, {"training_cases": []}).on_save_checkpoint(
+        None, generator, checkpoint
+    )
     assert checkpoint["fetalgen_task"] == "diffusion" and checkpoint_kind(checkpoint) == "diffusion"
+    assert checkpoint["fetalgen_builder"] == "mask_conditioned"
     torch.save(checkpoint, tmp_path / "g.ckpt")
     read = read_run_checkpoint(tmp_path / "g.ckpt", "diffusion")
     assert read.config == {"seed": 0} and read.provenance == {"training_cases": []}
     with pytest.raises(ValueError, match="unknown task 'sample'"):
         RunRecord("sample", {}, {})
+    with pytest.raises(CheckpointError, match="names no builder of fetalgen-finetune"):  # a generator as SAM
+        RunRecord("finetune", {}, {}).on_save_checkpoint(None, generator, {"state_dict": {}})
+
+
+@pytest.mark.parametrize(
+    "builder", ["os.system", "builtins.exec", ("sam",), ["sam"], {"sam": 1}, 3, "paper_lora", "", None]
+)
+def test_rebuild_refuses_a_crafted_checkpoint_naming_any_other_builder(tmp_path: Path, builder) -> None:
+    torch.save(
+        FINETUNE | {"fetalgen_task": "finetune", "fetalgen_builder": builder}, tmp_path / "crafted.ckpt"
+    )
+    with pytest.raises(CheckpointError, match=r"crafted.ckpt: names the builder .*, which no fetalgen-finetune "
+                                              r"checkpoint has \(known: sam\): refused"):  # fmt: skip
+        rebuild(tmp_path / "crafted.ckpt")
+    assert not Path("PWNED").exists()
+
+
+def test_rebuild_dispatches_on_the_recorded_task_and_builder(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    fake = SimpleNamespace(**{name: (lambda record, name=name, **kw: calls.append((name, record.task, kw)) or name)
+                              for name in ("sam_from_checkpoint", "unet_from_checkpoint", "paper_lora_from_checkpoint")})  # fmt: skip
+    monkeypatch.setattr(
+        "fetalgen.utils.checkpoints.importlib", SimpleNamespace(import_module=lambda module: fake)
+    )
+    cases = {"sam": FINETUNE, "mask_conditioned": DIFFUSION | {"fetalgen_builder": "mask_conditioned"},
+             "joint": DIFFUSION, "paper_lora": DIFFUSION | {"fetalgen": {"generator": "paper_lora"}}}  # fmt: skip
+    for key, contents in cases.items():  # the last two: older files, whose builder their description implies
+        torch.save(contents, tmp_path / f"{key}.ckpt")
+        assert read_run_checkpoint(tmp_path / f"{key}.ckpt").builder_key == key
+    assert rebuild(tmp_path / "sam.ckpt", "finetune", device="cpu") == "sam_from_checkpoint"
+    assert (
+        rebuild(tmp_path / "mask_conditioned.ckpt")
+        == rebuild(tmp_path / "joint.ckpt")
+        == "unet_from_checkpoint"
+    )
+    assert rebuild(tmp_path / "paper_lora.ckpt", "diffusion") == "paper_lora_from_checkpoint"
+    assert calls[0] == ("sam_from_checkpoint", "finetune", {"device": "cpu"})
+    with pytest.raises(
+        CheckpointError, match="a fetalgen-finetune checkpoint, but this needs a fetalgen-train"
+    ):
+        rebuild(tmp_path / "sam.ckpt", "diffusion")
 
 
 def test_a_resume_copies_only_fine_tuning_checkpoints(tmp_path: Path) -> None:
