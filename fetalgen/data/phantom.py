@@ -220,7 +220,7 @@ def _scanned(
     """The echo map as the scanner shows it: depth attenuation (partly compensated by time-gain), Rayleigh speckle,
     mild compression, blanked outside the fan; uint8."""
     h, w = echo.shape
-    echo = echo * np.exp(-rng.uniform(0.6, 1.2) * depth) * (1 + 0.25 * depth)
+    echo = echo * (np.exp(-rng.uniform(0.6, 1.2) * depth) * (1 + 0.25 * depth))  # as one factor: bit-exact
     sigma = max(0.7, 1.6 * scale)
     n1, n2 = rng.standard_normal((2, h, w), dtype=np.float32)
     n1 = cv2.GaussianBlur(n1, (0, 0), sigmaX=1.8 * sigma, sigmaY=0.8 * sigma)
