@@ -132,9 +132,8 @@ class PaperLoraGenerator(LightningModule):
         val_seed: seed of the fixed noise of the validation loss.
     """
 
-    generator_kind = builder_key = (
-        GENERATOR_KIND  # builder_key: what rebuilds it (utils.checkpoints.BUILDERS)
-    )
+    # builder_key: what rebuilds it from a checkpoint (BUILDERS["diffusion"] of fetalgen.utils.checkpoints)
+    generator_kind = builder_key = GENERATOR_KIND
     num_classes = 0
 
     def __init__(

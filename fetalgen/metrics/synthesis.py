@@ -307,7 +307,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def format_fidelity(fidelity: dict[str, Any]) -> list[str]:
-    """Table lines of :func:`fetalgen.synthesis.judge.judge_synthetic`'s figures."""
+    """Table lines of the figures of :class:`fetalgen.synthesis.judge.Judge`."""
     agree, spread = fidelity["agreement"], fidelity["diversity"]
     lines = [f"{'fidelity features':<36}{fidelity['features']}", f"{'over':<36}{fidelity['over']}"]
     for ref, kid in fidelity["realism"].items():

@@ -53,9 +53,8 @@ class SamFinetuneModule(LightningModule):
         seed: seed of the prompts.
     """
 
-    builder_key = (
-        "sam"  # what rebuilds it from a checkpoint (BUILDERS["finetune"] of fetalgen.utils.checkpoints)
-    )
+    # What rebuilds it from a checkpoint (BUILDERS["finetune"] of fetalgen.utils.checkpoints).
+    builder_key = "sam"
 
     def __init__(
         self,

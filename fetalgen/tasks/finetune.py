@@ -57,6 +57,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     """
     check_validation_schedule(cfg.trainer)
     evaluation: EvalSettings = build(cfg.eval)  # an unknown prompt mode fails now
+    out = output_dir(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     model: SamFinetuneModule = hydra.utils.instantiate(cfg.model)
@@ -64,11 +65,13 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     own = datamodule.test_split() if cfg.get("test_split", True) else []
     test_sets = own + load_present(eval_sources(cfg.get("test_sets")), cfg.data.image_size)
     if not cfg.get("train", True):  # arm=zero_shot
-        return evaluate_as_built(cfg, model, test_sets, evaluation)
+        require_weights(
+            None, cfg.model.sam.get("checkpoint"), False
+        )  # a random model's zero-shot means nothing
+        return evaluate_as_built(model, test_sets, evaluation, out, f"{cfg.model.sam.model_type} as built")
     resume = resume_checkpoint(cfg, "finetune")
-    provenance = check_and_record(
-        cfg, datamodule, test_sets, inherited_lineage(resume, cfg.get("allow_unknown_lineage", False))
-    )
+    inherited = inherited_lineage(resume, cfg.get("allow_unknown_lineage", False))
+    provenance = check_and_record(cfg.trainer, out, datamodule, test_sets, inherited)
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
 
@@ -85,14 +88,15 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     metrics["train/steps"] = float(trainer.global_step)
     if not trainer.is_global_zero:
         return metrics
-    metrics |= evaluate_best(cfg, trainer, model, test_sets, evaluation, loggers, metrics)
-    write_json(output_dir(cfg) / "metrics.json", metrics)
+    metrics |= evaluate_best(trainer, model, test_sets, evaluation, out, loggers, metrics)
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def check_and_record(
-    cfg: DictConfig, datamodule: Any, test_sets: list[EvalSet], inherited: dict[str, list[dict[str, Any]]]
-) -> dict[str, Any]:
+    trainer_cfg: DictConfig, out: Path, datamodule: Any, test_sets: list[EvalSet],
+    inherited: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:  # fmt: skip
     """Before any training: every image SAM would train on (real, synthetic), its generator's and what the resumed
     weights saw, against the held-out cases by name, subject and pixels (a held-out image put into a synthetic set,
     or copied under a new name, is found too); then the data loaded and the training cases written. Returns the
@@ -113,47 +117,53 @@ def check_and_record(
             "no training pair left (every one skipped as bad, or none chosen): nothing to train on"
         )
     check_validation_schedule(
-        cfg.trainer, math.ceil(len(datamodule.train_set) / datamodule.batch_size), len(datamodule.val_set)
+        trainer_cfg, math.ceil(len(datamodule.train_set) / datamodule.batch_size), len(datamodule.val_set)
     )
     used = {c.name for c in datamodule.train_set.cases}  # skipped pairs are not trained on, nor listed
     sam_cases = [r for r in trained_on if r["name"] in used and r["cohort"] != "synthetic"]
     sam_cases = merged(sam_cases, inherited["training_cases"])
     if is_rank_zero():  # the run's files, once (the extra ranks of trainer=ddp run this function too)
-        write_training_cases(output_dir(cfg) / TRAINING_CASES, sam_cases)
-        write_skipped(output_dir(cfg), datamodule.skipped())
+        write_training_cases(out / TRAINING_CASES, sam_cases)
+        write_skipped(out, datamodule.skipped())
     return {"training_cases": sam_cases,
             "generator_cases": merged(datamodule.generator_cases, inherited["generator_cases"])}  # fmt: skip
 
 
-def evaluate_best(cfg: DictConfig, trainer: pl.Trainer, model: SamFinetuneModule, test_sets: list[EvalSet],
-                  evaluation: EvalSettings, loggers: list[Logger], metrics: dict[str, float]) -> dict[str, float]:  # fmt: skip
+def evaluate_best(trainer: pl.Trainer, model: SamFinetuneModule, test_sets: list[EvalSet], evaluation: EvalSettings,
+                  out: Path, loggers: list[Logger], metrics: dict[str, float]) -> dict[str, float]:  # fmt: skip
     """The best checkpoint's weights (by ``val/dice``) on the test sets, logged; returns ``val/dice`` (read from
     the file: spawned DDP processes hand back the best path but not its score) and the test metrics."""
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
-    out: dict[str, float] = {}
+    figures: dict[str, float] = {}
     if best:
         checkpoint = read_run_checkpoint(best, "finetune").contents
         model.load_state_dict(checkpoint["state_dict"])
         if ckpt.monitor == "val/dice":
-            out["val/dice"] = best_score(checkpoint, ckpt.monitor)
+            figures["val/dice"] = best_score(checkpoint, ckpt.monitor)
         log.info(
-            "best checkpoint %s (val/dice %.4f)", best, out.get("val/dice", metrics.get("val/dice", math.nan))
+            "best checkpoint %s (val/dice %.4f)",
+            best,
+            figures.get("val/dice", metrics.get("val/dice", math.nan)),
         )
-    out |= evaluate_sets(SamBoxPredictor(model, trainer.strategy.root_device), test_sets, output_dir(cfg) / "eval",
-                         "test", evaluation.for_model(model.hparams), info={"checkpoint": best or "last weights"})  # fmt: skip
-    log_evaluation(
-        loggers,
-        output_dir(cfg) / "eval",
-        {k: v for k, v in out.items() if k != "val/dice"},
-        trainer.global_step,
+    tested = test_model(
+        model, trainer.strategy.root_device, test_sets, evaluation, out, best or "last weights"
     )
-    dice = out.get("val/dice", metrics.get("val/dice"))
+    log_evaluation(loggers, out / "eval", tested, trainer.global_step)
+    figures |= tested
+    dice = figures.get("val/dice", metrics.get("val/dice"))
     if dice is not None:  # W&B's summary: the best checkpoint's, not the last validation's
         for lg in loggers:
             if isinstance(lg, WandbLogger):
                 lg.experiment.summary.update({"val/dice": dice, "val/dice_best": dice})
-    return out
+    return figures
+
+
+def test_model(model: SamFinetuneModule, device: Any, test_sets: list[EvalSet], evaluation: EvalSettings,
+               out: Path, checkpoint: str) -> dict[str, float]:  # fmt: skip
+    """The model on every test set (``<out>/eval/<set>/``), beside the box-ellipse baseline: ``test/<set>/...``."""
+    return evaluate_sets(SamBoxPredictor(model, device), test_sets, out / "eval", "test",
+                         evaluation.for_model(model.hparams), info={"checkpoint": checkpoint})  # fmt: skip
 
 
 def inherited_lineage(resume: str | None, allow_unknown: bool = False) -> dict[str, list[dict[str, Any]]]:
@@ -196,22 +206,14 @@ def merged(*lists: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
 
 
 def evaluate_as_built(
-    cfg: DictConfig, model: SamFinetuneModule, test_sets: list[EvalSet], evaluation: EvalSettings
+    model: SamFinetuneModule, test_sets: list[EvalSet], evaluation: EvalSettings, out: Path, what: str
 ) -> dict[str, float]:
     """``train=false``: the model as built (pretrained weights, no step taken) on the test sets, with the boxes every
     arm of the same seed gets; ``metrics.json`` as a trained run writes it, with no label behind the model."""
-    require_weights(None, cfg.model.sam.get("checkpoint"), False)  # a random model's zero-shot means nothing
-    metrics = {
-        "train/steps": 0.0,
-        "labels/sam": 0.0,
-        "labels/generator": 0.0,
-        "labels/total": 0.0,
-        "unlabelled/total": 0.0,
-    }
-    metrics |= evaluate_sets(SamBoxPredictor(model, resolve_device("auto")), test_sets, output_dir(cfg) / "eval",
-                             "test", evaluation.for_model(model.hparams),
-                             info={"checkpoint": f"{cfg.model.sam.model_type} as built, zero-shot"})  # fmt: skip
-    write_json(output_dir(cfg) / "metrics.json", metrics)
+    metrics = {"train/steps": 0.0, "labels/sam": 0.0, "labels/generator": 0.0, "labels/total": 0.0,
+               "unlabelled/total": 0.0}  # fmt: skip
+    metrics |= test_model(model, resolve_device("auto"), test_sets, evaluation, out, f"{what}, zero-shot")
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 

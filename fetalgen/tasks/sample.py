@@ -51,7 +51,9 @@ def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainRe
     return TrainReference.from_dataset(PairDataset(cases, size))
 
 
-def build_judge(cfg: DictConfig, reference: TrainReference, size: int, device: torch.device) -> Judge | None:
+def configured_judge(
+    cfg: DictConfig, reference: TrainReference, size: int, device: torch.device
+) -> Judge | None:
     """The :class:`~fetalgen.synthesis.judge.Judge` Hydra builds from ``cfg.fidelity`` on ``device``, its real pairs
     read at ``size`` (before sampling: a missing feature checkpoint or bad held-out file fails now); None when
     switched off or without the generator's training pairs to judge by."""
@@ -148,7 +150,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     size = int(unet.config.sample_size)
     reference = train_reference(cfg, meta, size)
     spec = synthesis_spec(cfg, meta, reference)
-    judge = build_judge(
+    judge = configured_judge(
         cfg, reference, size, device
     )  # before sampling: a missing feature checkpoint fails now
     root = Path(cfg.out)

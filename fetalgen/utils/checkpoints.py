@@ -23,9 +23,8 @@ log = logging.getLogger(__name__)
 WRITERS = {"diffusion": "fetalgen-train-diffusion", "finetune": "fetalgen-finetune"}
 # The run record every checkpoint of both training tasks carries (written by RunRecord, read by read_run_checkpoint):
 TASK_KEY = "fetalgen_task"  # which task wrote it: a key of WRITERS
-BUILDER_KEY = (
-    "fetalgen_builder"  # which class rebuilds it: a key of BUILDERS[task] (the module's builder_key)
-)
+# which class rebuilds it: a key of BUILDERS[task] (the module's builder_key)
+BUILDER_KEY = "fetalgen_builder"
 CONFIG_KEY = "fetalgen_config"  # the resolved run config
 PROVENANCE_KEY = "fetalgen_provenance"  # {"training_cases": [...], "generator_cases": [...]}
 # The one builder per class that rebuilds a model from its checkpoint (``builder(record, **kwargs)``), by task and
