@@ -14,6 +14,8 @@ export FETALGEN_HC18_DIR := $(patsubst %/training_set,%,$(HC18_FOUND))
 endif
 endif
 PRESET ?= cpu
+# pytest-xdist workers, one per core (each test runs its torch at one thread, tests/conftest.py); 0: one process.
+TEST_JOBS ?= 2
 
 .PHONY: install test test-full demo data weights lint format reproduce-paper bench gpu-check clean show-data
 
@@ -27,10 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install # the fast lane: everything but the end-to-end runs marked slow
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_JOBS) --dist worksteal
 
 test-full: install # the whole suite, slow end-to-end runs included (what CI runs)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal
 
 demo: install
 	$(BIN)/python experiments/demo.py

@@ -138,18 +138,19 @@ PRESETS = {
         sample=("fidelity/features=sam_tiny",),  # the judge's features on LiteMedSAM: not yet (issue 27)
     ),
     # PRESET=paper rehearsed on a CPU with random weights: the paper's lists, 256 px UNet, ViT-B at 1024 px with
-    # the embedding cache, evaluation, export and predict, each for 1-2 optimizer steps on 2-4 images.
+    # the embedding cache, evaluation, export and predict, each for 1-2 optimizer steps; SAM on one real and one
+    # synthetic pair (a batch of 2), one validation and one test image (each ViT-B encoding is ~25 s on 2 cores).
     "paper-rehearsal": Preset(
-        "paper", (2,), (0,), 2, 2, needs_weights=False,
-        split=("num_val=2", "num_test=2", f"pool_list={PAPER_LISTS}/HC18_data_500.list", "pool_missing=skip"),
+        "paper", (1,), (0,), 1, 2, needs_weights=False,
+        split=("num_val=1", "num_test=1", f"pool_list={PAPER_LISTS}/HC18_data_500.list", "pool_missing=skip"),
         arms=("synthetic",), logger="csv", reference=False, use_the_model=True,
         diffusion=("trainer=cpu", "trainer.max_steps=1", "trainer.val_check_interval=1", "data.num_real=3",
-                   "data.num_val=2", "data.batch_size=2", "data.num_workers=0",
+                   "data.num_val=1", "data.batch_size=2", "data.num_workers=0",
                    "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.sample_grid.every_n_steps=0",
                    "callbacks.sample_grid.n=1", "callbacks.sample_grid.steps=1"),
         sample=("device=cpu", "batch_size=2", "fidelity/features=sam_tiny", "fidelity.segmenter_steps=2"),
         finetune=("trainer=cpu", "trainer.max_steps=2", "trainer.val_check_interval=2", "model.sam.checkpoint=null",
-                  "data.num_val=2", "data.num_test=2", "data.batch_size=2", "data.num_workers=0",
+                  "data.num_val=1", "data.num_test=1", "data.batch_size=2", "data.num_workers=0",
                   "eval.repetitions=1", "eval.more_prompt_modes=[auto]", "eval.figure=false"),
     ),
     # A shrunken run of every step for the tests (minutes): few steps, one N_real, every kind of arm once (the
@@ -328,7 +329,7 @@ def teacher_checkpoint(sweep: Path, num_real: int, seed: int) -> Path:
 
 
 def use_the_model(out: Path, split: Path, hc18: Path, logs: Path, common: list[str]) -> None:
-    """Export the first run's best checkpoint and predict two of the split's test images with it."""
+    """Export the first run's best checkpoint and predict (up to) two of the split's test images with it."""
     best = sorted((out / "sweep").rglob("best_*.ckpt"))[0]
     run_step("use the model: export it", "fetalgen-export",
              [f"ckpt_path={best}", f"out={out / 'export'}", f"hydra.run.dir={out / 'export-run'}", *common], logs)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,21 @@ from fetalgen.cli import CONFIG_DIR, resolved_paths
 
 # Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly.
 torch.set_num_threads(1)
+if os.environ.get(
+    "PYTEST_XDIST_WORKER"
+):  # `make test` runs one worker per core: their subprocesses get a core each
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest runs first (``slow(minutes=...)``, then the other slow ones): pytest-xdist's workers start on
+    them while the short tests fill the gaps, so the suite does not end waiting on one long run."""
+
+    def minutes(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        return 0.0 if slow is None else float(slow.kwargs.get("minutes", 1))
+
+    items.sort(key=minutes, reverse=True)  # stable: collection order within equal estimates
 
 
 def hc18_root() -> Path | None:

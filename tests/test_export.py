@@ -50,7 +50,7 @@ def trained(module: SamFinetuneModule) -> SamFinetuneModule:
     return module
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2)
 def test_exported_vit_b_loads_with_the_official_registry_and_gives_fetalgens_masks(
     compose_cfg, phantom_dir: Path, tmp_path: Path
 ):

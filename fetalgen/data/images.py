@@ -160,3 +160,33 @@ def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]
             raise DataError(path, f"line {lineno}: box {box} needs x1 > x0 and y1 > y0")
         out[stem] = box  # type: ignore[assignment]
     return out
+
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """What ``fetalgen-predict`` reads (``conf/predict.yaml``'s ``images``): a folder of images, their pixel sizes
+    (:func:`read_images`) and optional boxes (:func:`read_boxes`), built by Hydra."""
+
+    root: str | Path
+    pixel_sizes: str | Path | None = None
+    boxes: str | Path | None = None
+    on_bad: str = "raise"  # an unreadable image or a missing CSV row: raise, or skip (counted, listed)
+
+    def read(self) -> tuple[CaseList, dict[str, Box]]:
+        """The images and their given boxes by name.
+
+        Raises:
+            DataError: what :func:`read_images` and :func:`read_boxes` refuse, and a box for an image that is not
+                in the folder.
+        """
+        items = read_images(self.root, self.pixel_sizes, self.on_bad)
+        boxes = read_boxes(self.boxes) if self.boxes else {}
+        unknown = sorted(set(boxes) - {item.name for item in items})
+        if unknown:
+            raise DataError(
+                Path(self.boxes), f"boxes for images not in {self.root}: {', '.join(unknown[:5])}"
+            )
+        return items, boxes

@@ -211,46 +211,56 @@ def clean_stale_temp_files(root: Path) -> None:
             p.unlink()
 
 
-def write_synthetic(
-    out: str | Path,
-    n: int,
-    unet: torch.nn.Module,
-    noise_scheduler_config: dict[str, Any],
-    checkpoint_sha256: str,
-    spec: SynthesisSpec,
-    num_classes: int = 0,
-    reference: TrainReference | None = None,
-    similarity_threshold: float = 0.95,
-    similarity_size: int = 64,
-    qc: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Sample pairs ``0..n-1`` into ``out`` (resuming); returns the settings the set was written with.
+@dataclass(frozen=True)
+class LoadedGenerator:
+    """A trained generator ready to sample (``fetalgen.diffusion.checkpoint.load_generator``'s UNet and scheduler).
 
-    Args:
-        out: dataset root (created).
-        n: number of pairs wanted in all (pairs already in the manifest are kept).
+    Attributes:
         unet: the generator (EMA weights), on the device to sample on.
-        noise_scheduler_config: the training scheduler config (the sampler is built from it).
-        checkpoint_sha256: recorded in every manifest line; a resume must use the same checkpoint.
-        spec: sampling settings.
+        scheduler_config: the training scheduler config (the sampler is built from it).
+        sha256: the checkpoint's hash, recorded in every manifest line; a resume must use the same checkpoint.
         num_classes: classes of a class-conditional model (0: unconditional).
-        reference: training images and head sizes (None: no memorisation check, no train head sizes).
+    """
+
+    unet: torch.nn.Module
+    scheduler_config: dict[str, Any]
+    sha256: str
+    num_classes: int = 0
+
+
+@dataclass(frozen=True)
+class PairChecks:
+    """What every written pair is checked for: its mask's plausibility and its likeness to the training pairs.
+
+    Attributes:
+        reference: the generator's training pairs (None: no memorisation check, no train head sizes).
         similarity_threshold: a pair whose max similarity exceeds it is flagged ``memorised``.
         similarity_size: thumbnail side of the similarity check.
         qc: keyword arguments of :func:`fetalgen.metrics.synthesis.qc_mask`.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        The settings of the set (the spec, the steps, ``n``, the checkpoint's hash), for :func:`summarise_dataset`.
     """
+
+    reference: TrainReference | None = None
+    similarity_threshold: float = 0.95
+    similarity_size: int = 64
+    qc: dict[str, Any] = field(default_factory=dict)
+
+
+def write_synthetic(
+    out: str | Path, n: int, generator: LoadedGenerator, spec: SynthesisSpec, checks: PairChecks | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Sample pairs ``0..n-1`` of ``generator`` by ``spec`` into ``out`` (created; pairs already in its manifest are
+    kept), each checked by ``checks`` (None: the mask checks' defaults, no memorisation check); ``progress``: a
+    progress bar. Returns the settings the set was written with (the spec, the steps, ``n``, the checkpoint's
+    hash), for :func:`summarise_dataset`."""
+    checks = checks or PairChecks()
     root = Path(out)
-    scheduler, steps = make_sampler(spec.sampler, noise_scheduler_config, spec.steps)
-    size = int(unet.config.sample_size)
-    reference = reference if reference is not None else TrainReference.empty(size)
+    scheduler, steps = make_sampler(spec.sampler, generator.scheduler_config, spec.steps)
+    size = int(generator.unet.config.sample_size)
+    reference = checks.reference if checks.reference is not None else TrainReference.empty(size)
     # Fields shared by every manifest line; a resumed run must match them.
     common = {
-        "checkpoint_sha256": checkpoint_sha256,
+        "checkpoint_sha256": generator.sha256,
         "sampler": spec.sampler,
         "steps": steps,
         "mode": spec.mode,
@@ -258,38 +268,38 @@ def write_synthetic(
     }
     done = {e.index for e in open_set(root, common, spec.seed)}
     todo = [i for i in range(n) if i not in done]
-    qc_kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (qc or {}).items()}
+    qc_kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in checks.qc.items()}
     log.info("%s: %d of %d pairs done, %d to sample", root, n - len(todo), n, len(todo))
     bar = progress_bar(n, "sampling pairs", "pair", disable=not progress, initial=n - len(todo))
     for block in blocks(todo, spec.batch_size):
-        labels = [spec.label_of(i, num_classes) for i in block]
+        labels = [spec.label_of(i, generator.num_classes) for i in block]
         given = None
         if spec.mode == "mask_conditioned":
             given = masks_to_tensor([spec.mask_of(i, size) for i in block])
         seeds = [derive_seed(spec.seed, i) for i in block]
-        x = sample_pairs(unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
+        x = sample_pairs(generator.unet, scheduler, seeds, steps, size, labels, spec.guidance_scale, given)
         images, channels = unpack(x.float().cpu())
         images, channels = images[:, 0].numpy(), channels[:, 0].numpy()
         masks = np.stack([clean_mask(c, spec.mask_threshold) for c in channels])
-        similarity, mask_iou = memorisation_figures(images, masks, reference, similarity_size)
+        similarity, mask_iou = memorisation_figures(images, masks, reference, checks.similarity_size)
         for j, index in enumerate(block):
             if index in done or index >= n:  # block padding: computed for bit-exact batches, not written
                 continue
             sim = None if similarity is None else float(similarity[j])
-            checks = qc_mask(masks[j], **qc_kwargs)
-            passed, reasons = qc_verdict(checks.passed, checks.reasons)
+            mask_qc = qc_mask(masks[j], **qc_kwargs)
+            passed, reasons = qc_verdict(mask_qc.passed, mask_qc.reasons)
             name = pair_name(index)
             entry = ManifestEntry(
                 index=index, name=name, image=f"{IMAGES}/{name}.png", mask=f"{MASKS}/{name}.png", seed=seeds[j],
-                class_label=labels[j], qc_pass=passed, qc={**checks.to_dict(), "reasons": reasons},
+                class_label=labels[j], qc_pass=passed, qc={**mask_qc.to_dict(), "reasons": reasons},
                 max_train_similarity=sim, max_train_mask_iou=None if mask_iou is None else float(mask_iou[j]),
-                memorised=bool(sim is not None and sim > similarity_threshold),
+                memorised=bool(sim is not None and sim > checks.similarity_threshold),
                 pixel_size_mm=reference.pixel_size_mm, **common,
             )  # fmt: skip
             write_pair(root, entry, images[j], masks[j])
             bar.update(1)
     bar.close()
-    return {**asdict(spec), "steps": steps, "n": n, "checkpoint_sha256": checkpoint_sha256}
+    return {**asdict(spec), "steps": steps, "n": n, "checkpoint_sha256": generator.sha256}
 
 
 def open_set(root: Path, common: dict[str, Any], seed: int) -> list[ManifestEntry]:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fetalgen.data.cases import Case
 from fetalgen.data.provenance import check_no_leak
-from fetalgen.evaluation.engine import evaluate_sets
+from fetalgen.evaluation.engine import EvalSettings, evaluate_sets
 from fetalgen.segmentation.build import PACKAGED_WEIGHTS, PRETRAINED
 from fetalgen.segmentation.predictor import SamBoxPredictor
 from fetalgen.tasks.build import eval_source, load_module
@@ -24,24 +24,21 @@ log = logging.getLogger(__name__)
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate a checkpoint (or raw/random SAM) on ``cfg.eval_data``; returns flat ``eval/<name>/...`` metrics."""
+    out, about, source = output_dir(cfg), _describe(cfg), eval_source(cfg.eval_data)
+    evaluation: EvalSettings = build(cfg.eval)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     module, train_cfg, provenance = load_module(
         cfg.get("model"), cfg.get("ckpt_path"), cfg.allow_random_weights
     )
-    trained_size = (train_cfg or {}).get("data", {}).get("image_size") or 256
-    test = eval_source(cfg.eval_data).load(trained_size)
+    test = source.load((train_cfg or {}).get("data", {}).get("image_size") or 256)  # the size it trained at
     check_lineage(provenance, cfg.get("ckpt_path"), test.name, test.cases)
     metrics = {f"eval/{test.name}/n_skipped": float(len(test.skipped))}
+    predictor = SamBoxPredictor(module, resolve_device(cfg.get("device")))
     metrics |= evaluate_sets(
-        SamBoxPredictor(module, resolve_device(cfg.get("device"))),
-        [test],
-        output_dir(cfg),
-        "eval",
-        build(cfg.eval).for_model(module.hparams),
-        info={"checkpoint": _describe(cfg)},
+        predictor, [test], out, "eval", evaluation.for_model(module.hparams), info={"checkpoint": about}
     )
-    write_json(output_dir(cfg) / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -64,33 +64,58 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data)
     own = datamodule.test_split() if cfg.get("test_split", True) else []
     test_sets = own + load_present(eval_sources(cfg.get("test_sets")), cfg.data.image_size)
-    if not cfg.get("train", True):  # arm=zero_shot
-        require_weights(
-            None, cfg.model.sam.get("checkpoint"), False
-        )  # a random model's zero-shot means nothing
-        return evaluate_as_built(model, test_sets, evaluation, out, f"{cfg.model.sam.model_type} as built")
+    if cfg.get("train", True):
+        trainer, loggers, metrics = fit(cfg, model, datamodule, test_sets, out)
+        if not trainer.is_global_zero:
+            return metrics
+        weights = load_best(trainer, model, metrics)
+        device, step = trainer.strategy.root_device, trainer.global_step
+    else:  # arm=zero_shot: the model as built, with no label behind it, on the boxes every arm of the seed gets
+        # a random model's zero-shot means nothing: pretrained weights required
+        require_weights(None, cfg.model.sam.get("checkpoint"), False)
+        loggers, metrics, device, step = [], dict(AS_BUILT), resolve_device("auto"), 0
+        weights = f"{cfg.model.sam.model_type} as built, zero-shot"
+    tested = test_model(model, device, test_sets, evaluation, out, weights)
+    log_evaluation(loggers, out / "eval", tested, step)
+    metrics |= tested
+    best = (
+        {"val/dice": metrics["val/dice"], "val/dice_best": metrics["val/dice"]}
+        if "val/dice" in metrics
+        else {}
+    )
+    for lg in loggers:  # W&B's summary: the best checkpoint's val/dice, not the last validation's
+        if isinstance(lg, WandbLogger) and best:
+            lg.experiment.summary.update(best)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+AS_BUILT = {"train/steps": 0.0, "labels/sam": 0.0, "labels/generator": 0.0, "labels/total": 0.0,
+            "unlabelled/total": 0.0}  # fmt: skip
+"""The counts of a model evaluated as built (``train=false``): no step, no label, no unlabelled image."""
+
+
+def fit(
+    cfg: DictConfig, model: SamFinetuneModule, datamodule: Any, test_sets: list[EvalSet], out: Path
+) -> tuple[pl.Trainer, list[Logger], dict[str, float]]:
+    """Check and record the data (:func:`check_and_record`), then train; returns the trainer, its loggers and the
+    run's flat metrics (last ``train/*``/``val/*`` values, ``train/steps``, ``data/*``, ``labels/*``)."""
     resume = resume_checkpoint(cfg, "finetune")
     inherited = inherited_lineage(resume, cfg.get("allow_unknown_lineage", False))
     provenance = check_and_record(cfg.trainer, out, datamodule, test_sets, inherited)
     counts = data_counts(datamodule)
     log.info("training pairs: %s", counts)
-
     trainer, loggers = build_trainer(cfg, "finetune", provenance)
     for lg in loggers:
         lg.log_hyperparams(counts)
     for root in set_roots(cfg.data.get("synthetic_dir")):
         log_synthetic_set(loggers, root)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
-
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics |= {k: float(v) for k, v in data_counts(datamodule).items()}  # as loaded: skipped pairs left out
     metrics |= seen_counts(model.seen_names, datamodule)
     metrics["train/steps"] = float(trainer.global_step)
-    if not trainer.is_global_zero:
-        return metrics
-    metrics |= evaluate_best(trainer, model, test_sets, evaluation, out, loggers, metrics)
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return trainer, loggers, metrics
 
 
 def check_and_record(
@@ -129,34 +154,20 @@ def check_and_record(
             "generator_cases": merged(datamodule.generator_cases, inherited["generator_cases"])}  # fmt: skip
 
 
-def evaluate_best(trainer: pl.Trainer, model: SamFinetuneModule, test_sets: list[EvalSet], evaluation: EvalSettings,
-                  out: Path, loggers: list[Logger], metrics: dict[str, float]) -> dict[str, float]:  # fmt: skip
-    """The best checkpoint's weights (by ``val/dice``) on the test sets, logged; returns ``val/dice`` (read from
-    the file: spawned DDP processes hand back the best path but not its score) and the test metrics."""
+def load_best(trainer: pl.Trainer, model: SamFinetuneModule, metrics: dict[str, float]) -> str:
+    """Load the best checkpoint's weights (by ``val/dice``) into ``model`` and put its score in ``metrics``
+    (``val/dice``, read from the file: spawned DDP processes hand back the best path but not its score); returns
+    what was loaded (the path, or ``last weights`` without a checkpoint)."""
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None else ""
-    figures: dict[str, float] = {}
-    if best:
-        checkpoint = read_run_checkpoint(best, "finetune").contents
-        model.load_state_dict(checkpoint["state_dict"])
-        if ckpt.monitor == "val/dice":
-            figures["val/dice"] = best_score(checkpoint, ckpt.monitor)
-        log.info(
-            "best checkpoint %s (val/dice %.4f)",
-            best,
-            figures.get("val/dice", metrics.get("val/dice", math.nan)),
-        )
-    tested = test_model(
-        model, trainer.strategy.root_device, test_sets, evaluation, out, best or "last weights"
-    )
-    log_evaluation(loggers, out / "eval", tested, trainer.global_step)
-    figures |= tested
-    dice = figures.get("val/dice", metrics.get("val/dice"))
-    if dice is not None:  # W&B's summary: the best checkpoint's, not the last validation's
-        for lg in loggers:
-            if isinstance(lg, WandbLogger):
-                lg.experiment.summary.update({"val/dice": dice, "val/dice_best": dice})
-    return figures
+    if not best:
+        return "last weights"
+    checkpoint = read_run_checkpoint(best, "finetune").contents
+    model.load_state_dict(checkpoint["state_dict"])
+    if ckpt.monitor == "val/dice":
+        metrics["val/dice"] = best_score(checkpoint, ckpt.monitor)
+    log.info("best checkpoint %s (val/dice %.4f)", best, metrics.get("val/dice", math.nan))
+    return best
 
 
 def test_model(model: SamFinetuneModule, device: Any, test_sets: list[EvalSet], evaluation: EvalSettings,
@@ -203,18 +214,6 @@ def merged(*lists: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
             seen.add(key)
             out.append(record)
     return out
-
-
-def evaluate_as_built(
-    model: SamFinetuneModule, test_sets: list[EvalSet], evaluation: EvalSettings, out: Path, what: str
-) -> dict[str, float]:
-    """``train=false``: the model as built (pretrained weights, no step taken) on the test sets, with the boxes every
-    arm of the same seed gets; ``metrics.json`` as a trained run writes it, with no label behind the model."""
-    metrics = {"train/steps": 0.0, "labels/sam": 0.0, "labels/generator": 0.0, "labels/total": 0.0,
-               "unlabelled/total": 0.0}  # fmt: skip
-    metrics |= test_model(model, resolve_device("auto"), test_sets, evaluation, out, f"{what}, zero-shot")
-    write_json(out / "metrics.json", metrics)
-    return metrics
 
 
 def check_validation_schedule(

@@ -9,8 +9,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from fetalgen.data.cases import DataError
-from fetalgen.data.images import read_boxes, read_images
+from fetalgen.data.images import ImageFolder
 from fetalgen.data.io import warn_skipped
 from fetalgen.segmentation.outputs import (
     JOURNAL,
@@ -24,7 +23,7 @@ from fetalgen.segmentation.outputs import (
 )
 from fetalgen.segmentation.segmenter import Segmenter, segmenter_for
 from fetalgen.tasks.build import load_module
-from fetalgen.tasks.common import output_dir, task_wrapper
+from fetalgen.tasks.common import build, output_dir, task_wrapper
 from fetalgen.utils.files import claim_folder, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -85,45 +84,41 @@ def write_tables(out: Path, rows: pd.DataFrame, skipped: list[Any]) -> dict[str,
     }
 
 
+def recorded_settings(cfg: DictConfig, image_size: int) -> dict[str, Any]:
+    """What a prediction folder was made with (``settings.json``): a resume with other settings is refused."""
+    return {"checkpoint": str(cfg.get("ckpt_path") or ""), "model": str((cfg.get("model") or {}).get("sam")),
+            "backend": str(cfg.get("backend", "torch")), "onnx_dir": str(cfg.get("onnx_dir") or ""),
+            "images": str(Path(cfg.images.root).resolve()), "pixel_sizes": str(cfg.images.get("pixel_sizes")),
+            "boxes": str(cfg.images.get("boxes")), "image_size": image_size, "auto_rounds": cfg.auto_rounds,
+            **input_hashes(cfg)}  # fmt: skip
+
+
 @task_wrapper
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run ``fetalgen-predict`` (``conf/predict.yaml``); returns the summary written to ``summary.json``."""
-    segmenter = build_segmenter(cfg)
-    items = read_images(cfg.images.root, cfg.images.get("pixel_sizes"), on_bad=cfg.on_bad_image)
-    boxes = read_boxes(cfg.images.boxes) if cfg.images.get("boxes") else {}
-    unknown = sorted(set(boxes) - {item.name for item in items})
-    if unknown:
-        raise DataError(
-            cfg.images.boxes, f"boxes for images not in {cfg.images.root}: {', '.join(unknown[:5])}"
-        )
     out = Path(cfg.out) if cfg.get("out") else output_dir(cfg)
-    settings = {"checkpoint": str(cfg.get("ckpt_path") or ""), "model": str((cfg.get("model") or {}).get("sam")),
-                "backend": str(cfg.get("backend", "torch")), "onnx_dir": str(cfg.get("onnx_dir") or ""),
-                "images": str(Path(cfg.images.root).resolve()), "pixel_sizes": str(cfg.images.get("pixel_sizes")),
-                "boxes": str(cfg.images.get("boxes")), "image_size": segmenter.image_size,
-                "auto_rounds": cfg.auto_rounds, **input_hashes(cfg)}  # fmt: skip
+    folder: ImageFolder = build(cfg.images)
+    segmenter = build_segmenter(cfg)
+    settings = recorded_settings(cfg, segmenter.image_size)
+    items, boxes = folder.read()
     done = read_journal(out / JOURNAL) if claim_folder(out, settings, SETTINGS) else []
     if done:
         log.info("%s: resuming, %d image(s) done before", out, len(done))
     finished = {row["name"] for row in done}
     todo = [item for item in items if item.name not in finished]
-    new, bad = predict_images(segmenter, todo, out, boxes, cfg.batch_size, cfg.on_bad_image, cfg.progress,
+    new, bad = predict_images(segmenter, todo, out, boxes, cfg.batch_size, folder.on_bad, cfg.progress,
                               journal=out / JOURNAL)  # fmt: skip
     order = {item.name: k for k, item in enumerate(items)}
     rows = pd.concat([pd.DataFrame(done), new], ignore_index=True) if done else new
     if len(rows):
         rows = rows.sort_values("name", key=lambda names: names.map(order)).reset_index(drop=True)
     skipped = [*items.skipped, *bad]
-    warn_skipped(bad, f"images in {cfg.images.root}")
+    warn_skipped(bad, f"images in {folder.root}")
     summary = write_tables(out, rows, skipped) | {
-        "checkpoint": str(
-            cfg.get("ckpt_path") or ("" if cfg.get("backend") == "onnxruntime" else "raw/random SAM")
-        ),
-        "backend": str(cfg.get("backend", "torch")),
-        "onnx_dir": str(cfg.get("onnx_dir") or ""),
-        "images": str(cfg.images.root),
+        "checkpoint": settings["checkpoint"] or ("" if settings["backend"] == "onnxruntime" else "raw/random SAM"),
+        "backend": settings["backend"], "onnx_dir": settings["onnx_dir"], "images": str(folder.root),
         "image_size": segmenter.image_size,
-    }
+    }  # fmt: skip
     write_json(out / "summary.json", summary)
     log.info(
         "%d image(s) segmented (%d measured, %d skipped) into %s",

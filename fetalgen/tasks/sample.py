@@ -24,7 +24,14 @@ from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.metrics.fidelity import summary_row
 from fetalgen.synthesis.judge import Judge, RealPairs
-from fetalgen.synthesis.writer import SynthesisSpec, TrainReference, summarise_dataset, write_synthetic
+from fetalgen.synthesis.writer import (
+    LoadedGenerator,
+    PairChecks,
+    SynthesisSpec,
+    TrainReference,
+    summarise_dataset,
+    write_synthetic,
+)
 from fetalgen.tasks.common import build, instantiate_loggers, log_final_metrics, task_wrapper
 from fetalgen.utils.device import resolve_device
 
@@ -154,24 +161,13 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         cfg, reference, size, device
     )  # before sampling: a missing feature checkpoint fails now
     root = Path(cfg.out)
-    threshold = float(cfg.memorisation.threshold)
-    settings = write_synthetic(
-        cfg.out,
-        int(cfg.n),
-        unet,
-        scheduler_config,
-        meta["sha256"],
-        spec,
-        num_classes=meta["num_classes"],
-        reference=reference,
-        similarity_threshold=threshold,
-        similarity_size=int(cfg.memorisation.size),
-        qc=OmegaConf.to_container(cfg.qc, resolve=True),
-        progress=bool(cfg.progress),
-    )
+    generator = LoadedGenerator(unet, scheduler_config, meta["sha256"], meta["num_classes"])
+    checks = PairChecks(reference, float(cfg.memorisation.threshold), int(cfg.memorisation.size),
+                        OmegaConf.to_container(cfg.qc, resolve=True))  # fmt: skip
+    settings = write_synthetic(root, int(cfg.n), generator, spec, checks, progress=bool(cfg.progress))
     train = RealPairs(reference.images, reference.masks, reference.names, reference.subjects)
     fidelity = judge(root, train) if judge is not None else None
-    summary = summarise_dataset(root, reference, threshold, settings, fidelity)
+    summary = summarise_dataset(root, reference, checks.similarity_threshold, settings, fidelity)
     seal(root, meta, spec)  # last: the set is complete and judged, and the resume check passed
 
     metrics = {

@@ -37,7 +37,7 @@ def toy_pairs(folder, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (0.25 + 0.45 * masks + noise).clamp(0, 1), masks
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2)
 def test_images_drawn_for_given_masks_show_those_heads(compose_cfg, other_phantoms, phantom_dir):
     torch.manual_seed(0)
     cfg = compose_cfg(

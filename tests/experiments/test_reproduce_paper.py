@@ -32,7 +32,7 @@ def test_missing_hc18_stops_early_with_the_fix(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()  # nothing started
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=7)
 @pytest.mark.hc18
 def test_smoke_reproduction_on_real_hc18(hc18_dir: Path, tmp_path: Path) -> None:
     env = {
@@ -126,7 +126,7 @@ def _assert_no_overlap(out: Path) -> None:
     assert [r["name"] for r in matched_sam] == [r["name"] for r in matched_gen]  # the same labels
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=7)
 @pytest.mark.hc18
 def test_the_paper_preset_rehearsed_step_by_step_on_a_cpu(hc18_dir: Path, tmp_path: Path) -> None:
     # PRESET=paper's configs (the paper's lists, the 256 px UNet, SAM ViT-B at 1024 px with the cache), random
@@ -157,9 +157,10 @@ def test_the_paper_preset_rehearsed_step_by_step_on_a_cpu(hc18_dir: Path, tmp_pa
     (run,) = (out / "sweep").rglob("metrics.json")
     metrics = json.loads(run.read_text())
     assert metrics["train/steps"] == 2 and 0 <= metrics["test/hc18/dice"] <= 1
+    assert metrics["data/num_real"] == metrics["data/num_synthetic"] == 1  # one batch of 2
     config = (run.parent / ".hydra" / "config.yaml").read_text()
     assert "model_type: vit_b" in config and "image_size: 1024" in config and "image_size: 256" in config
     assert "- rehearsed" in config
     assert next((out / "export").glob("sam_vit_b.pth")).stat().st_size > 100e6  # ViT-B
     rows = pd.read_csv(out / "predict" / "measurements.csv")
-    assert len(rows) == 2 and (rows["prompt"] == "auto").all()
+    assert len(rows) == 1 and (rows["prompt"] == "auto").all()  # the one test image

@@ -20,6 +20,8 @@ from fetalgen.diffusion.sampling import head_mask
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.metrics.synthesis import best_mask_iou
 from fetalgen.synthesis.writer import (
+    LoadedGenerator,
+    PairChecks,
     SynthesisSpec,
     TrainReference,
     blocks,
@@ -49,12 +51,14 @@ def generator():
 SPEC = SynthesisSpec(sampler="ddim", steps=4, seed=3, batch_size=4)
 
 
-def run(generator, out, n, spec=SPEC, **kwargs):
+def run(generator, out, n, spec=SPEC, num_classes=0, **checks):
     """Write the set, then summarise it (what fetalgen-sample does, without the judge)."""
     unet, scheduler_config = generator
-    settings = write_synthetic(out, n, unet, scheduler_config, SHA, spec, progress=False, **kwargs)
-    reference = kwargs.get("reference") or TrainReference.empty(int(unet.config.sample_size))
-    return summarise_dataset(Path(out), reference, kwargs.get("similarity_threshold", 0.95), settings)
+    checked = PairChecks(**checks)
+    settings = write_synthetic(out, n, LoadedGenerator(unet, scheduler_config, SHA, num_classes), spec, checked,
+                               progress=False)  # fmt: skip
+    reference = checked.reference or TrainReference.empty(int(unet.config.sample_size))
+    return summarise_dataset(Path(out), reference, checked.similarity_threshold, settings)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -150,7 +154,7 @@ def test_resume_with_other_settings_is_refused(generator, reference_run, tmp_pat
     with pytest.raises(DataError, match="steps"):
         run(generator, tmp_path, 4, spec=SynthesisSpec(sampler="ddim", steps=5, seed=3, batch_size=4))
     with pytest.raises(DataError, match="checkpoint_sha256"):
-        write_synthetic(tmp_path, 4, generator[0], generator[1], "1" * 64, SPEC, progress=False)
+        write_synthetic(tmp_path, 4, LoadedGenerator(*generator, "1" * 64), SPEC, progress=False)
     with pytest.raises(DataError, match="another base seed than seed=4"):
         run(generator, tmp_path, 4, spec=SynthesisSpec(sampler="ddim", steps=4, seed=4, batch_size=4))
 
