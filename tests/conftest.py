@@ -23,8 +23,9 @@ if os.environ.get(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest runs first (``slow(minutes=...)``, then the other slow ones): pytest-xdist's workers start on
-    them while the short tests fill the gaps, so the suite does not end waiting on one long run."""
+    """The longest runs first (``slow(minutes=...)``, then the other slow ones): the worker whose share they open
+    starts them at once, the other takes the short tests and then steals from its queue (``--dist worksteal``), so
+    the suite does not end waiting on a long run started late."""
 
     def minutes(item: pytest.Item) -> float:
         slow = item.get_closest_marker("slow")
