@@ -16,9 +16,8 @@ from fetalgen.cli import CONFIG_DIR, resolved_paths
 
 # Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core machine stall badly.
 torch.set_num_threads(1)
-if os.environ.get(
-    "PYTEST_XDIST_WORKER"
-):  # `make test` runs one worker per core: their subprocesses get a core each
+# `make test` runs one pytest-xdist worker per core: the subprocesses of each get that core alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 

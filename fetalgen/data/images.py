@@ -32,6 +32,7 @@ from fetalgen.data.folder import (
 from fetalgen.data.io import bad_input, check_on_bad, load_image, warn_skipped
 
 PIXEL_COLUMN = "pixel size(mm)"
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def dicom_items(path: Path, table: dict[str, float] | None) -> list[ImageFile]:
     return [ImageFile(f"{path.stem}_f{i:03d}", path, size, i) for i in range(frames)]
 
 
-def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]:
+def read_boxes(path: str | Path) -> dict[str, Box]:
     """``{file stem: (x0, y0, x1, y1)}`` in image pixels from a CSV with columns ``name, x0, y0, x1, y1``.
 
     Raises:
@@ -142,7 +143,7 @@ def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "box CSV not found")
-    out: dict[str, tuple[float, float, float, float]] = {}
+    out: dict[str, Box] = {}
     fields, rows = read_csv_rows(path)
     if not {"name", "x0", "y0", "x1", "y1"} <= set(fields):
         raise DataError(path, f"box CSV needs columns name, x0, y0, x1, y1; found {fields}")
@@ -160,9 +161,6 @@ def read_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]
             raise DataError(path, f"line {lineno}: box {box} needs x1 > x0 and y1 > y0")
         out[stem] = box  # type: ignore[assignment]
     return out
-
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,12 @@ def build_segmenter(cfg: DictConfig) -> Segmenter:
     return segmenter_for(loaded, cfg.get("image_size"), cfg.get("device"), cfg.auto_rounds)
 
 
-def input_hashes(cfg: DictConfig) -> dict[str, str]:
+def input_hashes(cfg: DictConfig, folder: ImageFolder) -> dict[str, str]:
     """The sha256 of the model files and CSVs a prediction reads: a resume across a replaced file is refused, where
     the paths alone would let one table mix two models."""
     onnx = Path(cfg.onnx_dir) if cfg.get("backend") == "onnxruntime" and cfg.get("onnx_dir") else None
-    files = {"checkpoint": cfg.get("ckpt_path"), "pixel_sizes": cfg.images.get("pixel_sizes"),
-             "boxes": cfg.images.get("boxes"), "onnx_encoder": onnx and onnx / "encoder.onnx",
+    files = {"checkpoint": cfg.get("ckpt_path"), "pixel_sizes": folder.pixel_sizes,
+             "boxes": folder.boxes, "onnx_encoder": onnx and onnx / "encoder.onnx",
              "onnx_decoder": onnx and onnx / "decoder.onnx", "onnx_settings": onnx and onnx / "predictor.json"}  # fmt: skip
     return {
         f"{key}_sha256": sha256_file(path) for key, path in files.items() if path and Path(path).is_file()
@@ -84,13 +84,13 @@ def write_tables(out: Path, rows: pd.DataFrame, skipped: list[Any]) -> dict[str,
     }
 
 
-def recorded_settings(cfg: DictConfig, image_size: int) -> dict[str, Any]:
+def recorded_settings(cfg: DictConfig, folder: ImageFolder, image_size: int) -> dict[str, Any]:
     """What a prediction folder was made with (``settings.json``): a resume with other settings is refused."""
     return {"checkpoint": str(cfg.get("ckpt_path") or ""), "model": str((cfg.get("model") or {}).get("sam")),
             "backend": str(cfg.get("backend", "torch")), "onnx_dir": str(cfg.get("onnx_dir") or ""),
-            "images": str(Path(cfg.images.root).resolve()), "pixel_sizes": str(cfg.images.get("pixel_sizes")),
-            "boxes": str(cfg.images.get("boxes")), "image_size": image_size, "auto_rounds": cfg.auto_rounds,
-            **input_hashes(cfg)}  # fmt: skip
+            "images": str(Path(folder.root).resolve()), "pixel_sizes": str(folder.pixel_sizes),
+            "boxes": str(folder.boxes), "image_size": image_size, "auto_rounds": cfg.auto_rounds,
+            **input_hashes(cfg, folder)}  # fmt: skip
 
 
 @task_wrapper
@@ -99,7 +99,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.get("out") else output_dir(cfg)
     folder: ImageFolder = build(cfg.images)
     segmenter = build_segmenter(cfg)
-    settings = recorded_settings(cfg, segmenter.image_size)
+    settings = recorded_settings(cfg, folder, segmenter.image_size)
     items, boxes = folder.read()
     done = read_journal(out / JOURNAL) if claim_folder(out, settings, SETTINGS) else []
     if done:
