@@ -45,24 +45,25 @@ def experiment(name: str, task: str) -> Any:
 def plan(preset: Any, num_real: list[int], seeds: list[int], arms: list[str], matched: list[int],
          matched_seeds: list[int], reference: bool, cohorts: list[str], test_sets: list[str],
          variants: list[str] = ("main",), zero_shot: bool = False, pseudo: list[tuple[int, str]] = (),
-         pseudo_labelled: int = 0) -> list[Work]:  # fmt: skip
+         pseudo_labelled: int = 0, matched_variants: int = 1) -> list[Work]:  # fmt: skip
     """The work of a reproduction: ``cohorts`` the training cohorts, ``test_sets`` the extra test sets present
     (:data:`TEST_SETS`), ``variants`` the generator recipes compared (the first the main one: the others get the
     paper arm at the smallest N_real), ``zero_shot`` whether the pretrained model is evaluated as it comes (one run
     per seed, no training step), ``pseudo`` the self-training runs ``(N_real, arm)`` and ``pseudo_labelled`` the pool
-    images their teachers label; the other arguments as ``reproduce_paper.main`` settles them."""
+    images their teachers label, ``matched_variants`` the label-matched arm's generator recipes; the other
+    arguments as ``reproduce_paper.main`` settles them."""
     diffusion, finetune = (
         experiment(preset.experiment, "diffusion"),
         experiment(preset.experiment, "finetune"),
     )
     others = len(variants) - 1
-    generators = 1 + len(matched) * len(matched_seeds) + others
+    generators = 1 + len(matched) * len(matched_seeds) * matched_variants + others
     unet = str(diffusion.model.unet.get("sample_size", diffusion.model.get("image_size")))
     steps = int(finetune.trainer.max_steps)
     runs: list[tuple[int, str]] = [(n, arm) for _ in cohorts for n in num_real for arm in arms for _ in seeds]
     runs += [(min(num_real), "synthetic") for _ in range(others) for _ in seeds]
     matched_arms = list(getattr(preset, "matched_arms", ("matched",)))
-    runs += [(n, arm) for n in matched for arm in matched_arms for _ in matched_seeds]
+    runs += [(n, arm) for n in matched for arm in matched_arms for _ in matched_seeds] * matched_variants
     if reference:
         runs += [(int(diffusion.data.num_real), "reference")] * len(seeds)
     runs += list(pseudo)

@@ -52,22 +52,45 @@ from fetalgen.report.synthetic import synthetic_set_markdown
 
 @dataclass(frozen=True)
 class GeneratorVariant:
-    """A generator recipe of the comparison: overrides of fetalgen-train-diffusion and of fetalgen-sample."""
+    """A generator recipe of the comparison: overrides of fetalgen-train-diffusion and of fetalgen-sample;
+    ``experiment`` replaces the preset's diffusion experiment, ``matched`` are the label-matched generator's own
+    settings (its step budget)."""
 
     diffusion: tuple[str, ...]
     sample: tuple[str, ...]
     about: str
+    experiment: str | None = None
+    matched: tuple[str, ...] = ()
 
 
 V_COSINE = (
     "model.noise_scheduler.prediction_type=v_prediction",
     "model.noise_scheduler.beta_schedule=squaredcos_cap_v2",
 )
+MATCHED_128 = ("data.batch_size=5", "trainer.max_steps=600", "trainer.val_check_interval=600",
+               "callbacks.model_checkpoint.every_n_train_steps=600")  # fmt: skip
 GENERATORS = {
     "conditioned": GeneratorVariant(
         ("generator=mask_conditioned", *V_COSINE),
         ("mode=mask_conditioned",),
         "mask-conditioned image model, masks from the training masks' shape prior",
+    ),
+    # The 128 px generator (conf/experiment/cpu/diffusion128.yaml); label-matched: every step all 5 pairs (batch
+    # 5), 600 steps (its 60-label run takes 2,300 steps of batch 8 in 22 min); "-pool" adds as many unlabelled pool
+    # images to every batch (data.unlabelled=all: the split's training pool but the labelled pairs, masks unread).
+    "conditioned128": GeneratorVariant(
+        ("generator=mask_conditioned",),
+        ("mode=mask_conditioned", "steps=10"),
+        "mask-conditioned image model at 128 px (the lean UNet), masks from the shape prior",
+        experiment="cpu/diffusion128",
+        matched=MATCHED_128,
+    ),
+    "conditioned128-pool": GeneratorVariant(
+        ("generator=mask_conditioned", "data.unlabelled=all"),
+        ("mode=mask_conditioned", "steps=10"),
+        "the 128 px mask-conditioned model that also learns the image from the unlabelled pool",
+        experiment="cpu/diffusion128",
+        matched=MATCHED_128,
     ),
     "joint": GeneratorVariant(
         ("generator=joint", *V_COSINE),
@@ -108,6 +131,7 @@ class Preset:
     use_the_model: bool = False  # then export the first run's best checkpoint and predict with it
     generators: tuple[str, ...] = ("conditioned",)  # GENERATORS compared; the first is the preset's own
     matched_arms: tuple[str, ...] = ("matched",)  # the arms on the label-matched sets (matched, filtered)
+    matched_generators: tuple[str, ...] = ()  # GENERATORS of the label-matched arm (none: the main one)
     zero_shot: bool = (
         False  # the pretrained model as it comes, on the same test sets and boxes (arm=zero_shot)
     )
@@ -244,6 +268,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generators", default=None,
                         help=f"comma-separated generator recipes to compare, the first the main one "
                              f"({', '.join(GENERATORS)}; default: the preset's)")  # fmt: skip
+    parser.add_argument("--matched-generators", default=None,
+                        help="comma-separated generator recipes of the label-matched arm, each its own "
+                             "generators and sweep (default: the preset's, else the main recipe)")  # fmt: skip
     parser.add_argument("--num-real", default=None, help="comma-separated N_real (default: the preset's)")
     for step in ("diffusion", "sample", "finetune"):  # cluster scale: a launcher, a trainer, more workers
         parser.add_argument(f"--{step}-overrides", default="", metavar="'KEY=VALUE ...'",
@@ -263,6 +290,17 @@ def chosen_generators(args: argparse.Namespace, preset: Preset) -> list[str]:
     if unknown:
         sys.exit(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
     return variants
+
+
+def chosen_matched_generators(args: argparse.Namespace, preset: Preset) -> list[str]:
+    """The label-matched arm's generator recipes (``--matched-generators``, the preset's, else the main one)."""
+    listed = (
+        args.matched_generators.split(",") if args.matched_generators else list(preset.matched_generators)
+    )
+    unknown = [v for v in listed if v not in GENERATORS]
+    if unknown:
+        sys.exit(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
+    return listed or chosen_generators(args, preset)[:1]
 
 
 def chosen_num_real(args: argparse.Namespace, preset: Preset) -> list[int]:
@@ -289,7 +327,8 @@ def dry_run(args: argparse.Namespace, preset: Preset) -> None:
     work = plan(preset, chosen_num_real(args, preset), seeds, arms, matched, matched_seeds, "reference" not in skip,
                 cohorts, test_sets, chosen_generators(args, preset),
                 zero_shot=preset.zero_shot and "zero_shot" not in skip, pseudo=pseudo,
-                pseudo_labelled=teachers * (int(preset.unlabelled) if preset.unlabelled.isdigit() else 0))  # fmt: skip
+                pseudo_labelled=teachers * (int(preset.unlabelled) if preset.unlabelled.isdigit() else 0),
+                matched_variants=len(chosen_matched_generators(args, preset)))  # fmt: skip
     print(format_plan(work, args.gpu_figures))
 
 
@@ -390,6 +429,10 @@ class Reproduction:
         return chosen_generators(self.args, self.preset)
 
     @property
+    def matched_variants(self) -> list[str]:
+        return chosen_matched_generators(self.args, self.preset)
+
+    @property
     def matched_seeds(self) -> list[int]:
         return [s for s in (self.preset.matched_seeds or self.seeds) if s in self.seeds]
 
@@ -425,7 +468,8 @@ class Reproduction:
         run_step(
             f"2/5 {title} [{variant}]",
             "fetalgen-train-diffusion",
-            [f"experiment={self.preset.experiment}/diffusion", *GENERATORS[variant].diffusion,
+            [f"experiment={GENERATORS[variant].experiment or self.preset.experiment + '/diffusion'}",
+             *GENERATORS[variant].diffusion,
              f"logger={self.preset.logger}", f"hydra.run.dir={folder}", f"data.split_file={self.splits['hc18']}",
              "data.load_holdout=false", *self.preset.diffusion, *extra,  # the step's own settings win
              *shlex.split(self.args.diffusion_overrides), *self.common],
@@ -467,15 +511,16 @@ class Reproduction:
             if "matched" not in self.skip
             else []
         )
-        main_variant = self.variants[0]
-        for n in matched:
-            for seed in self.matched_seeds:
-                folder = self.out / "diffusion-matched" / main_variant / f"n{n}_seed{seed}"
-                self.train_generator(f"label-matched generator on the {n} pairs SAM sees (seed {seed})", folder,
-                                     main_variant, [f"data.num_real={n}", "data.balance_trimesters=false", f"seed={seed}"])  # fmt: skip
-                self.sample(
-                    folder, self.out / "synthetic-matched" / main_variant / f"n{n}_seed{seed}", main_variant
-                )
+        for variant in self.matched_variants:
+            for n in matched:
+                for seed in self.matched_seeds:
+                    folder = self.out / "diffusion-matched" / variant / f"n{n}_seed{seed}"
+                    self.train_generator(f"label-matched generator on the {n} pairs SAM sees (seed {seed})", folder,
+                                         variant, [f"data.num_real={n}", "data.balance_trimesters=false",
+                                                   f"seed={seed}", *GENERATORS[variant].matched])  # fmt: skip
+                    self.sample(
+                        folder, self.out / "synthetic-matched" / variant / f"n{n}_seed{seed}", variant
+                    )
         return reference, names, matched
 
     def sweeps(self, reference: Path, names: list[str], matched: list[int]) -> list[tuple[str, list[str]]]:
@@ -498,12 +543,12 @@ class Reproduction:
                 "data=hc18", f"data.split_file={split}", f"data.num_real={min(self.num_real)}", "arm=synthetic",
                 f"seed={seeds}", f"data.synthetic_dir={self.synthetic / variant}", f"generator_recipe={variant}",
             ]))  # fmt: skip
-        if matched:
-            sweeps.append((f"hc18/matched-{main_variant}", [
+        for variant in self.matched_variants if matched else []:
+            sweeps.append((f"hc18/matched-{variant}", [
                 "data=hc18", f"data.split_file={split}", f"data.num_real={','.join(map(str, matched))}",
                 f"arm={','.join(self.preset.matched_arms)}", f"seed={','.join(map(str, self.matched_seeds))}",
-                f"data.synthetic_dir={self.out / 'synthetic-matched' / main_variant}/n${{data.num_real}}_seed${{seed}}",
-                f"generator_recipe={main_variant}",
+                f"data.synthetic_dir={self.out / 'synthetic-matched' / variant}/n${{data.num_real}}_seed${{seed}}",
+                f"generator_recipe={variant}",
             ]))  # fmt: skip
         if self.preset.zero_shot and "zero_shot" not in self.skip:  # one run per seed: it trains on nothing
             sweeps.append(("hc18/zero-shot", [
@@ -581,9 +626,9 @@ class Reproduction:
         print("==> 5/5 results", flush=True)
         report = write_paper_results(self.out / "sweep", self.args.results)
         described = []
-        for variant in self.variants:
+        for variant in dict.fromkeys([*self.variants, *self.matched_variants]):
             sets = [self.synthetic / variant, *sorted((self.out / "synthetic-matched" / variant).glob("*"))]
-            for root in sets:  # the matched sets are the main recipe's
+            for root in sets:
                 if (root / "summary.json").is_file():
                     title = (f"The paper arm's synthetic pairs [{variant}]" if root == self.synthetic / variant
                              else f"Label-matched generator {root.name} [{variant}]")  # fmt: skip

@@ -7,10 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from fetalgen.data.cases import Case
-from fetalgen.data.dataset import PairDataset, seed_worker
+from fetalgen.data.dataset import IMAGES, PAIRS, ImageDataset, PairDataset, seed_worker
 from fetalgen.data.hc18 import trimester_from_hc
 from fetalgen.data.order import EpochShuffle, ResumableLoader
 from fetalgen.data.provenance import Record, case_records, check_no_leak, read_synthetic_provenance
@@ -181,6 +182,8 @@ class PairDataModule(pl.LightningDataModule):
         self.train_set: PairDataset | None = None
         self.val_set: PairDataset | None = None
         self.test_set: PairDataset | None = None
+        self.unlabelled_set: ImageDataset | None = None
+        self.unlabelled_in_batches = False  # set by a model that learns from images without masks
 
     def _split_from_file(
         self, source: list[Case], split_file: str | Path, num_real: int, choose
@@ -320,7 +323,7 @@ class PairDataModule(pl.LightningDataModule):
     def skipped(self) -> list[str]:
         """Every bad file skipped (``on_bad_pair=skip``) by the reader and, once loaded, by the datasets."""
         errors = list(self.reader_skipped)
-        for dataset in (self.train_set, self.val_set, self.test_set):
+        for dataset in (self.train_set, self.val_set, self.test_set, self.unlabelled_set):
             errors += dataset.skipped if dataset is not None else []
         return [str(e) for e in errors]
 
@@ -336,9 +339,26 @@ class PairDataModule(pl.LightningDataModule):
             persistent_workers=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        """The training pairs; with :attr:`unlabelled_in_batches` (a generator's image model), each batch a dict
+        of ``pairs`` and as many ``images`` without masks (an epoch is one pass over the pairs; the images are
+        drawn afresh every epoch)."""
         self.setup("fit")
-        return self._loader(self.train_set, shuffle=True, offset=0)
+        pairs = self._loader(self.train_set, shuffle=True, offset=0)
+        if not self.unlabelled_in_batches:
+            return pairs
+        return CombinedLoader({PAIRS: pairs, IMAGES: self.unlabelled_dataloader()}, mode="min_size")
+
+    def unlabelled_dataloader(self) -> DataLoader:
+        """The unlabelled images (``unlabelled_cases``, read once at ``image_size``), shuffled by ``seed`` like
+        the training pairs: what a generator learns the image from."""
+        if self.unlabelled_set is None:
+            self.unlabelled_set = ImageDataset(self.unlabelled_cases, self.image_size, self.on_bad_pair)
+        if not len(self.unlabelled_set):
+            raise ValueError(
+                "no unlabelled image to read (data.unlabelled is unset or 0, or every one was bad)"
+            )
+        return self._loader(self.unlabelled_set, shuffle=True, offset=3)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup("validate")

@@ -1,4 +1,4 @@
-"""A torch Dataset of image/mask pairs at a square working resolution, cached in memory."""
+"""Torch Datasets at a square working resolution, cached in memory: image/mask pairs, and images without masks."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from torch.utils.data import Dataset, get_worker_info
 
 from fetalgen.data.cases import Case, DataError
 from fetalgen.data.hc18 import trimester_from_hc
-from fetalgen.data.io import bad_input, check_on_bad, load_pair, warn_skipped
+from fetalgen.data.io import bad_input, check_on_bad, load_image, load_pair, warn_skipped
 from fetalgen.data.transforms import build_augmentation, pad_resize
 from fetalgen.utils.seeds import derive_seed, name_key
+
+PAIRS, IMAGES = "pairs", "images"  # the two parts of a training batch with unlabelled images
 
 
 class PairDataset(Dataset):
@@ -116,6 +118,37 @@ class PairDataset(Dataset):
             "trimester": trimester_from_hc(case.hc_mm),
             "index": index,
         }
+
+
+class ImageDataset(Dataset):
+    """Images without their masks (the unlabelled pool), read, checked and resized once like
+    :class:`PairDataset`'s (``pad_resize``), never augmented.
+
+    Items are dicts: ``image`` float32 [1,S,S] in [0,1]; ``mask`` float32 [1,S,S] of zeros (no mask: the
+    mask-conditioned generator's unconditional input); ``name`` str; ``trimester`` -1 (unknown); ``index`` int.
+    """
+
+    def __init__(self, cases: list[Case], image_size: int, on_bad_pair: str = "raise") -> None:
+        check_on_bad(on_bad_pair)
+        self.image_size = int(image_size)
+        self.cases: list[Case] = []
+        self.skipped: list[DataError] = []
+        self.images: list[np.ndarray] = []
+        for case in cases:
+            with bad_input(on_bad_pair, self.skipped):
+                image = load_image(case.image_path)
+                resized, _, _ = pad_resize(image, np.zeros(image.shape[:2], bool), self.image_size)
+                self.cases.append(case)
+                self.images.append(resized)
+        warn_skipped(self.skipped, f"ImageDataset ({len(cases)} images)")
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        image = torch.from_numpy(self.images[index].astype(np.float32) / 255.0)[None]
+        return {"image": image, "mask": torch.zeros_like(image), "name": self.cases[index].name,
+                "trimester": -1, "index": index}  # fmt: skip
 
 
 def seed_worker(worker_id: int) -> None:

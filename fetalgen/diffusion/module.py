@@ -21,6 +21,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.training_utils import EMAModel
 from pytorch_lightning import LightningModule
 
+from fetalgen.data.dataset import IMAGES, PAIRS
 from fetalgen.diffusion.channels import pack
 from fetalgen.diffusion.sampling import make_sampler, sample_pairs
 from fetalgen.utils.seeds import derive_seed, torch_generator
@@ -103,6 +104,7 @@ class JointDiffusionModule(LightningModule):
 
     generator_kind = "joint"  # recorded in the checkpoint; the UNet's channels tell the kind as well
     out_channels = 2  # the UNet's output: image and mask
+    learns_from_images = False  # whether images without masks (the unlabelled pool) can train it
 
     @property
     def builder_key(self) -> str:
@@ -187,6 +189,21 @@ class JointDiffusionModule(LightningModule):
             labels = torch.where(dropped, null, labels)
         return labels
 
+    def with_unlabelled(self, pairs: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
+        """One batch of labelled pairs and images without masks (:class:`~fetalgen.data.dataset.ImageDataset`:
+        zero masks, unknown class), for a model that learns the image from them (:attr:`learns_from_images`)."""
+        if not self.learns_from_images:
+            raise ValueError(
+                f"the {self.generator_kind} generator learns masks, so it cannot train on images without them "
+                "(data.unlabelled): leave it unset, or train generator=mask_conditioned"
+            )
+        merged = {"image": torch.cat([pairs["image"], images["image"]]),
+                  "mask": torch.cat([pairs["mask"], torch.zeros_like(images["image"])])}  # fmt: skip
+        if self.class_key in pairs:  # an image's class is unknown: the null class
+            unknown = torch.full((len(images["image"]),), -1, dtype=torch.long)
+            merged[self.class_key] = torch.cat([torch.as_tensor(pairs[self.class_key]).long().cpu(), unknown])
+        return merged
+
     # ----------------------------------------------------------------------------------------------- loss
     def loss_target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The regression target for ``noise_scheduler.config.prediction_type`` (:func:`regression_target`)."""
@@ -221,6 +238,8 @@ class JointDiffusionModule(LightningModule):
         return (per_channel[0] + self.mask_loss_weight * per_channel[1]) / (1 + self.mask_loss_weight)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if IMAGES in batch:  # labelled pairs and unlabelled images (train_diffusion's combined loader)
+            batch = self.with_unlabelled(batch[PAIRS], batch[IMAGES])
         loss = self.diffusion_loss(batch, drop_labels=True)
         self.log(
             "train/loss",
@@ -322,7 +341,8 @@ class MaskConditionedDiffusionModule(JointDiffusionModule):
     """The image generator conditioned on a head mask: the UNet denoises the image channel with the clean mask as
     its second input channel, and learns the unconditional image too (the mask replaced by zeros with probability
     ``p_mask_drop``), for classifier-free guidance over the mask at sampling (:func:`~fetalgen.diffusion.sampling.
-    mask_guided_output`). Scheduler, EMA, validation, sampling loop and checkpoint contract: the joint model's.
+    mask_guided_output`). Images without masks (the unlabelled pool) train that unconditional branch: what
+    ultrasound looks like from every image, what a mask means from the few labelled pairs. Scheduler, EMA, validation, sampling loop and checkpoint contract: the joint model's.
 
     Args:
         unet: ``UNet2DModel`` with ``in_channels=2`` (noisy image, clean mask) and ``out_channels=1`` (the image's
@@ -333,6 +353,7 @@ class MaskConditionedDiffusionModule(JointDiffusionModule):
 
     generator_kind = "mask_conditioned"
     out_channels = 1  # the image's target only
+    learns_from_images = True  # an image without its mask trains the unconditional branch
 
     def __init__(self, unet: UNet2DModel, *args: Any, p_mask_drop: float = 0.1, **kwargs: Any) -> None:
         super().__init__(unet, *args, **kwargs)

@@ -56,6 +56,15 @@ class RealPairs:
     subjects: list[str] = field(default_factory=list)
     cases: list[Case] = field(default_factory=list)
     where: str = ""
+    unlabelled: np.ndarray | None = None  # images seen without masks (a generator's unlabelled pool)
+    unlabelled_names: list[str] = field(default_factory=list)
+
+    @property
+    def seen(self) -> tuple[np.ndarray, list[str]]:
+        """Every image a generator trained on, pairs first, and their names: the nearest-neighbour candidates."""
+        if self.unlabelled is None or not len(self.unlabelled):
+            return self.images, self.names
+        return np.concatenate([self.images, self.unlabelled]), [*self.names, *self.unlabelled_names]
 
     @classmethod
     def from_dataset(cls, dataset: PairDataset, where: str = "") -> RealPairs:
@@ -264,7 +273,7 @@ class Judge:
         pairs = read_pairs(root, entries, size)
         n_held = len(heldout) if heldout is not None and len(heldout) >= 2 else 0
         segmenters = 1 if self.sources["reference"] is None else 2
-        total = segmenters * self.settings.segmenter_steps + 2 * len(pairs) + len(train) + n_held
+        total = segmenters * self.settings.segmenter_steps + 2 * len(pairs) + len(train.seen[0]) + n_held
         bar = progress_bar(total, "judge", "step|img", disable=not self.settings.progress)
         mask_passed = [bool(e.qc.get("passed", e.qc_pass)) for e in entries]
         job = Judging(root, entries, pairs, train, bar, mask_passed)
@@ -272,8 +281,12 @@ class Judge:
         pretrained = self.pretrained(job, heldout)
         bar.set_postfix_str(f"features ({self.features.name})")
         feats = {"synthetic": self.embed(pairs.images, bar), "train": self.embed(train.images, bar)}
+        seen, seen_names = train.seen
+        seen_feats = feats["train"]
+        if len(seen) > len(train):  # the unlabelled images too: a copy of one is a copy
+            seen_feats = torch.cat([seen_feats, self.embed(seen[len(train) :], bar)])
         similarity, nearest = nearest_neighbours(
-            feats["synthetic"], self.embed(pairs.images[:, :, ::-1], bar), feats["train"]
+            feats["synthetic"], self.embed(pairs.images[:, :, ::-1], bar), seen_feats
         )
         self.write_verdicts(job, agreement["per_pair"], similarity, nearest)
         kept = np.array([exclusion(e) is None for e in entries])  # now with the agreement verdict
@@ -281,8 +294,8 @@ class Judge:
         spread = self.diversity(job, kept, heldout)
         bar.close()
         gallery = save_gallery(
-            pairs.images, train.images, similarity, nearest, [e.name for e in entries], root / GALLERY,
-            k=self.settings.gallery, feature_name=self.features.name, train_names=train.names,
+            pairs.images, seen, similarity, nearest, [e.name for e in entries], root / GALLERY,
+            k=self.settings.gallery, feature_name=self.features.name, train_names=seen_names,
         )  # fmt: skip
         own = {
             **public(agreement),
@@ -366,7 +379,7 @@ class Judge:
             job.entries, job.mask_passed, agreement, similarity, nearest, strict=True
         ):
             e.pair_agreement, e.feature_similarity = float(agree), float(sim)
-            e.nearest_train = job.train.names[int(near)]
+            e.nearest_train = job.train.seen[1][int(near)]
             e.qc_pass, reasons = qc_verdict(
                 ok, e.qc.get("reasons", []), float(agree), self.settings.min_agreement
             )

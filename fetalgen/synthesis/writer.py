@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fetalgen.data.cases import DataError
-from fetalgen.data.dataset import PairDataset
+from fetalgen.data.dataset import ImageDataset, PairDataset
 from fetalgen.data.synthetic import MANIFEST, ManifestEntry, read_manifest
 from fetalgen.data.verdict import qc_verdict
 from fetalgen.diffusion.channels import unpack
@@ -126,6 +126,8 @@ class TrainReference:
         pixel_size_mm: median pixel size at S (None if unknown), recorded for the synthetic pairs.
         masks: bool [M,S,S] training masks.
         names, subjects: case name and subject of each training pair.
+        unlabelled: float [U,S,S] images the generator saw without their masks (its unlabelled pool), named by
+            ``unlabelled_names``: memorisation is checked against them too (:attr:`seen`).
     """
 
     images: np.ndarray
@@ -134,9 +136,21 @@ class TrainReference:
     masks: np.ndarray | None = None
     names: list[str] = field(default_factory=list)
     subjects: list[str] = field(default_factory=list)
+    unlabelled: np.ndarray | None = None
+    unlabelled_names: list[str] = field(default_factory=list)
+
+    @property
+    def seen(self) -> np.ndarray:
+        """Every training image, labelled pairs first, then the unlabelled ones: what a copy would copy."""
+        return self.images if self.unlabelled is None else np.concatenate([self.images, self.unlabelled])
+
+    @property
+    def seen_names(self) -> list[str]:
+        return [*self.names, *self.unlabelled_names]
 
     @classmethod
-    def from_dataset(cls, dataset: PairDataset) -> TrainReference:
+    def from_dataset(cls, dataset: PairDataset, unlabelled: ImageDataset | None = None) -> TrainReference:
+        """The pairs of ``dataset``, and the images of ``unlabelled`` (none: no unlabelled pool)."""
         images = np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in dataset.images])
         masks = np.stack([np.asarray(m) > 0 for m in dataset.masks])
         hc = [m.hc if (m := measure_head(mask)) else math.nan for mask in masks]
@@ -149,6 +163,8 @@ class TrainReference:
             masks,
             [c.name for c in dataset.cases],
             [c.subject for c in dataset.cases],
+            np.stack([i.astype(np.float32) / 255.0 for i in unlabelled.images]) if unlabelled else None,
+            [c.name for c in unlabelled.cases] if unlabelled else [],
         )
 
     @classmethod
@@ -325,7 +341,8 @@ def memorisation_figures(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Each pair's highest image similarity (at ``size`` px) and mask IoU to the training pairs, for a block at
     once (the training set read once); None where the reference has none."""
-    similarity = max_similarity(images, reference.images, size=size) if len(reference.images) else None
+    seen = reference.seen
+    similarity = max_similarity(images, seen, size=size) if len(seen) else None
     has_masks = reference.masks is not None and len(reference.masks)
     return similarity, best_mask_iou(masks, reference.masks) if has_masks else None
 

@@ -18,8 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fetalgen.data.cases import DataError
-from fetalgen.data.dataset import PairDataset
-from fetalgen.data.provenance import record_case, write_synthetic_provenance
+from fetalgen.data.dataset import ImageDataset, PairDataset
+from fetalgen.data.provenance import is_labelled, record_case, write_synthetic_provenance
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.metrics.fidelity import summary_row
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainReference:
     """Training images for the memorisation check: ``cfg.memorisation.train_dir`` (a folder with ``images/``
-    and ``masks/``) or the training cases recorded in the checkpoint (its provenance)."""
+    and ``masks/``) or the training cases recorded in the checkpoint (its provenance: the labelled pairs, and the
+    images it saw without masks)."""
     mem = cfg.memorisation
     if not mem.enabled:
         log.warning("memorisation check switched off (memorisation.enabled=false)")
@@ -50,7 +51,10 @@ def train_reference(cfg: DictConfig, meta: dict[str, Any], size: int) -> TrainRe
 
         cases = read_folder(mem.train_dir)
     elif meta.get("training_cases"):
-        cases = [record_case(r) for r in meta["training_cases"]]
+        records = meta["training_cases"]
+        cases = [record_case(r) for r in records if is_labelled(r)]
+        unlabelled = [record_case(r) for r in records if not is_labelled(r)]
+        return TrainReference.from_dataset(PairDataset(cases, size), ImageDataset(unlabelled, size))
     else:
         raise DataError(
             meta["path"], "checkpoint lists no training cases (older fetalgen); set memorisation.train_dir"
@@ -165,7 +169,8 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     checks = PairChecks(reference, float(cfg.memorisation.threshold), int(cfg.memorisation.size),
                         OmegaConf.to_container(cfg.qc, resolve=True))  # fmt: skip
     settings = write_synthetic(root, int(cfg.n), generator, spec, checks, progress=bool(cfg.progress))
-    train = RealPairs(reference.images, reference.masks, reference.names, reference.subjects)
+    train = RealPairs(reference.images, reference.masks, reference.names, reference.subjects,
+                      unlabelled=reference.unlabelled, unlabelled_names=reference.unlabelled_names)  # fmt: skip
     fidelity = judge(root, train) if judge is not None else None
     summary = summarise_dataset(root, reference, checks.similarity_threshold, settings, fidelity)
     seal(root, meta, spec)  # last: the set is complete and judged, and the resume check passed

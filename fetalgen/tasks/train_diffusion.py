@@ -11,6 +11,7 @@ import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from fetalgen.data.datamodule import PairDataModule
 from fetalgen.data.provenance import TRAINING_CASES, case_records, write_training_cases
 from fetalgen.diffusion.module import JointDiffusionModule
 from fetalgen.diffusion.shape_prior import ShapePrior
@@ -31,6 +32,19 @@ def fit_shape_prior(masks: list) -> dict[str, Any] | None:
         return None
 
 
+def learn_from_unlabelled(datamodule: PairDataModule, model: JointDiffusionModule) -> None:
+    """With unlabelled images (``data.unlabelled``), put them in the training batches beside the labelled pairs
+    (:meth:`~fetalgen.data.datamodule.PairDataModule.train_dataloader`), for a model that can learn from them."""
+    if not datamodule.unlabelled_cases:
+        return
+    if not model.learns_from_images:
+        raise ValueError(f"data.unlabelled: the {model.generator_kind} generator learns masks, so it cannot train "
+                         "on images without them; leave data.unlabelled unset or use generator=mask_conditioned")  # fmt: skip
+    datamodule.unlabelled_in_batches = True
+    datamodule.unlabelled_dataloader()  # read them now: a bad file fails before training
+    log.info("The image model also learns from %d unlabelled images", len(datamodule.unlabelled_set))
+
+
 @task_wrapper
 def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model, callbacks, loggers and trainer from ``cfg``; fit (resuming from ``cfg.ckpt_path``).
@@ -46,7 +60,7 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: PairDataModule = hydra.utils.instantiate(cfg.data)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model: JointDiffusionModule = hydra.utils.instantiate(cfg.model)
     datamodule.setup("fit")  # load now: the cases listed are those trained on, skipped pairs left out
@@ -54,7 +68,10 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(
             "no training pair left (every one skipped as bad, or none chosen): nothing to train on"
         )
+    learn_from_unlabelled(datamodule, model)
     records = case_records(datamodule.train_set.cases)
+    if datamodule.unlabelled_in_batches:  # seen without their masks: counted apart, held to the leakage guard
+        records += case_records(datamodule.unlabelled_set.cases, labelled=False)
     skipped = datamodule.skipped()
     if is_rank_zero():  # the run's files, once (the extra ranks of trainer=ddp run this function too)
         write_training_cases(out / TRAINING_CASES, records)
@@ -80,7 +97,9 @@ def train_diffusion(cfg: DictConfig) -> dict[str, Any]:
     ):  # trainer=ddp_cpu trained in spawned processes: this one's trainer never stepped
         step = int(read_run_checkpoint(checkpoint, "diffusion").contents.get("global_step", 0))
     metrics.update(global_step=step, checkpoint=checkpoint, output_dir=str(out))
-    metrics.update({"data/num_train": len(records), "data/skipped": len(skipped)})
+    unlabelled = len(datamodule.unlabelled_set or [])
+    metrics.update({"data/num_train": len(records) - unlabelled, "data/num_unlabelled": unlabelled,
+                    "data/skipped": len(skipped)})  # fmt: skip
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
     log.info("Diffusion training done at step %d; last checkpoint: %s", step, checkpoint)

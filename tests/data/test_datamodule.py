@@ -294,6 +294,12 @@ def test_a_generator_that_saw_a_held_out_subject_is_refused(
         PairDataModule(
             real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn, num_synthetic=2
         )
+    # an image the generator saw only without its mask (its unlabelled pool) is held to the same guard
+    write_synthetic_provenance(syn, {"sha256": "0" * 64}, case_records([other], labelled=False))
+    with pytest.raises(LeakageError, match=f"test case.*{other.name} \\(the same image\\)"):
+        PairDataModule(
+            real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn, num_synthetic=2
+        )
     # Real-only arms of a sweep that names the set do not read it (nothing of the generator reaches SAM).
     real_only = PairDataModule(real, image_size=16, num_real=6, num_val=4, num_test=4, synthetic_dir=syn)
     assert real_only.generator_cases is None and real_only.synthetic_cases == []
@@ -378,6 +384,19 @@ def test_unlabelled_images_are_the_pools_rest_without_masks(real) -> None:
     assert PairDataModule(real, 32, num_real=4, num_val=4, num_test=4).unlabelled_cases == []
     with pytest.raises(ValueError, match="pool holds 12 unlabelled images"):
         PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled=13)
+
+
+def test_unlabelled_images_join_the_training_batches_only_when_asked(real) -> None:
+    dm = PairDataModule(real, 32, num_real=4, num_val=4, num_test=4, seed=0, unlabelled=6, batch_size=2)
+    assert isinstance(dm.train_dataloader(), torch.utils.data.DataLoader)  # by default: the pairs alone
+    dm.unlabelled_in_batches = True
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2  # an epoch is one pass over the 4 pairs
+    for batch, _, _ in batches:
+        assert batch["pairs"]["image"].shape == batch["images"]["image"].shape == (2, 1, 32, 32)
+        assert set(batch["images"]["name"]) <= {c.name for c in dm.unlabelled_cases}
+        assert batch["images"]["mask"].eq(0).all() and batch["pairs"]["mask"].sum() > 0
+    assert len(dm.unlabelled_set) == 6 and not dm.skipped()
 
 
 def test_a_test_image_among_the_unlabelled_images_is_refused(real, tmp_path: Path) -> None:

@@ -67,3 +67,22 @@ def test_skip_bad_pair_warns_with_count(phantom_dir: Path, tmp_path: Path) -> No
         ds = PairDataset(cases, image_size=16, on_bad_pair="skip")
     assert len(ds) == 2 and [c.name for c in ds.cases] == [cases[0].name, cases[2].name]
     assert len(ds.skipped) == 1 and np.isfinite(ds[1]["pixel_size_mm"])
+
+
+def test_images_without_masks_read_like_pairs_and_name_a_bad_file(phantom_dir: Path, tmp_path: Path) -> None:
+    from fetalgen.data.dataset import ImageDataset
+
+    cases = read_folder(phantom_dir)[:3]
+    pairs, images = PairDataset(cases, image_size=24), ImageDataset(cases, image_size=24)
+    item = images[1]
+    assert (
+        torch.equal(item["image"], pairs[1]["image"]) and item["mask"].eq(0).all() and item["trimester"] == -1
+    )
+    bad = tmp_path / "bad_image.png"
+    bad.write_bytes(b"\x89PNG not really")
+    broken = [cases[0], dataclasses.replace(cases[1], image_path=bad)]
+    with pytest.raises(DataError, match="bad_image.png"):
+        ImageDataset(broken, image_size=24)
+    with pytest.warns(UserWarning, match=r"skipped 1 bad file"):
+        kept = ImageDataset(broken, image_size=24, on_bad_pair="skip")
+    assert [c.name for c in kept.cases] == [cases[0].name] and len(kept.skipped) == 1

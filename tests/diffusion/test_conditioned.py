@@ -100,3 +100,30 @@ def test_the_128px_generator_trains_samples_at_its_size_and_its_weights_round_tr
     rebuilt.unet.load_state_dict(module.unet.state_dict())
     again = rebuilt.eval().sample(2, seed=0, sampler="ddim", steps=2, masks=masks[:2])
     assert torch.allclose(again, pairs, atol=1e-5)
+
+
+def test_unlabelled_images_join_the_batch_as_the_unconditional_branch(compose_cfg):
+    cfg = compose_cfg("train_diffusion", ["generator=mask_conditioned", "model=diffusion/tiny",
+                                          "model.unet.num_class_embeds=4"])  # fmt: skip
+    module = instantiate(cfg.model)
+    pairs = {
+        "image": torch.rand(2, 1, 32, 32),
+        "mask": torch.ones(2, 1, 32, 32),
+        "trimester": torch.tensor([0, 2]),
+    }
+    images = {
+        "image": torch.rand(3, 1, 32, 32),
+        "mask": torch.rand(3, 1, 32, 32),
+        "trimester": torch.tensor([1] * 3),
+    }
+    merged = module.with_unlabelled(pairs, images)
+    assert torch.equal(merged["image"], torch.cat([pairs["image"], images["image"]]))
+    # the images' masks are zeros whatever the loader gave (the dropped-mask input) and their class is unknown
+    assert merged["mask"][:2].eq(1).all() and merged["mask"][2:].eq(0).all()
+    assert merged["trimester"].tolist() == [0, 2, -1, -1, -1]
+    assert module.class_labels(merged, drop=False)[2:].eq(module.num_classes).all()  # the null class
+    loss = module.training_step({"pairs": pairs, "images": images}, 0)
+    assert torch.isfinite(loss)
+    joint = instantiate(compose_cfg("train_diffusion", ["model=diffusion/tiny"]).model)
+    with pytest.raises(ValueError, match="joint generator learns masks"):
+        joint.training_step({"pairs": pairs, "images": images}, 0)

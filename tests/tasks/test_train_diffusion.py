@@ -198,3 +198,31 @@ def test_sampling_a_mask_conditioned_generator_takes_its_mode_unasked(compose_cf
     with pytest.raises(ValueError, match="mask-conditioned generator: it draws images for given masks"):
         synthesize(compose_cfg("sample", [f"ckpt_path={metrics['checkpoint']}", "n=2", "steps=2", "mode=joint",
                                           f"out={tmp_path / 'joint'}", "progress=false", "fidelity.enabled=false"]))  # fmt: skip
+
+
+def test_the_mask_conditioned_generator_learns_from_unlabelled_images_too(compose_cfg, tmp_path):
+    import torch
+
+    from fetalgen.data.provenance import label_counts
+
+    args = [*TINY, "generator=mask_conditioned", "logger=none", "data.num_real=3", "data.unlabelled=4"]
+    metrics = train_diffusion(compose_cfg("train_diffusion", args))
+    assert metrics["data/num_train"] == 3 and metrics["data/num_unlabelled"] == 4
+    records = torch.load(metrics["checkpoint"], weights_only=True)["fetalgen_provenance"]["training_cases"]
+    assert label_counts(records) == {"labelled": 3, "unlabelled": 4}
+    assert all(r["mask_path"] == "" for r in records if r["labelled"] != "yes")  # the masks never named
+    out = tmp_path / "set"
+    synthesize(compose_cfg("sample", [f"ckpt_path={metrics['checkpoint']}", "n=3", "steps=2", f"out={out}",
+                                      "progress=false", "fidelity/features=sam_tiny", "fidelity.segmenter_steps=5",
+                                      "fidelity.kid_subsets=2", "memorisation.threshold=-1"]))  # fmt: skip
+    # every image the generator saw, labelled or not, is a nearest-neighbour candidate: with the threshold at -1
+    # every pair is "memorised", and its nearest image is named among the 7
+    entries = read_manifest(out)
+    seen = {r["name"] for r in records}
+    assert all(e.memorised for e in entries) and {e.nearest_train for e in entries} <= seen
+    assert json.loads((out / "provenance.json").read_text())["training_cases"] == records
+
+    with pytest.raises(ValueError, match="joint generator learns masks, so it cannot train on images"):
+        train_diffusion(
+            compose_cfg("train_diffusion", [*TINY, "logger=none", "data.num_real=3", "data.unlabelled=4"])
+        )
