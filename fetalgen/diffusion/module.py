@@ -28,6 +28,7 @@ from fetalgen.utils.seeds import derive_seed, torch_generator
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 CHECKPOINT_KEY = "fetalgen"  # our extra entry in the Lightning checkpoint
+LABELLED = "labelled"  # batch key: False for an image without its mask (the unconditional input)
 EMA_KEY = "ema"
 
 
@@ -197,8 +198,10 @@ class JointDiffusionModule(LightningModule):
                 f"the {self.generator_kind} generator learns masks, so it cannot train on images without them "
                 "(data.unlabelled): leave it unset, or train generator=mask_conditioned"
             )
+        n_pairs, n_images = len(pairs["image"]), len(images["image"])
         merged = {"image": torch.cat([pairs["image"], images["image"]]),
-                  "mask": torch.cat([pairs["mask"], torch.zeros_like(images["image"])])}  # fmt: skip
+                  "mask": torch.cat([pairs["mask"], torch.zeros_like(images["image"])]),
+                  LABELLED: torch.arange(n_pairs + n_images) < n_pairs}  # fmt: skip
         if self.class_key in pairs:  # an image's class is unknown: the null class
             unknown = torch.full((len(images["image"]),), -1, dtype=torch.long)
             merged[self.class_key] = torch.cat([torch.as_tensor(pairs[self.class_key]).long().cpu(), unknown])
@@ -371,9 +374,12 @@ class MaskConditionedDiffusionModule(JointDiffusionModule):
         module doc); ``drop_labels`` also drops masks (training only)."""
         image, mask = pack(batch["image"], batch["mask"]).split(1, dim=1)
         noise, timesteps = self.draw_noise(image, generator)
+        keep = torch.ones(image.shape[0], dtype=torch.bool, device=self.device)
         if drop_labels:  # training (global RNG): the unconditional branch for guidance
             keep = torch.rand(image.shape[0], device=self.device) >= self.p_mask_drop
-            mask = mask * keep.view(-1, 1, 1, 1).to(mask)
+        if LABELLED in batch:  # an image without its mask: the null mask (zeros in [-1, 1]), as when dropped
+            keep = keep & torch.as_tensor(batch[LABELLED], device=self.device).bool()
+        mask = mask * keep.view(-1, 1, 1, 1).to(mask)
         noisy = self.noise_scheduler.add_noise(image, noise, timesteps)
         target = self.loss_target(image, noise, timesteps)
         labels = self.class_labels(batch, drop=drop_labels)

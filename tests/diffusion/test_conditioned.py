@@ -118,12 +118,18 @@ def test_unlabelled_images_join_the_batch_as_the_unconditional_branch(compose_cf
     }
     merged = module.with_unlabelled(pairs, images)
     assert torch.equal(merged["image"], torch.cat([pairs["image"], images["image"]]))
-    # the images' masks are zeros whatever the loader gave (the dropped-mask input) and their class is unknown
-    assert merged["mask"][:2].eq(1).all() and merged["mask"][2:].eq(0).all()
+    # the images are marked as unlabelled whatever mask the loader gave, and their class is unknown
+    assert merged["labelled"].tolist() == [True, True, False, False, False] and merged["mask"][2:].eq(0).all()
     assert merged["trimester"].tolist() == [0, 2, -1, -1, -1]
     assert module.class_labels(merged, drop=False)[2:].eq(module.num_classes).all()  # the null class
     loss = module.training_step({"pairs": pairs, "images": images}, 0)
     assert torch.isfinite(loss)
+    # what the UNet sees for an unlabelled image is the dropped-mask input: the null mask, zeros in [-1, 1] (a mask
+    # of zeros in [0, 1] would be "no head here", -1, a condition the images do not show)
+    seen = []
+    module.unet.register_forward_pre_hook(lambda _, args: seen.append(args[0][:, 1:].clone()))
+    module.diffusion_loss(merged, drop_labels=False)
+    assert seen[0][:2].eq(1).all() and seen[0][2:].eq(0).all()
     joint = instantiate(compose_cfg("train_diffusion", ["model=diffusion/tiny"]).model)
     with pytest.raises(ValueError, match="joint generator learns masks"):
         joint.training_step({"pairs": pairs, "images": images}, 0)
