@@ -28,6 +28,9 @@ import torch
 from fetalgen.utils.checkpoints import WRITERS, RunCheckpoint
 
 MODEL_CARD = "MODEL_CARD.md"
+SHAPE_PRIOR = (
+    "shape_prior.json"  # a mask-conditioned generator's head-shape prior (fetalgen.diffusion.shape_prior)
+)
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@/-]{1,80}")
 REGISTRY_TYPES = {"vit_b": "vit_b", "vit_l": "vit_l", "vit_h": "vit_h", "medsam": "vit_b"}
 DATA_LICENCES = {
@@ -97,6 +100,16 @@ LITE_MEDSAM_NOTE = (
     "collection is public medical images, possibly including public fetal-head ultrasound: scores on HC18 may be "
     "optimistic; cross-cohort scores are the cleaner ones."
 )
+JOINT_USE = ("Two channels: 0 = grayscale image, 1 = head mask, both in [-1, 1] (threshold the mask at 0). "
+             "The weights are the EMA weights.")  # fmt: skip
+CONDITIONED_USE = (
+    "A mask-conditioned image model: its input is the noisy image and the clean head mask (channel 1, in [-1, 1]; "
+    "zeros for the unconditional branch of classifier-free guidance), its output the image's target "
+    "(`scheduler.config.prediction_type`). Masks to draw for: `shape_prior.json` "
+    "(`fetalgen.diffusion.shape_prior.ShapePrior.from_dict`); sample with `fetalgen-sample`, or with "
+    "`fetalgen.diffusion.sampling.sample_pairs(unet, scheduler, seeds, steps, masks=...)` (masks in {0, 1}). "
+    "The weights are the EMA weights."
+)
 LIMITATIONS = (
     "A research model for fetal-head segmentation in 2D ultrasound, trained on few labelled images; not a medical "
     "device. Check every measurement. It was evaluated only on the cohorts in `## Measured`; other scanners, "
@@ -113,7 +126,9 @@ def working_size(config: dict[str, Any], source: Path) -> int:
 
 
 def export_generator(ckpt_path: Path, out: Path) -> Path:
-    """Write the generator of ``ckpt_path`` (EMA weights) as a diffusers pipeline folder; returns the folder."""
+    """Write the generator of ``ckpt_path`` (EMA weights) as a diffusers pipeline folder (a mask-conditioned one:
+    its ``unet/`` and ``scheduler/`` and its shape prior, no pipeline, which would sample it without a mask);
+    returns the folder."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
     from fetalgen.diffusion.checkpoint import load_generator
@@ -122,12 +137,14 @@ def export_generator(ckpt_path: Path, out: Path) -> Path:
     if meta["generator"] == "paper_lora":  # the paper's SD 1.5 + LoRA generator
         raise ValueError(f"{ckpt_path}: the paper's LoRA generator has no diffusers pipeline export here (its "
                          "checkpoint holds the LoRA weights and the base model's path): sample it with fetalgen-sample")  # fmt: skip
-    if (
-        meta["generator"] == "mask_conditioned"
-    ):  # a DDPMPipeline would sample it without its mask and shape prior: noise
-        raise ValueError(f"{ckpt_path}: a mask-conditioned generator needs its mask condition and shape prior, "
-                         "which a diffusers DDPMPipeline does not carry: sample it with fetalgen-sample")  # fmt: skip
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler_config)).save_pretrained(out)
+    scheduler = DDPMScheduler.from_config(scheduler_config)
+    if meta["generator"] == "mask_conditioned":  # a DDPMPipeline would sample it without its mask: its parts
+        unet.save_pretrained(out / "unet")
+        scheduler.save_pretrained(out / "scheduler")
+        if meta.get("shape_prior"):
+            (out / SHAPE_PRIOR).write_text(json.dumps(meta["shape_prior"], indent=1) + "\n")
+        return out
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out)
     return out
 
 
@@ -183,7 +200,11 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
     kind, ckpt_path = checkpoint.task, checkpoint.path
     config = checkpoint.config or {}
     provenance = checkpoint.provenance or {}
-    lines = [f"# fetalgen {'fine-tuned SAM' if kind == 'finetune' else 'joint image-mask generator'}", ""]
+    generator = checkpoint.builder_key  # the recorded kind: sam, joint, mask_conditioned, paper_lora
+    title = {"sam": "fine-tuned SAM", "mask_conditioned": "mask-conditioned image generator"}.get(
+        generator, "joint image-mask generator"
+    )
+    lines = [f"# fetalgen {title}", ""]
     lines += [f"Exported by `fetalgen-export` from `{ckpt_path}` ({WRITERS[kind]}), "
               f"{int(checkpoint.contents.get('global_step', 0))} optimizer steps.", ""]  # fmt: skip
     if kind == "finetune":
@@ -214,12 +235,20 @@ def model_card(checkpoint: RunCheckpoint, exported: Path, fmt: str = "pytorch") 
         lines += ["", "Labelled real pairs behind its synthetic pairs (the generator's training set):"]
         lines += describe_cases(provenance.get("generator_cases"))
     else:
+        from fetalgen.data.provenance import is_labelled
+
+        conditioned = generator == "mask_conditioned"
         lines += ["## Use", "", "```python", "from diffusers import UNet2DModel, DDPMScheduler",
                   'unet = UNet2DModel.from_pretrained("<this folder>", subfolder="unet")',
                   'scheduler = DDPMScheduler.from_pretrained("<this folder>", subfolder="scheduler")', "```", "",
-                  "Two channels: 0 = grayscale image, 1 = head mask, both in [-1, 1] (threshold the mask at 0). "
-                  "The weights are the EMA weights.", "", "## Data", "", "Labelled real pairs it trained on:"]  # fmt: skip
-        lines += describe_cases(provenance.get("training_cases"))
+                  CONDITIONED_USE if conditioned else JOINT_USE, "", "## Data", ""]  # fmt: skip
+        records = provenance.get("training_cases") or []
+        seen = [r for r in records if isinstance(r, dict) and not is_labelled(r)]
+        lines += ["Labelled real pairs it trained on:"]
+        lines += describe_cases([r for r in records if r not in seen] or None)
+        if seen:
+            lines += ["", "Images it learnt from without their masks (the unlabelled pool):"]
+            lines += [line.replace("pair(s)", "image(s)") for line in describe_cases(seen)]
     lines += ["", "## Intended use and limitations", "", LIMITATIONS]
     lines += measured_section(ckpt_path)
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """fetalgen-export: the fine-tuned SAM loads with segment-anything and gives fetalgen's masks; the generator loads
 with diffusers and samples."""
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fetalgen.data.folder import read_folder
 from fetalgen.data.io import load_image
 from fetalgen.diffusion.checkpoint import load_generator
 from fetalgen.diffusion.sampling import make_sampler, sample_pairs
+from fetalgen.diffusion.shape_prior import ShapePrior
 from fetalgen.export import MODEL_CARD
 from fetalgen.segmentation.build import build_sam
 from fetalgen.segmentation.module import SamFinetuneModule
@@ -126,14 +128,26 @@ def test_exported_generator_loads_with_diffusers_and_samples(compose_cfg, tmp_pa
     assert (folder / MODEL_CARD).is_file() and "UNet2DModel.from_pretrained" in (
         folder / MODEL_CARD
     ).read_text()
-    # A mask-conditioned generator as a DDPMPipeline would sample without its mask and shape prior: refused,
-    # nothing written (it ran and returned noise before).
+    # A mask-conditioned generator: its parts and its shape prior, no DDPMPipeline (which would sample it without
+    # its mask); the exported parts draw the same images for the same masks and seeds as the checkpoint.
     conditioned = train_diffusion(compose_cfg("train_diffusion", [*tiny, "generator=mask_conditioned"]))
-    with pytest.raises(
-        ValueError, match="mask-conditioned generator needs its mask condition and shape prior"
-    ):
-        export(compose_cfg("export", [f"ckpt_path={conditioned['checkpoint']}", f"out={tmp_path / 'cond'}"]))
-    assert not (tmp_path / "cond" / "unet").exists()
+    folder = Path(export(compose_cfg("export", [f"ckpt_path={conditioned['checkpoint']}",
+                                                f"out={tmp_path / 'cond'}"]))["model"])  # fmt: skip
+    assert (
+        not (folder / "model_index.json").exists()
+        and "shape prior" in (folder / MODEL_CARD).read_text().lower()
+    )
+    prior = ShapePrior.from_dict(json.loads((folder / "shape_prior.json").read_text()))
+    masks = torch.from_numpy(np.stack([prior.mask(np.random.default_rng(i), 32) for i in range(2)])).float()[
+        :, None
+    ]
+    exported = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    reference, scheduler_config, meta = load_generator(conditioned["checkpoint"])
+    assert prior.to_dict() == meta["shape_prior"]
+    drawn = [sample_pairs(unet, make_sampler("ddim", config, steps=3)[0], [0, 1], 3, masks=masks)
+             for unet, config in ((exported, scheduler.config), (reference, scheduler_config))]  # fmt: skip
+    assert torch.allclose(drawn[0], drawn[1], atol=1e-5) and torch.equal(drawn[0][:, 1:] > 0, masks > 0.5)
 
 
 def test_a_file_that_is_no_fetalgen_checkpoint_is_refused(compose_cfg, tmp_path: Path):

@@ -345,7 +345,8 @@ class MaskConditionedDiffusionModule(JointDiffusionModule):
     its second input channel, and learns the unconditional image too (the mask replaced by zeros with probability
     ``p_mask_drop``), for classifier-free guidance over the mask at sampling (:func:`~fetalgen.diffusion.sampling.
     mask_guided_output`). Images without masks (the unlabelled pool) train that unconditional branch: what
-    ultrasound looks like from every image, what a mask means from the few labelled pairs. Scheduler, EMA, validation, sampling loop and checkpoint contract: the joint model's.
+    ultrasound looks like from every image, what a mask means from the few labelled pairs. Scheduler, EMA,
+    validation, sampling loop and checkpoint contract: the joint model's.
 
     Args:
         unet: ``UNet2DModel`` with ``in_channels=2`` (noisy image, clean mask) and ``out_channels=1`` (the image's

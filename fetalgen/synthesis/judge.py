@@ -64,7 +64,11 @@ class RealPairs:
         """Every image a generator trained on, pairs first, and their names: the nearest-neighbour candidates."""
         if self.unlabelled is None or not len(self.unlabelled):
             return self.images, self.names
-        return np.concatenate([self.images, self.unlabelled]), [*self.names, *self.unlabelled_names]
+        return np.concatenate([self.images, self.unlabelled]), self.seen_names
+
+    @property
+    def seen_names(self) -> list[str]:
+        return [*self.names, *self.unlabelled_names]
 
     @classmethod
     def from_dataset(cls, dataset: PairDataset, where: str = "") -> RealPairs:
@@ -375,11 +379,12 @@ class Judge:
         self, job: Judging, agreement: np.ndarray, similarity: np.ndarray, nearest: np.ndarray
     ) -> None:
         """Each pair's agreement, nearest training image and verdict (:func:`qc_verdict`) into the manifest."""
+        names = job.train.seen_names
         for e, ok, agree, sim, near in zip(
             job.entries, job.mask_passed, agreement, similarity, nearest, strict=True
         ):
             e.pair_agreement, e.feature_similarity = float(agree), float(sim)
-            e.nearest_train = job.train.seen[1][int(near)]
+            e.nearest_train = names[int(near)]
             e.qc_pass, reasons = qc_verdict(
                 ok, e.qc.get("reasons", []), float(agree), self.settings.min_agreement
             )

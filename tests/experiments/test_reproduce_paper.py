@@ -164,3 +164,35 @@ def test_the_paper_preset_rehearsed_step_by_step_on_a_cpu(hc18_dir: Path, tmp_pa
     assert next((out / "export").glob("sam_vit_b.pth")).stat().st_size > 100e6  # ViT-B
     rows = pd.read_csv(out / "predict" / "measurements.csv")
     assert len(rows) == 1 and (rows["prompt"] == "auto").all()  # the one test image
+
+
+def test_each_label_matched_recipe_gets_its_generators_settings_and_sweep(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import reproduce_paper
+
+    recipes = ["conditioned128", "conditioned128-pool"]
+    args = reproduce_paper.parse_args(
+        ["--preset", "cpu", "--num-real", "5", "--matched-generators", ",".join(recipes)]
+    )
+    run = reproduce_paper.Reproduction(args, reproduce_paper.PRESETS["cpu"], tmp_path, found=None, cohorts=["hc18"],
+                                       common=[], splits={"hc18": tmp_path / "split"}, num_real=[5])  # fmt: skip
+    assert run.matched_variants == recipes and run.variants == [
+        "conditioned"
+    ]  # the paper arm's stays the preset's
+    sweeps = dict(run.sweeps(tmp_path / "reference", [], [5]))
+    for recipe in recipes:
+        overrides = sweeps[f"hc18/matched-{recipe}"]
+        assert f"generator_recipe={recipe}" in overrides
+        assert any(
+            o.startswith("data.synthetic_dir=") and f"synthetic-matched/{recipe}/n" in o for o in overrides
+        )
+        variant = reproduce_paper.GENERATORS[recipe]
+        cfg = compose_cfg("train_diffusion", [f"experiment={variant.experiment}", *variant.diffusion,
+                                              *variant.matched, "data.num_real=5"])  # fmt: skip
+        assert cfg.model.image_size == cfg.data.image_size == 128 and cfg.trainer.max_steps == 600
+        assert cfg.data.batch_size == 5  # every step all five pairs (and, with the pool, five images)
+        assert cfg.data.unlabelled == ("all" if recipe.endswith("-pool") else None)
+    with pytest.raises(SystemExit, match="unknown generator"):
+        reproduce_paper.chosen_matched_generators(
+            reproduce_paper.parse_args(["--matched-generators", "nope"]), reproduce_paper.PRESETS["cpu"]
+        )
