@@ -135,7 +135,7 @@ def test_exported_generator_loads_with_diffusers_and_samples(compose_cfg, tmp_pa
                                                 f"out={tmp_path / 'cond'}"]))["model"])  # fmt: skip
     assert (
         not (folder / "model_index.json").exists()
-        and "shape prior" in (folder / MODEL_CARD).read_text().lower()
+        and "shape_prior.json" in (folder / MODEL_CARD).read_text()
     )
     prior = ShapePrior.from_dict(json.loads((folder / "shape_prior.json").read_text()))
     masks = torch.from_numpy(np.stack([prior.mask(np.random.default_rng(i), 32) for i in range(2)])).float()[
