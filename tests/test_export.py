@@ -134,8 +134,7 @@ def test_exported_generator_loads_with_diffusers_and_samples(compose_cfg, tmp_pa
     folder = Path(export(compose_cfg("export", [f"ckpt_path={conditioned['checkpoint']}",
                                                 f"out={tmp_path / 'cond'}"]))["model"])  # fmt: skip
     assert (
-        not (folder / "model_index.json").exists()
-        and "shape_prior.json" in (folder / MODEL_CARD).read_text()
+        not (folder / "model_index.json").exists() and "shape_prior.json" in (folder / MODEL_CARD).read_text()
     )
     prior = ShapePrior.from_dict(json.loads((folder / "shape_prior.json").read_text()))
     masks = torch.from_numpy(np.stack([prior.mask(np.random.default_rng(i), 32) for i in range(2)])).float()[
