@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ class RealPairs:
     unlabelled: np.ndarray | None = None  # images seen without masks (a generator's unlabelled pool)
     unlabelled_names: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def seen(self) -> tuple[np.ndarray, list[str]]:
         """Every image a generator trained on, pairs first, and their names: the nearest-neighbour candidates."""
         if self.unlabelled is None or not len(self.unlabelled):

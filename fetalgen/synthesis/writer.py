@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ class TrainReference:
     unlabelled: np.ndarray | None = None
     unlabelled_names: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def seen(self) -> np.ndarray:
         """Every training image, labelled pairs first, then the unlabelled ones: what a copy would copy."""
         return self.images if self.unlabelled is None else np.concatenate([self.images, self.unlabelled])
